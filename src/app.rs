@@ -1,0 +1,5 @@
+//! TODO
+use crate::cli::Cli;
+pub fn main(_cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::bail!("not yet")
+}

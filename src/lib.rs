@@ -1,0 +1,31 @@
+//! shoal — a Prometheus-compatible monitoring system that shards itself.
+//!
+//! # Layout
+//! - [`model`]: pure data types and parsers — labels, matchers, samples, relabelling,
+//!   the exposition-format parsers. No IO.
+//! - [`config`]: `prometheus.yml` structs, defaults and validation.
+//! - [`discovery`]: static and file-based service discovery → target groups → targets.
+//! - [`storage`]: the storage traits (`Appendable`, `Queryable`) that scraping and PromQL
+//!   use; nothing above names the TSDB directly.
+//! - [`tsdb`]: the sled-backed implementation of the storage traits (head, XOR chunks,
+//!   WAL, index, retention).
+//! - [`promql`]: the PromQL engine (over `storage::Queryable`) and the test-script runner.
+//! - [`scrape`]: the actix actors that scrape targets.
+//! - [`web`]: the HTTP API (the only module that names actix-web).
+//! - [`telemetry`]: logging set-up and shoal's own metrics.
+//! - [`app`]: the composition root that wires the parts of a node together.
+//! - [`cli`]: command-line flags.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod discovery;
+pub mod model;
+pub mod promql;
+pub mod scrape;
+pub mod storage;
+pub mod telemetry;
+pub mod tsdb;
+pub mod web;

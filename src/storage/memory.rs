@@ -1,0 +1,1 @@
+//! In-memory store (for tests and the PromQL test runner).
