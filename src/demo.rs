@@ -1,1 +1,255 @@
-//! TODO
+//! `shoal demo`: a synthetic target fleet plus a node scraping it, one command. The
+//! fleet serves realistic exposition text (counters, gauges, classic histograms) whose
+//! values are deterministic functions of wall-clock time, so graphs look alive.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
+
+const HANDLERS: [&str; 5] = ["/", "/api/items", "/api/users", "/login", "/static"];
+const METHODS: [&str; 2] = ["GET", "POST"];
+const CODES: [&str; 3] = ["200", "404", "500"];
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Deterministic pseudo-random in [0, 1) from a seed (splitmix64).
+fn unit(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Renders one target's exposition at `now_s` with about `series` series.
+pub fn render_target(target: usize, series: usize, now_s: f64) -> String {
+    let mut out = String::with_capacity(series * 80);
+    let seed = target as u64 * 1_000_003;
+    let mut n = 0usize;
+
+    out.push_str("# HELP http_requests_total Total HTTP requests.\n# TYPE http_requests_total counter\n");
+    'outer: for (hi, h) in HANDLERS.iter().enumerate() {
+        for (mi, m) in METHODS.iter().enumerate() {
+            for (ci, c) in CODES.iter().enumerate() {
+                if n >= series {
+                    break 'outer;
+                }
+                let s = seed + (hi * 100 + mi * 10 + ci) as u64;
+                let weight = if *c == "200" { 1.0 } else { 0.05 };
+                let rate = (0.5 + 10.0 * unit(s)) * weight;
+                let _ = writeln!(
+                    out,
+                    "http_requests_total{{code=\"{c}\",handler=\"{h}\",method=\"{m}\"}} {}",
+                    (rate * now_s).floor()
+                );
+                n += 1;
+            }
+        }
+    }
+
+    out.push_str(
+        "# HELP http_request_duration_seconds Request latency.\n# TYPE http_request_duration_seconds histogram\n",
+    );
+    for (hi, h) in HANDLERS.iter().enumerate() {
+        if n + BUCKETS.len() + 3 > series {
+            break;
+        }
+        let s = seed + 7_000 + hi as u64;
+        let rate = 1.0 + 20.0 * unit(s);
+        let count = (rate * now_s).floor();
+        let scale = 0.02 + 0.3 * unit(s + 1);
+        for b in BUCKETS {
+            // Exponential latency distribution: P(x <= b) = 1 - exp(-b/scale).
+            let frac = 1.0 - (-b / scale).exp();
+            let _ = writeln!(
+                out,
+                "http_request_duration_seconds_bucket{{handler=\"{h}\",le=\"{b}\"}} {}",
+                (count * frac).floor()
+            );
+        }
+        let _ = writeln!(out, "http_request_duration_seconds_bucket{{handler=\"{h}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "http_request_duration_seconds_sum{{handler=\"{h}\"}} {}", count * scale);
+        let _ = writeln!(out, "http_request_duration_seconds_count{{handler=\"{h}\"}} {count}");
+        n += BUCKETS.len() + 3;
+    }
+
+    out.push_str("# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\n");
+    if n < series {
+        let base = 50e6 + 200e6 * unit(seed + 9);
+        let _ = writeln!(out, "process_resident_memory_bytes {}", (base * (1.0 + 0.1 * (now_s / 300.0).sin())).floor());
+        n += 1;
+    }
+
+    out.push_str("# HELP node_cpu_seconds_total Seconds the CPUs spent in each mode.\n# TYPE node_cpu_seconds_total counter\n");
+    let modes = ["idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user"];
+    let mut cpu = 0;
+    while n < series && cpu < 16 {
+        for (mi, mode) in modes.iter().enumerate() {
+            if n >= series {
+                break;
+            }
+            let share = if *mode == "idle" { 0.7 } else { 0.3 / 7.0 } * (0.5 + unit(seed + 11_000 + (cpu * 8 + mi) as u64));
+            let _ = writeln!(out, "node_cpu_seconds_total{{cpu=\"{cpu}\",mode=\"{mode}\"}} {:.2}", share * now_s);
+            n += 1;
+        }
+        cpu += 1;
+    }
+
+    out.push_str("# HELP app_queue_length Items waiting in a work queue.\n# TYPE app_queue_length gauge\n");
+    let mut q = 0;
+    while n < series {
+        let s = seed + 20_000 + q as u64;
+        let period = 60.0 + 600.0 * unit(s);
+        let v = (50.0 * unit(s + 1) * (1.0 + (now_s * std::f64::consts::TAU / period).sin())).round();
+        let _ = writeln!(out, "app_queue_length{{queue=\"q{q}\"}} {v}");
+        n += 1;
+        q += 1;
+    }
+    out
+}
+
+#[derive(Clone)]
+struct FleetState {
+    first_port: u16,
+    series: usize,
+}
+
+async fn metrics(req: HttpRequest, st: web::Data<FleetState>) -> HttpResponse {
+    let port = req.app_config().local_addr().port();
+    let target = port.saturating_sub(st.first_port) as usize;
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(render_target(target, st.series, now_s))
+}
+
+/// A running synthetic fleet: `targets` HTTP targets on consecutive loopback ports.
+pub struct Fleet {
+    pub addrs: Vec<SocketAddr>,
+    handle: ServerHandle,
+}
+
+impl Fleet {
+    /// Starts the fleet on `host:first_port..first_port+targets` on the current actix
+    /// system.
+    pub fn start(host: &str, first_port: u16, targets: usize, series: usize) -> std::io::Result<Fleet> {
+        let st = web::Data::new(FleetState { first_port, series });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(st.clone())
+                .wrap(actix_web::middleware::Compress::default())
+                .route("/metrics", web::get().to(metrics))
+        })
+        .workers(1)
+        .disable_signals();
+        for i in 0..targets {
+            let port = first_port
+                .checked_add(i as u16)
+                .ok_or_else(|| std::io::Error::other("fleet port range overflows"))?;
+            server = server.bind((host, port))?;
+        }
+        let addrs = server.addrs();
+        let srv = server.run();
+        let handle = srv.handle();
+        actix_web::rt::spawn(srv);
+        Ok(Fleet { addrs, handle })
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// The embedded demo configuration scraping the fleet's targets.
+pub fn demo_config(fleet: &[SocketAddr]) -> String {
+    let targets: Vec<String> = fleet.iter().map(|a| format!("'{a}'")).collect();
+    format!(
+        "# shoal demo configuration (generated)\n\
+         global:\n  scrape_interval: 5s\n  evaluation_interval: 15s\n  external_labels:\n    demo: 'true'\n\
+         scrape_configs:\n\
+         \x20 - job_name: fleet\n    static_configs:\n      - targets: [{}]\n        labels:\n          env: demo\n",
+        targets.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requested_number_of_series() {
+        for series in [10, 100, 300, 1000] {
+            let text = render_target(3, series, 1_700_000_000.0);
+            let n = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+            assert_eq!(n, series, "series={series}");
+        }
+    }
+
+    #[test]
+    fn counters_do_not_decrease() {
+        let a = render_target(1, 300, 1_700_000_000.0);
+        let b = render_target(1, 300, 1_700_000_015.0);
+        for (la, lb) in a.lines().zip(b.lines()) {
+            if la.starts_with("http_requests_total{") {
+                let va: f64 = la.rsplit(' ').next().unwrap().parse().unwrap();
+                let vb: f64 = lb.rsplit(' ').next().unwrap().parse().unwrap();
+                assert!(vb >= va);
+            }
+        }
+    }
+}
+
+/// `shoal demo`: the fleet and one node, until Ctrl-C.
+pub fn run(args: crate::cli::DemoArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    let tmp;
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempdir_in_system()?;
+            tmp.clone()
+        }
+    };
+    std::fs::create_dir_all(&data_dir)?;
+    let res = actix::System::new().block_on(async {
+        let fleet = Fleet::start("127.0.0.1", args.fleet_port, args.targets, args.series_per_target)
+            .with_context(|| format!("starting the synthetic fleet on ports {}+", args.fleet_port))?;
+        let config_path = data_dir.join("demo-prometheus.yml");
+        std::fs::write(&config_path, demo_config(&fleet.addrs))?;
+        let run_args = crate::cli::RunArgs {
+            config: config_path.clone(),
+            data_dir: data_dir.join("node-1"),
+            listen: args.listen.clone(),
+            retention: std::time::Duration::from_secs(24 * 3600),
+            query_timeout: std::time::Duration::from_secs(120),
+            query_max_samples: 50_000_000,
+            query_lookback_delta: std::time::Duration::from_secs(300),
+            query_max_concurrency: 20,
+        };
+        let node = crate::app::Node::start(run_args).await?;
+        let url = format!("http://{}", node.addrs.first().map(|a| a.to_string()).unwrap_or_default());
+        println!("shoal demo is running: {} targets × {} series, scraped every 5s.", args.targets, args.series_per_target);
+        println!("  config:   {}", config_path.display());
+        println!("  targets:  {url}/api/v1/targets");
+        println!("  query:    {url}/api/v1/query?query=sum%20by%20(handler)%20(rate(http_requests_total%5B1m%5D))");
+        println!("  metrics:  {url}/metrics");
+        println!("  Grafana/promtool: use {url} as a Prometheus data source.");
+        println!("Press Ctrl-C to stop.");
+        crate::app::wait_for_shutdown_signal().await;
+        node.stop().await;
+        fleet.stop().await;
+        anyhow::Ok(())
+    });
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    res.map(|_| std::process::ExitCode::SUCCESS)
+}
+
+/// A fresh directory under the system temp dir for a demo without `--data-dir`.
+fn tempdir_in_system() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("shoal-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

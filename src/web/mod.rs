@@ -1,1 +1,119 @@
-//! TODO
+//! The HTTP API (actix-web). The only module that names actix-web types and decides
+//! JSON shapes; everything it serves comes from the storage traits, the PromQL engine,
+//! the scrape manager's [`TargetsView`] and the telemetry registry.
+
+pub mod api;
+pub mod json;
+pub mod params;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use actix_web::{App, HttpResponse, HttpServer, dev::Server, web};
+
+use crate::config::Config;
+use crate::promql::EngineOptions;
+use crate::scrape::TargetsView;
+use crate::storage::Queryable;
+use crate::telemetry::Metrics;
+
+/// Reloads the configuration; returns the error text when the new config is rejected.
+pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn Queryable>,
+    pub engine_opts: EngineOptions,
+    pub query_slots: Arc<tokio::sync::Semaphore>,
+    pub targets: TargetsView,
+    pub config: Arc<RwLock<Arc<Config>>>,
+    pub reload: ReloadFn,
+    pub metrics: Metrics,
+    /// Command-line flags for `/api/v1/status/flags`.
+    pub flags: BTreeMap<String, String>,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn current_config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Registers every route on an actix-web service config (used by `serve` and tests).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/-/healthy", web::get().to(healthy))
+        .route("/-/healthy", web::head().to(healthy))
+        .route("/-/ready", web::get().to(ready))
+        .route("/-/ready", web::head().to(ready))
+        .route("/-/reload", web::post().to(api::reload))
+        .route("/-/reload", web::put().to(api::reload))
+        .route("/metrics", web::get().to(api::metrics))
+        .route("/", web::get().to(index))
+        .service(
+            web::scope("/api/v1")
+                .route("/query", web::get().to(api::query))
+                .route("/query", web::post().to(api::query))
+                .route("/query_range", web::get().to(api::query_range))
+                .route("/query_range", web::post().to(api::query_range))
+                .route("/series", web::get().to(api::series))
+                .route("/series", web::post().to(api::series))
+                .route("/labels", web::get().to(api::labels))
+                .route("/labels", web::post().to(api::labels))
+                .route("/label/{name}/values", web::get().to(api::label_values))
+                .route("/targets", web::get().to(api::targets))
+                .route("/status/buildinfo", web::get().to(api::buildinfo))
+                .route("/status/config", web::get().to(api::status_config))
+                .route("/status/flags", web::get().to(api::status_flags))
+                .default_service(web::to(api::not_found)),
+        );
+}
+
+async fn healthy() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("Shoal is Healthy.\n")
+}
+
+async fn ready(st: web::Data<AppState>) -> HttpResponse {
+    if st.ready.load(Ordering::Relaxed) {
+        HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("Shoal is Ready.\n")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body("Service Unavailable\n")
+    }
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(
+        "<!doctype html><title>shoal</title><h1>shoal</h1><ul>\
+         <li><a href=\"/api/v1/targets\">/api/v1/targets</a></li>\
+         <li><a href=\"/api/v1/query?query=up\">/api/v1/query?query=up</a></li>\
+         <li><a href=\"/api/v1/labels\">/api/v1/labels</a></li>\
+         <li><a href=\"/api/v1/status/config\">/api/v1/status/config</a></li>\
+         <li><a href=\"/metrics\">/metrics</a></li></ul>",
+    )
+}
+
+/// Binds `listen` and starts serving. The returned server runs on the current actix
+/// system; stop it with its handle.
+pub fn serve(state: AppState, listen: &str) -> std::io::Result<(Server, Vec<std::net::SocketAddr>)> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+            .wrap(actix_web::middleware::Compress::default())
+            .configure(routes)
+    })
+    .workers(2)
+    .shutdown_timeout(5)
+    .disable_signals()
+    .bind(listen)?;
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}

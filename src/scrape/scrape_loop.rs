@@ -1,0 +1,266 @@
+//! The per-target actor: scrapes its target on a fixed phase of its interval and stores
+//! the samples. The phase comes from the target's key alone, so a target keeps it when it
+//! moves to another node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+
+use crate::config::ScrapeConfig;
+use crate::discovery::Target;
+use crate::model::Labels;
+use crate::storage::Appendable;
+use crate::telemetry::{JobLabels, JobReasonLabels, Metrics};
+
+use super::append::{Report, ReportCache, ScrapeCache, ScrapeContext, ScrapeStats};
+use super::fetch;
+use super::target::{SharedStatus, TargetHealth};
+use super::ScrapeError;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Delay from `now_ms` until the next instant whose position within `interval` equals
+/// the target's phase (`key % interval`). Always in `(0, interval]`.
+pub fn delay_to_next_phase(key: u64, interval: Duration, now_ms: i64) -> Duration {
+    let iv = interval.as_millis().max(1) as i64;
+    let phase = (key % iv as u64) as i64;
+    let pos = now_ms.rem_euclid(iv);
+    let mut d = (phase - pos).rem_euclid(iv);
+    if d == 0 {
+        d = iv;
+    }
+    Duration::from_millis(d as u64)
+}
+
+/// Everything a scrape actor needs; fixed for its lifetime (a config change restarts it).
+pub struct ScrapeActor {
+    target: Target,
+    target_labels: Labels,
+    url: String,
+    cfg: Arc<ScrapeConfig>,
+    client: reqwest::Client,
+    storage: Arc<dyn Appendable>,
+    status: SharedStatus,
+    metrics: Metrics,
+    /// Taken while a scrape is in flight (scrapes of one target never overlap).
+    caches: Option<(ScrapeCache, ReportCache)>,
+    next: Option<SpawnHandle>,
+    /// Set when a stop arrived during a scrape: finish it, then stop.
+    stopping: Option<StopScrape>,
+}
+
+impl ScrapeActor {
+    pub fn new(
+        target: Target,
+        cfg: Arc<ScrapeConfig>,
+        client: reqwest::Client,
+        storage: Arc<dyn Appendable>,
+        status: SharedStatus,
+        metrics: Metrics,
+    ) -> ScrapeActor {
+        ScrapeActor {
+            target_labels: target.output_labels(),
+            url: target.url(),
+            target,
+            cfg,
+            client,
+            storage,
+            status,
+            metrics,
+            caches: Some((ScrapeCache::default(), ReportCache::default())),
+            next: None,
+            stopping: None,
+        }
+    }
+
+    fn schedule_next(&mut self, ctx: &mut Context<Self>) {
+        let delay = delay_to_next_phase(self.target.key(), self.cfg.scrape_interval, now_ms());
+        self.next = Some(ctx.run_later(delay, |act, ctx| {
+            act.scrape(ctx);
+            act.schedule_next(ctx);
+        }));
+    }
+
+    fn scrape(&mut self, ctx: &mut Context<Self>) {
+        let Some((mut cache, mut report)) = self.caches.take() else {
+            // The previous scrape is still running (it is bounded by the timeout).
+            return;
+        };
+        let client = self.client.clone();
+        let url = self.url.clone();
+        let cfg = self.cfg.clone();
+        let storage = self.storage.clone();
+        let target_labels = self.target_labels.clone();
+        let job = JobLabels {
+            job: self.cfg.job_name.clone(),
+        };
+        self.metrics.scrapes_total.get_or_create(&job).inc();
+        let fut = async move {
+            let t = now_ms();
+            let start = Instant::now();
+            let fetched = fetch::fetch(&client, &url, &cfg).await;
+            // Parsing and storing are CPU and disk work: off the actor's thread.
+            let joined = tokio::task::spawn_blocking(move || {
+                let res = fetched.and_then(|f| {
+                    let ctx = ScrapeContext {
+                        cfg: &cfg,
+                        target_labels: &target_labels,
+                    };
+                    cache.append_body(storage.as_ref(), &ctx, &f.body, f.format, t)
+                });
+                let duration = start.elapsed();
+                let stats = match &res {
+                    Ok(s) => *s,
+                    Err(_) => {
+                        // As Prometheus: a failed scrape ends all its series.
+                        if let Err(e) = cache.mark_all_stale(storage.as_ref(), t) {
+                            tracing::warn!(error = %e, "writing staleness markers failed");
+                        }
+                        ScrapeStats::default()
+                    }
+                };
+                let r = Report {
+                    up: res.is_ok(),
+                    duration_seconds: duration.as_secs_f64(),
+                    stats,
+                };
+                let report_res = report.append_report(storage.as_ref(), &target_labels, t, &r);
+                (cache, report, res.and(report_res).map(|_| stats), t, duration)
+            })
+            .await;
+            joined
+        };
+        ctx.spawn(fut.into_actor(self).map(|joined, act, ctx| {
+            let (cache, report, res, t, duration) = match joined {
+                Ok(v) => v,
+                Err(e) => {
+                    // The blocking task panicked: start over with fresh caches.
+                    tracing::error!(target = %act.url, error = %e, "scrape task failed");
+                    (ScrapeCache::default(), ReportCache::default(), Err(ScrapeError::Storage(e.to_string())), now_ms(), Duration::ZERO)
+                }
+            };
+            act.caches = Some((cache, report));
+            act.record(res, t, duration);
+            if let Some(stop) = act.stopping.take() {
+                act.finish(stop, ctx);
+            }
+        }));
+    }
+
+    fn record(&mut self, res: Result<ScrapeStats, ScrapeError>, t: i64, duration: Duration) {
+        let job = self.cfg.job_name.clone();
+        self.metrics
+            .scrape_duration_seconds
+            .get_or_create(&JobLabels { job: job.clone() })
+            .observe(duration.as_secs_f64());
+        let mut st = match self.status.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        st.last_scrape = Some(UNIX_EPOCH + Duration::from_millis(t.max(0) as u64));
+        st.last_scrape_duration = duration;
+        match res {
+            Ok(stats) => {
+                st.health = TargetHealth::Up;
+                st.last_error.clear();
+                let jl = JobLabels { job };
+                if stats.duplicate > 0 {
+                    self.metrics.scrape_samples_duplicate_total.get_or_create(&jl).inc_by(stats.duplicate);
+                    tracing::warn!(target = %self.url, count = stats.duplicate, "error on ingesting samples with different value but same timestamp");
+                }
+                if stats.out_of_order > 0 {
+                    self.metrics.scrape_samples_out_of_order_total.get_or_create(&jl).inc_by(stats.out_of_order);
+                    tracing::warn!(target = %self.url, count = stats.out_of_order, "error on ingesting out-of-order samples");
+                }
+                if stats.out_of_bounds > 0 {
+                    self.metrics.scrape_samples_out_of_bounds_total.get_or_create(&jl).inc_by(stats.out_of_bounds);
+                }
+            }
+            Err(e) => {
+                st.health = TargetHealth::Down;
+                st.last_error = e.to_string();
+                self.metrics
+                    .scrape_failures_total
+                    .get_or_create(&JobReasonLabels {
+                        job,
+                        reason: e.reason().to_string(),
+                    })
+                    .inc();
+                tracing::debug!(target = %self.url, error = %e, "scrape failed");
+            }
+        }
+    }
+
+    fn finish(&mut self, stop: StopScrape, ctx: &mut Context<Self>) {
+        if stop.stale {
+            if let Some((cache, report)) = self.caches.as_mut() {
+                let t = now_ms();
+                if let Err(e) = cache.mark_all_stale(self.storage.as_ref(), t) {
+                    tracing::warn!(target = %self.url, error = %e, "writing staleness markers failed");
+                }
+                if let Err(e) = report.append_stale(self.storage.as_ref(), &self.target_labels, t) {
+                    tracing::warn!(target = %self.url, error = %e, "writing staleness markers failed");
+                }
+            }
+        }
+        ctx.stop();
+    }
+}
+
+impl Actor for ScrapeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::debug!(target = %self.url, job = %self.cfg.job_name, "scrape loop started");
+        self.schedule_next(ctx);
+    }
+}
+
+/// Stops a scrape actor. With `stale`, staleness markers are written for the target's
+/// series (the target left discovery); without, the series simply stop (shutdown, or a
+/// config change that restarts the loop).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StopScrape {
+    pub stale: bool,
+}
+
+impl Handler<StopScrape> for ScrapeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StopScrape, ctx: &mut Context<Self>) {
+        if let Some(h) = self.next.take() {
+            ctx.cancel_future(h);
+        }
+        if self.caches.is_none() {
+            // A scrape is in flight; finish it first so its samples and markers order.
+            self.stopping = Some(msg);
+        } else {
+            self.finish(msg, ctx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_depends_on_key_only() {
+        let iv = Duration::from_secs(15);
+        let key = 123_456_789u64;
+        let phase = (key % 15_000) as i64;
+        for now in [0i64, 1, 7_000, 14_999, 1_700_000_000_123] {
+            let d = delay_to_next_phase(key, iv, now).as_millis() as i64;
+            assert!(d > 0 && d <= 15_000);
+            assert_eq!((now + d).rem_euclid(15_000), phase, "now={now}");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Handlers of `/api/v1/*`, `/metrics` and `/-/reload`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value as Json, json};
+
+use crate::model::{Labels, Matcher};
+use crate::promql::{Engine, EvalError};
+
+use super::AppState;
+use super::json::{ApiError, ErrorType, encode_query_data, success, success_raw};
+use super::params::{MAX_TIME_MS, MIN_TIME_MS, parse_duration_ms, parse_selector, parse_time};
+
+/// Request parameters from the query string and, for form posts, the body (as
+/// Prometheus's `r.ParseForm`). Repeated keys (`match[]`) keep every value.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn from_request(req: &HttpRequest, body: &[u8]) -> Result<Params, ApiError> {
+        let bad = |e: serde_urlencoded::de::Error| ApiError::bad_data(format!("error parsing form values: {e}"));
+        let mut v: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).map_err(bad)?;
+        let is_form = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+        if is_form && !body.is_empty() {
+            let b: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(bad)?;
+            // Body values come first, as Go's ParseForm does.
+            let mut all = b;
+            all.extend(v);
+            v = all;
+        }
+        Ok(Params(v))
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+
+    fn all(&self, k: &str) -> Vec<&str> {
+        self.0.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect()
+    }
+
+    fn time(&self, k: &str, default: i64) -> Result<i64, ApiError> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(s) => parse_time(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"{k}\": {e}"))),
+        }
+    }
+
+    fn matchers(&self) -> Result<Vec<Vec<Matcher>>, ApiError> {
+        let mut out = Vec::new();
+        for s in self.all("match[]") {
+            out.extend(parse_selector(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"match[]\": {e}")))?);
+        }
+        Ok(out)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn eval_error(e: EvalError) -> ApiError {
+    match e {
+        EvalError::Parse(m) | EvalError::BadData(m) => ApiError::bad_data(m),
+        EvalError::Execution(m) => ApiError::new(ErrorType::Execution, m),
+        EvalError::Timeout(m) => ApiError::new(ErrorType::Timeout, m),
+        EvalError::Canceled(m) => ApiError::new(ErrorType::Canceled, m),
+        e @ EvalError::TooManySamples => ApiError::new(ErrorType::Execution, e.to_string()),
+    }
+}
+
+/// Engine options for one request: the `timeout` parameter can only shorten the
+/// node's `--query.timeout`.
+fn engine_for(st: &AppState, p: &Params) -> Result<Engine, ApiError> {
+    let mut opts = st.engine_opts.clone();
+    if let Some(t) = p.get("timeout") {
+        let ms = parse_duration_ms(t).map_err(|e| ApiError::bad_data(format!("invalid parameter \"timeout\": {e}")))?;
+        if ms > 0 {
+            opts.timeout = opts.timeout.min(Duration::from_millis(ms as u64));
+        }
+    }
+    Ok(Engine::new(opts))
+}
+
+async fn run_query<F>(st: &AppState, f: F) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce() -> Result<crate::promql::QueryResult, EvalError> + Send + 'static,
+{
+    let _permit = st
+        .query_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(ErrorType::Unavailable, "query queue closed"))?;
+    st.metrics.queries_total.inc();
+    let res = web::block(f).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    match res {
+        Ok(r) => Ok(success_raw(&encode_query_data(&r), &r.warnings)),
+        Err(e) => {
+            let err = eval_error(e);
+            st.metrics
+                .query_failures_total
+                .get_or_create(&crate::telemetry::JobReasonLabels {
+                    job: String::new(),
+                    reason: err.kind.as_str().to_string(),
+                })
+                .inc();
+            Err(err)
+        }
+    }
+}
+
+pub async fn query(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let p = Params::from_request(&req, &body)?;
+    let q = p
+        .get("query")
+        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": missing query"))?
+        .to_string();
+    let t = p.time("time", now_ms())?;
+    let engine = engine_for(&st, &p)?;
+    let storage = st.storage.clone();
+    run_query(&st, move || engine.instant_query(storage.as_ref(), &q, t)).await
+}
+
+pub async fn query_range(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let p = Params::from_request(&req, &body)?;
+    let q = p
+        .get("query")
+        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": missing query"))?
+        .to_string();
+    let start = match p.get("start") {
+        Some(s) => parse_time(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"start\": {e}")))?,
+        None => return Err(ApiError::bad_data("invalid parameter \"start\": missing start")),
+    };
+    let end = match p.get("end") {
+        Some(s) => parse_time(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"end\": {e}")))?,
+        None => return Err(ApiError::bad_data("invalid parameter \"end\": missing end")),
+    };
+    if end < start {
+        return Err(ApiError::bad_data("invalid parameter \"end\": end timestamp must not be before start time"));
+    }
+    let step = match p.get("step") {
+        Some(s) => parse_duration_ms(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"step\": {e}")))?,
+        None => return Err(ApiError::bad_data("invalid parameter \"step\": missing step")),
+    };
+    if step <= 0 {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
+    }
+    if (end - start) / step > 11_000 {
+        return Err(ApiError::bad_data(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
+    }
+    let engine = engine_for(&st, &p)?;
+    let storage = st.storage.clone();
+    run_query(&st, move || engine.range_query(storage.as_ref(), &q, start, end, step)).await
+}
+
+fn range_params(p: &Params) -> Result<(i64, i64), ApiError> {
+    Ok((p.time("start", MIN_TIME_MS)?, p.time("end", MAX_TIME_MS)?))
+}
+
+pub async fn series(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let p = Params::from_request(&req, &body)?;
+    let sets = p.matchers()?;
+    if sets.is_empty() {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let (start, end) = range_params(&p)?;
+    let storage = st.storage.clone();
+    let res = web::block(move || -> Result<Vec<Labels>, ApiError> {
+        let mut all = Vec::new();
+        for ms in &sets {
+            all.extend(storage.series(start, end, ms)?);
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let data: Vec<BTreeMap<&str, &str>> = res
+        .iter()
+        .map(|l| l.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect())
+        .collect();
+    Ok(success(&data))
+}
+
+pub async fn labels(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let p = Params::from_request(&req, &body)?;
+    let sets = p.matchers()?;
+    let (start, end) = range_params(&p)?;
+    let storage = st.storage.clone();
+    let res = web::block(move || -> Result<Vec<String>, ApiError> {
+        if sets.is_empty() {
+            return Ok(storage.label_names(start, end, &[])?);
+        }
+        let mut all = Vec::new();
+        for ms in &sets {
+            all.extend(storage.label_names(start, end, ms)?);
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(success(&res))
+}
+
+pub async fn label_values(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let name = path.into_inner();
+    if !crate::model::labels::is_valid_label_name(&name) {
+        return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
+    }
+    let p = Params::from_request(&req, &[])?;
+    let sets = p.matchers()?;
+    let (start, end) = range_params(&p)?;
+    let storage = st.storage.clone();
+    let res = web::block(move || -> Result<Vec<String>, ApiError> {
+        if sets.is_empty() {
+            return Ok(storage.label_values(&name, start, end, &[])?);
+        }
+        let mut all = Vec::new();
+        for ms in &sets {
+            all.extend(storage.label_values(&name, start, end, ms)?);
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(success(&res))
+}
+
+fn labels_json(l: &Labels) -> Json {
+    Json::Object(l.iter().map(|l| (l.name.clone(), Json::String(l.value.clone()))).collect())
+}
+
+fn rfc3339(t: Option<SystemTime>) -> String {
+    match t {
+        Some(t) => chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        None => "0001-01-01T00:00:00Z".to_string(),
+    }
+}
+
+pub async fn targets(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let p = Params::from_request(&req, &[])?;
+    let state = p.get("state").unwrap_or("any").to_ascii_lowercase();
+    let pool = p.get("scrapePool");
+    let snap = st.targets.snapshot();
+    let mut active = Vec::new();
+    let mut dropped = Vec::new();
+    if state == "any" || state == "active" {
+        for a in snap.active.iter().filter(|a| pool.is_none_or(|p| p == a.scrape_pool)) {
+            let s = a.status();
+            let url = a.target.url();
+            active.push(json!({
+                "discoveredLabels": labels_json(&a.target.discovered_labels),
+                "labels": labels_json(&a.target.output_labels()),
+                "scrapePool": a.scrape_pool,
+                "scrapeUrl": url,
+                "globalUrl": url,
+                "lastError": s.last_error,
+                "lastScrape": rfc3339(s.last_scrape),
+                "lastScrapeDuration": s.last_scrape_duration.as_secs_f64(),
+                "health": s.health.as_str(),
+                "scrapeInterval": crate::model::duration::format(a.scrape_interval),
+                "scrapeTimeout": crate::model::duration::format(a.scrape_timeout),
+            }));
+        }
+    }
+    if state == "any" || state == "dropped" {
+        for d in snap.dropped.iter().filter(|d| pool.is_none_or(|p| p == d.scrape_pool)) {
+            dropped.push(json!({ "discoveredLabels": labels_json(&d.discovered_labels) }));
+        }
+    }
+    Ok(success(&json!({ "activeTargets": active, "droppedTargets": dropped })))
+}
+
+pub async fn buildinfo() -> HttpResponse {
+    success(&json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": option_env!("SHOAL_GIT_REVISION").unwrap_or("unknown"),
+        "branch": option_env!("SHOAL_GIT_BRANCH").unwrap_or("unknown"),
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+    }))
+}
+
+pub async fn status_config(st: web::Data<AppState>) -> HttpResponse {
+    let cfg = st.current_config();
+    success(&json!({ "yaml": cfg.original }))
+}
+
+pub async fn status_flags(st: web::Data<AppState>) -> HttpResponse {
+    success(&st.flags)
+}
+
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ErrorType::NotFound, "unknown API endpoint"))
+}
+
+pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(st.metrics.render())
+}
+
+pub async fn reload(st: web::Data<AppState>) -> HttpResponse {
+    let f = st.reload.clone();
+    match web::block(move || f()).await {
+        Ok(Ok(())) => HttpResponse::Ok().body(""),
+        Ok(Err(e)) => HttpResponse::InternalServerError().body(format!("failed to reload config: {e}\n")),
+        Err(e) => HttpResponse::InternalServerError().body(format!("failed to reload config: {e}\n")),
+    }
+}

@@ -1,0 +1,318 @@
+//! Test helpers: a scriptable HTTP target server, a `shoal run` child process, and
+//! polling with deadlines (never fixed sleeps as assertions).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What a test target answers on one path.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn text(body: &str) -> Reply {
+        Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4".into(),
+            body: body.as_bytes().to_vec(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A tiny HTTP server whose replies tests can change while it runs. Each path has one
+/// reply; unknown paths get 404. Requests are recorded.
+#[derive(Clone)]
+pub struct TargetServer {
+    pub addr: SocketAddr,
+    replies: Arc<Mutex<HashMap<String, Reply>>>,
+    pub requests: Arc<Mutex<Vec<(String, HashMap<String, String>)>>>,
+}
+
+impl TargetServer {
+    pub fn start() -> TargetServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test target");
+        let addr = listener.local_addr().expect("local addr");
+        let srv = TargetServer {
+            addr,
+            replies: Arc::default(),
+            requests: Arc::default(),
+        };
+        let s = srv.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let s = s.clone();
+                thread::spawn(move || s.serve(stream));
+            }
+        });
+        srv
+    }
+
+    pub fn set(&self, path: &str, reply: Reply) {
+        self.replies.lock().unwrap().insert(path.to_string(), reply);
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn serve(&self, mut stream: TcpStream) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut tmp) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        let mut lines = head.split("\r\n");
+        let req_line = lines.next().unwrap_or("");
+        let path_q = req_line.split(' ').nth(1).unwrap_or("/").to_string();
+        let path = path_q.split('?').next().unwrap_or("/").to_string();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        self.requests.lock().unwrap().push((path_q, headers));
+        let reply = self.replies.lock().unwrap().get(&path).cloned();
+        let reply = reply.unwrap_or(Reply {
+            status: 404,
+            content_type: "text/plain".into(),
+            body: b"not found".to_vec(),
+            delay: Duration::ZERO,
+        });
+        if !reply.delay.is_zero() {
+            thread::sleep(reply.delay);
+        }
+        let reason = match reply.status {
+            200 => "OK",
+            404 => "Not Found",
+            500 => "Internal Server Error",
+            _ => "Status",
+        };
+        let head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            reply.status,
+            reason,
+            reply.content_type,
+            reply.body.len()
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(&reply.body);
+    }
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `f` returns `Some`, polling every 100 ms, or panics after `timeout`
+/// with `what` and the last observation.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+}
+
+/// A `shoal run` child process, killed on drop.
+pub struct Node {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn shoal_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+impl Node {
+    /// Starts `shoal run` with `config_yaml` in `dir` and waits until it is ready.
+    pub fn start(dir: &Path, config_yaml: &str, extra: &[&str]) -> Node {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, config_yaml).unwrap();
+        Node::start_with(dir, &config, &dir.join("data"), free_port(), extra)
+    }
+
+    pub fn start_with(dir: &Path, config: &Path, data_dir: &Path, port: u16, extra: &[&str]) -> Node {
+        let log = dir.join(format!("shoal-{port}.log"));
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(shoal_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn shoal");
+        let mut node = Node {
+            child,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            config: config.to_path_buf(),
+            log,
+        };
+        node.wait_ready();
+        node
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    fn wait_ready(&mut self) {
+        let url = self.url("/-/ready");
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_for("shoal to become ready", Duration::from_secs(60), || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("shoal exited early with {st}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            match http_get(&url) {
+                Ok((200, _)) => Ok(()),
+                Ok((c, b)) => Err(format!("{c} {b}")),
+                Err(e) => Err(e),
+            }
+        });
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = http_get(&self.url(path)).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path} ({code}): invalid JSON {e}: {body}"))
+    }
+
+    /// Instant query at "now"; returns the `data.result` array.
+    pub fn query(&self, q: &str) -> Vec<serde_json::Value> {
+        let v = self.get_json(&format!("/api/v1/query?query={}", urlencode(q)));
+        assert_eq!(v["status"], "success", "query {q}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("shoal did not exit within 30 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A blocking HTTP GET/POST over a raw socket (keeps the tests free of an HTTP client
+/// dependency). Returns (status, body).
+pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &[u8]) -> Result<(u16, String), String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut s = TcpStream::connect(hostport).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if let Some(ct) = content_type {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(body).map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or("no header end")?;
+    let code: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or("bad status line")?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    Ok((code, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn http_get(url: &str) -> Result<(u16, String), String> {
+    http("GET", url, None, b"")
+}
+
+/// A temp dir kept for the test's lifetime.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("shoal-it-").tempdir().unwrap()
+}
+
+/// Shorthand: the metric value of the first vector sample as f64.
+pub fn value_of(sample: &serde_json::Value) -> f64 {
+    sample["value"][1].as_str().unwrap().parse().unwrap()
+}

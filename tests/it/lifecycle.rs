@@ -1,0 +1,182 @@
+//! Node lifecycle: crash recovery, config reloads, start-up errors and CLI commands.
+
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::harness::*;
+
+fn one_job(target: &str) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 500ms\nscrape_configs:\n  - job_name: crash\n    static_configs:\n      - targets: ['{target}']\n"
+    )
+}
+
+fn now_s() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// Samples of `demo_counter` in [start, end] from a range query.
+fn samples(node: &Node, start: f64, end: f64) -> Vec<(f64, f64)> {
+    let v = node.get_json(&format!(
+        "/api/v1/query_range?query=demo_counter&start={start}&end={end}&step=1"
+    ));
+    assert_eq!(v["status"], "success", "{v}");
+    let r = v["data"]["result"].as_array().unwrap();
+    r.first()
+        .map(|s| {
+            s["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().parse().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill_9_loses_at_most_the_last_seconds_and_restart_recovers() {
+    let dir = tempdir();
+    let t = TargetServer::start();
+    t.set("/metrics", Reply::text("demo_counter 1\n"));
+    let mut node = Node::start(dir.path(), &one_job(&t.target()), &[]);
+    let start = now_s();
+    // Let it scrape a while, then note how many raw samples it reports.
+    wait_for("10 s of samples", Duration::from_secs(60), || {
+        let r = node.query("count_over_time(demo_counter[1h])");
+        match r.first() {
+            Some(s) if value_of(s) >= 10.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let before = node.query("count_over_time(demo_counter[1h])");
+    let n_before = value_of(&before[0]);
+    let killed_at = now_s();
+    node.kill9();
+
+    let port = free_port();
+    let node = Node::start_with(dir.path(), &node.config.clone(), &node.data_dir.clone(), port, &[]);
+    // Everything acknowledged more than ~1 s before the kill is back.
+    let pts = samples(&node, start - 60.0, killed_at);
+    let recovered_before = pts.iter().filter(|(ts, _)| *ts <= killed_at - 2.0).count();
+    assert!(
+        recovered_before as f64 >= n_before - 3.0,
+        "recovered {recovered_before} samples older than kill-2s, had {n_before} before the kill"
+    );
+    // And it goes on scraping into the same series.
+    wait_for("new samples after restart", Duration::from_secs(30), || {
+        let after = samples(&node, now_s() - 5.0, now_s());
+        if !after.is_empty() { Ok(()) } else { Err("none".into()) }
+    });
+}
+
+#[test]
+fn reload_rejects_a_bad_config_and_keeps_running() {
+    let dir = tempdir();
+    let t = TargetServer::start();
+    t.set("/metrics", Reply::text("demo_counter 1\n"));
+    let node = Node::start(dir.path(), &one_job(&t.target()), &[]);
+
+    std::fs::write(&node.config, "global:\n  scrape_intervall: 1s\n").unwrap();
+    let (code, body) = http("POST", &node.url("/-/reload"), None, b"").unwrap();
+    assert_eq!(code, 500);
+    assert!(body.contains("scrape_intervall"), "the error names the bad key: {body}");
+    let cfg = node.get_json("/api/v1/status/config");
+    assert!(cfg["data"]["yaml"].as_str().unwrap().contains("job_name: crash"), "old config still active");
+    let m = http_get(&node.url("/metrics")).unwrap().1;
+    assert!(m.contains("shoal_config_last_reload_successful 0"), "{m}");
+
+    // A good config through SIGHUP: the new job appears.
+    let cfg = format!(
+        "{}  - job_name: second\n    static_configs:\n      - targets: ['{}']\n",
+        one_job(&t.target()),
+        t.target()
+    );
+    std::fs::write(&node.config, cfg).unwrap();
+    node.signal("HUP");
+    wait_for("job second to appear", Duration::from_secs(30), || {
+        let v = node.get_json("/api/v1/targets");
+        let jobs: Vec<String> = v["data"]["activeTargets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["scrapePool"].as_str().unwrap().to_string())
+            .collect();
+        if jobs.contains(&"second".to_string()) { Ok(()) } else { Err(format!("{jobs:?}")) }
+    });
+    let m = http_get(&node.url("/metrics")).unwrap().1;
+    assert!(m.contains("shoal_config_last_reload_successful 1"), "{m}");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_data_survives() {
+    let dir = tempdir();
+    let t = TargetServer::start();
+    t.set("/metrics", Reply::text("demo_counter 1\n"));
+    let mut node = Node::start(dir.path(), &one_job(&t.target()), &[]);
+    wait_for("3 samples", Duration::from_secs(30), || {
+        let r = node.query("count_over_time(demo_counter[1h])");
+        match r.first() {
+            Some(s) if value_of(s) >= 3.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let n = value_of(&node.query("count_over_time(demo_counter[1h])")[0]);
+    let st = node.terminate();
+    assert!(st.success(), "exit status {st}");
+    let node = Node::start_with(dir.path(), &node.config.clone(), &node.data_dir.clone(), free_port(), &[]);
+    let r = node.query("count_over_time(demo_counter[1h])");
+    assert!(value_of(&r[0]) >= n, "all samples kept after a clean stop");
+}
+
+#[test]
+fn bad_config_at_start_is_a_clear_error() {
+    let dir = tempdir();
+    let cfg = dir.path().join("bad.yml");
+    std::fs::write(&cfg, "scrape_configs:\n  - job_name: a\n    scrape_intervall: 5s\n").unwrap();
+    let out = Command::new(shoal_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scrape_intervall"), "{err}");
+
+    std::fs::write(&cfg, "remote_write:\n  - url: http://x\n").unwrap();
+    let out = Command::new(shoal_bin()).args(["check", "config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("remote_write") && text.contains("not supported"), "{text}");
+}
+
+#[test]
+fn check_config_accepts_a_valid_file_with_rules() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("rules.yml"),
+        "groups:\n  - name: g\n    rules:\n      - record: job:up:sum\n        expr: sum by (job) (up)\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        "rule_files: ['rules.yml']\nscrape_configs:\n  - job_name: a\n    static_configs:\n      - targets: ['localhost:1']\n",
+    )
+    .unwrap();
+    let out = Command::new(shoal_bin()).args(["check", "config"]).arg(&cfg).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("SUCCESS"), "{text}");
+
+    std::fs::write(
+        dir.path().join("rules.yml"),
+        "groups:\n  - name: g\n    rules:\n      - record: job:up:sum\n        expr: sum by (job) (up\n",
+    )
+    .unwrap();
+    let out = Command::new(shoal_bin()).args(["check", "config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success(), "a rule with a bad expression fails the check");
+}

@@ -1,0 +1,11 @@
+//! shoal's integration tests: one binary, real `shoal` processes over real HTTP.
+//!
+//! - `harness`: starting nodes, test targets and waiting on conditions.
+//! - `scrape`: scraping end to end, bad targets, staleness.
+//! - `api`: the HTTP API shapes and errors.
+//! - `lifecycle`: config reloads, crash recovery, CLI commands.
+
+mod api;
+mod harness;
+mod lifecycle;
+mod scrape;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs shoal's whole test suite on a fresh machine: installs what the tests need
+# (promtool from Debian's `prometheus` package, cargo-nextest), checks formatting and
+# lints, then runs every test. Used by README.md and .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "== installing Debian package prometheus (promtool, interop tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # The package may start its own server on :9090; the tests start what they need.
+  sudo_if_needed systemctl stop prometheus >/dev/null 2>&1 || true
+  sudo_if_needed pkill -x prometheus >/dev/null 2>&1 || true
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo nextest run"
+cargo nextest run --locked --no-fail-fast "$@"
