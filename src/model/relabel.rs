@@ -494,7 +494,7 @@ mod tests {
     fn hashmod_vectors() {
         // python3 -c "import hashlib; d=hashlib.md5(b'').digest(); print(int.from_bytes(d[8:],'big'))"
         //   -> 16825458760271544958
-        assert_eq!(hashmod("", u64::MAX), 16825458760271544958 % u64::MAX);
+        assert_eq!(hashmod("", u64::MAX), 16825458760271544958);
         assert_eq!(hashmod("", 10), 8);
         // python3 -c "import hashlib; print(int.from_bytes(hashlib.md5(b'foo').digest()[8:],'big'))"
         //   -> 17145033699835028696
