@@ -494,3 +494,39 @@ fn load_validates_named_rule_files() {
         .to_string();
     assert!(msg.contains("nope.yml"), "{msg}");
 }
+
+mod no_panics {
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn parsers_never_panic(s in "(?s).{0,200}") {
+            let _ = super::load_str(&s);
+            let _ = super::rules::parse_rule_file(&s, Path::new("r.yml"));
+            let _ = crate::discovery::file::parse_groups(&s, Path::new("t.yml"));
+            let _ = crate::discovery::file::parse_groups(&s, Path::new("t.json"));
+            let _ = super::glob::matches(&s, "name");
+            let _ = super::parse_base2_bytes(&s);
+        }
+
+        #[test]
+        fn yaml_shaped_input_never_panics(
+            key in "[a-z_]{1,12}",
+            val in "[-a-z0-9_:./*$\\[\\]{}() ]{0,20}",
+        ) {
+            let y = format!("scrape_configs:\n  - job_name: j\n    {key}: {val}\n    relabel_configs:\n      - {key}: {val}\n");
+            let _ = super::load_str(&y);
+        }
+
+        #[test]
+        fn relabel_expansion_never_panics(t in ".{0,30}", v in ".{0,30}") {
+            let re = regex::Regex::new("^(?:(?P<a>.)(.*))$").unwrap();
+            if let Some(caps) = re.captures(&v) {
+                let _ = crate::model::relabel::expand(&re, &caps, &t);
+            }
+        }
+    }
+}

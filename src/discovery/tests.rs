@@ -206,3 +206,45 @@ fn split_host_port_matches_go() {
         assert_eq!(split_host_port(bad), None, "{bad}");
     }
 }
+
+/// End to end over tests/fixtures/config: load, discover, build targets.
+#[tokio::test]
+async fn fixture_config_end_to_end() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let cfg = crate::config::load_file(&dir.join("prometheus.yml")).unwrap();
+    let report = crate::config::check_config_file(&dir.join("prometheus.yml")).unwrap();
+    assert_eq!(report.rule_files, vec![(dir.join("rules/node.yml"), 3)]);
+
+    let mgr = DiscoveryManager::start(&cfg);
+    let groups = mgr.current();
+    mgr.shutdown().await;
+
+    let node = cfg.scrape_config("node").unwrap();
+    let (active, dropped) = targets_for_job(node, &groups["node"]);
+    assert!(dropped.is_empty(), "{dropped:?}");
+    let got: Vec<String> = active
+        .iter()
+        .map(|t| t.output_labels().to_string())
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            r#"{dc="dc1", instance="node-1:9100", job="node", sd_file="dc1", team="infra"}"#,
+            r#"{dc="dc1", instance="node-2:9100", job="node", sd_file="dc1", team="infra"}"#,
+            r#"{dc="dc1", instance="node-3:9100", job="node", sd_file="dc1"}"#,
+            r#"{dc="dc2", instance="node-4:9100", job="node", sd_file="dc2"}"#,
+        ]
+    );
+    assert_eq!(active[0].interval(), Duration::from_secs(30));
+    assert_eq!(active[0].url(), "http://node-1:9100/metrics");
+
+    let bb = cfg.scrape_config("blackbox").unwrap();
+    let (active, _) = targets_for_job(bb, &groups["blackbox"]);
+    assert_eq!(active.len(), 2);
+    assert_eq!(active[0].instance(), "https://example.com");
+    assert_eq!(
+        active[0].url(),
+        "http://blackbox:9115/probe?module=http_2xx&target=https%3A%2F%2Fexample.com"
+    );
+    assert_ne!(active[0].key(), active[1].key());
+}
