@@ -253,13 +253,39 @@ fn load_with(text: &str, file: &str, dir: Option<&Path>) -> Result<Config, Confi
     Ok(cfg)
 }
 
-/// Prometheus's `JoinDir`: relative paths are joined onto the config's directory.
+/// Prometheus's `JoinDir`: relative paths are joined onto the config's directory and
+/// cleaned lexically as Go's `filepath.Join` does; absolute and empty paths are kept.
 fn join_dir(dir: Option<&Path>, p: &str) -> String {
     match dir {
         Some(d) if !p.is_empty() && !Path::new(p).is_absolute() => {
-            d.join(p).to_string_lossy().into_owned()
+            clean_path(&format!("{}/{p}", d.to_string_lossy()))
         }
         _ => p.to_string(),
+    }
+}
+
+/// Go's `filepath.Clean` (Unix): collapses `//`, drops `.`, resolves `..` lexically.
+fn clean_path(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|l| *l != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            s => parts.push(s),
+        }
+    }
+    let body = parts.join("/");
+    match (rooted, body.is_empty()) {
+        (true, _) => format!("/{body}"),
+        (false, true) => ".".into(),
+        (false, false) => body,
     }
 }
 

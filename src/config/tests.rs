@@ -460,7 +460,7 @@ scrape_configs:
     );
     let auth_c = c.scrape_configs[2].authorization.as_ref().unwrap();
     assert_eq!(auth_c.type_, "Bearer");
-    assert_eq!(auth_c.credentials_file, Some(sub.join("../tok2")));
+    assert_eq!(auth_c.credentials_file, Some(dir.path().join("tok2")));
     assert_eq!(c.dir.as_deref(), Some(sub.as_path()));
 }
 
@@ -493,6 +493,29 @@ fn load_validates_named_rule_files() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("nope.yml"), "{msg}");
+}
+
+#[test]
+fn clean_path_matches_go() {
+    let cases = [
+        ("a/b", "a/b"),
+        ("./a//b/", "a/b"),
+        ("a/../b", "b"),
+        ("../a", "../a"),
+        ("a/../../b", "../b"),
+        ("/../a", "/a"),
+        ("/a/./b/..", "/a"),
+        (".", "."),
+        ("a/..", "."),
+        ("/", "/"),
+        ("conf/*.yml", "conf/*.yml"),
+    ];
+    for (p, want) in cases {
+        assert_eq!(clean_path(p), want, "{p}");
+    }
+    assert_eq!(join_dir(Some(Path::new(".")), "rules/x.yml"), "rules/x.yml");
+    assert_eq!(join_dir(Some(Path::new("/etc/p")), "/abs"), "/abs");
+    assert_eq!(join_dir(None, "rel"), "rel");
 }
 
 mod no_panics {
