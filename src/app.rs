@@ -205,7 +205,7 @@ impl Node {
     pub async fn stop(self) {
         self.server.stop(true).await;
         let _ = self.manager.send(StopAll).await;
-        self.discovery.stop();
+        drop(self.discovery);
         let tsdb = self.tsdb.clone();
         let _ = tokio::task::spawn_blocking(move || tsdb.close()).await;
         tracing::info!("shoal stopped");
