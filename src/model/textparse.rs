@@ -479,7 +479,7 @@ impl<'a> Parser<'a> {
         let Some(value) = parse_go_float(tok) else {
             return Err(format!(
                 "invalid float value {tok:?} while parsing: {:?}",
-                &self.src[start..self.pos]
+                snippet(&self.src[start..self.pos])
             ));
         };
         self.skip_ws();
@@ -492,7 +492,7 @@ impl<'a> Parser<'a> {
                     let Some(ts) = parse_int_timestamp(tok) else {
                         return Err(format!(
                             "expected timestamp or new record, got {tok:?} while parsing: {:?}",
-                            &self.src[start..self.pos]
+                            snippet(&self.src[start..self.pos])
                         ));
                     };
                     timestamp = Some(ts);
@@ -508,7 +508,7 @@ impl<'a> Parser<'a> {
                     let Some(secs) = parse_go_float(tok) else {
                         return Err(format!(
                             "invalid timestamp {tok:?} while parsing: {:?}",
-                            &self.src[start..self.pos]
+                            snippet(&self.src[start..self.pos])
                         ));
                     };
                     if !secs.is_finite() {
@@ -745,7 +745,7 @@ impl<'a> Parser<'a> {
         if self.pos == self.b.len() && self.truncated {
             return Err(INVALID_UTF8.to_string());
         }
-        Ok(&self.src[start..self.pos])
+        Ok(snippet(&self.src[start..self.pos]))
     }
 
     /// A run of bytes up to whitespace or the end of the line.
@@ -760,7 +760,7 @@ impl<'a> Parser<'a> {
         if self.pos == self.b.len() && self.truncated {
             return Err(INVALID_UTF8.to_string());
         }
-        Ok(&self.src[start..self.pos])
+        Ok(snippet(&self.src[start..self.pos]))
     }
 
     fn scan_metric_name(&mut self) -> Option<&'a str> {
@@ -772,7 +772,7 @@ impl<'a> Parser<'a> {
         while self.peek().is_some_and(is_metric_char) {
             self.pos += 1;
         }
-        Some(&self.src[start..self.pos])
+        Some(snippet(&self.src[start..self.pos]))
     }
 
     fn scan_label_name(&mut self) -> Option<&'a str> {
@@ -787,7 +787,7 @@ impl<'a> Parser<'a> {
         while self.peek().is_some_and(is_label_char) {
             self.pos += 1;
         }
-        Some(&self.src[start..self.pos])
+        Some(snippet(&self.src[start..self.pos]))
     }
 
     /// "`expected`, got `what is here`", in the shape of Prometheus's messages.
@@ -830,6 +830,15 @@ impl Meta {
             Meta::Unit => "UNIT",
         }
     }
+}
+
+/// At most 100 bytes of `s` (cut at a character boundary), for error messages.
+fn snippet(s: &str) -> &str {
+    let mut end = s.len().min(100);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn is_metric_start(c: u8) -> bool {
@@ -1304,6 +1313,9 @@ tabs\t\t7\t\t8";
                 e.msg
             );
         }
+        let long = format!("m{{a=\"{}\"}} x", "☃".repeat(200));
+        let e = err(long.as_bytes(), Format::PromText);
+        assert!(e.msg.len() < 200, "{e}");
         let e = err(b"a 1\nb{", Format::PromText);
         assert_eq!(e.to_string(), "line 2: expected label name, got EOF");
     }
