@@ -335,27 +335,33 @@ impl<'a> Parser<'a> {
                     self.pos += 1;
                     self.line += 1;
                 }
-                Some(b'#') => return self.comment_text().map(Some),
+                Some(b'#') => return self.comment_text(),
+                // Prometheus's text lexer reads a NUL where a line starts as the end.
+                Some(0) => return Ok(None),
                 Some(c) if is_metric_start(c) => return self.series().map(Some),
                 Some(_) => return Err(self.fail("expected a valid start token")),
             }
         }
     }
 
-    fn comment_text(&mut self) -> PResult<Entry<'a>> {
+    fn comment_text(&mut self) -> PResult<Option<Entry<'a>>> {
         self.pos += 1; // '#'
         if matches!(self.peek(), Some(b' ' | b'\t')) {
             self.skip_ws();
             if self.keyword(b"HELP") {
-                return self.meta(Meta::Help);
+                return self.meta(Meta::Help).map(Some);
             }
             if self.keyword(b"TYPE") {
-                return self.meta(Meta::Type);
+                return self.meta(Meta::Type).map(Some);
             }
         }
-        self.rest_of_line()?;
+        let comment = self.rest_of_line()?;
+        if comment.contains('\0') {
+            // Prometheus's lexer stops at a NUL inside a comment: the input ends there.
+            return Ok(None);
+        }
         self.finish_line();
-        Ok(Entry::Comment)
+        Ok(Some(Entry::Comment))
     }
 
     // ---- OpenMetrics 1.0 ----
@@ -408,10 +414,12 @@ impl<'a> Parser<'a> {
         };
         let text = if self.at_eol()? {
             ""
-        } else if matches!(self.peek(), Some(b' ' | b'\t')) {
-            // One separator; the rest of the line is the text, as Prometheus reads it.
-            self.pos += 1;
-            self.rest_of_line()?
+        } else if self.format == Format::PromText || matches!(self.peek(), Some(b' ' | b'\t')) {
+            // One separator, then the rest of the line is the text. Prometheus's text
+            // lexer drops whatever character follows the name.
+            let rest = self.rest_of_line()?;
+            let skip = rest.chars().next().map_or(0, char::len_utf8);
+            &rest[skip..]
         } else {
             return Err(self.fail(&format!("expected text in {kw}")));
         };
@@ -465,7 +473,9 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             end
         } else {
-            if self.pos == name_end && !self.at_eol()? {
+            // The text lexer needs no blank between a bare name and its value
+            // (`m-1` is `m` with value -1); OpenMetrics needs a space.
+            if self.format == Format::OpenMetrics && self.pos == name_end && !self.at_eol()? {
                 return Err(self.fail("expected whitespace after metric name"));
             }
             name_end
@@ -625,7 +635,8 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Scans a quoted label value after its opening quote, through the closing one.
+    /// Scans a quoted label value after its opening quote, through the closing one. The
+    /// text format (like Prometheus's lexer) lets a raw line feed stand in a value.
     fn scan_quoted(&mut self) -> PResult<bool> {
         let mut escaped = false;
         loop {
@@ -657,6 +668,10 @@ impl<'a> Parser<'a> {
                         None => return Err("unterminated label value, got EOF".to_string()),
                         Some(_) => self.pos += 2,
                     }
+                }
+                _ if self.format == Format::PromText => {
+                    self.pos += 1;
+                    self.line += 1;
                 }
                 _ => return Err("unterminated label value, got LINEBREAK".to_string()),
             }
@@ -1264,7 +1279,6 @@ tabs\t\t7\t\t8";
                 "expected value after metric, got LINEBREAK",
             ),
             (b"m{a=\"1", 1, "unterminated label value"),
-            (b"m{a=\"1\nx\"} 1", 1, "unterminated label value"),
             (b"\n\nm\n", 3, "expected value after metric, got LINEBREAK"),
             (b"m", 1, "expected value after metric, got EOF"),
             (b"m abc", 1, "invalid float value \"abc\""),
@@ -1300,8 +1314,8 @@ tabs\t\t7\t\t8";
                 1,
                 "expected a valid start token, got \"{a=\\\"b\\\"}\"",
             ),
-            (b"m-1 1", 1, "expected whitespace after metric name"),
-            (b"m.x 1", 1, "expected whitespace after metric name"),
+            (b"m.x 1", 1, "invalid float value \".x\""),
+            (b"m{a=\"1\nx} 1\n", 3, "unterminated label value, got EOF"),
         ];
         for (input, line, msg) in cases {
             let e = err(input, Format::PromText);
@@ -1318,6 +1332,75 @@ tabs\t\t7\t\t8";
         assert!(e.msg.len() < 200, "{e}");
         let e = err(b"a 1\nb{", Format::PromText);
         assert_eq!(e.to_string(), "line 2: expected label name, got EOF");
+    }
+
+    #[test]
+    fn prometheus_text_lexer_quirks() {
+        // No blank needed between a bare name and a value that cannot continue the name.
+        let s = one("m-1 1");
+        assert_eq!((s.name, s.value, s.timestamp), ("m", -1.0, Some(1)));
+        // A raw line feed inside a quoted label value is part of the value.
+        let mut p = Parser::new(b"m{a=\"x\ny\"} 1\nn{ 2\n", Format::PromText);
+        let Some(Entry::Series(s)) = p.next().unwrap() else {
+            panic!()
+        };
+        assert_eq!(pairs(&s), vec![("a".into(), "x\ny".into())]);
+        assert_eq!(p.next().unwrap_err().line, 3);
+        // NUL: fine inside values and HELP; where a line starts, or in a comment, it ends
+        // the input.
+        let s = one("m{a=\"abc\0\"} 1");
+        assert_eq!(pairs(&s), vec![("a".into(), "abc\0".into())]);
+        assert_eq!(
+            all("# HELP m foo\0bar\n", Format::PromText).unwrap(),
+            vec![Entry::Help {
+                metric: "m",
+                text: Cow::Borrowed("foo\0bar")
+            }]
+        );
+        assert_eq!(series("a 1\n\0garbage{\nb 2\n", Format::PromText).len(), 1);
+        assert_eq!(all("# c\0x\nm{ 1\n", Format::PromText).unwrap(), vec![]);
+        // The character after a HELP name is dropped whatever it is.
+        assert_eq!(
+            all("# HELP m{x} y\n", Format::PromText).unwrap(),
+            vec![Entry::Help {
+                metric: "m",
+                text: Cow::Borrowed("x} y")
+            }]
+        );
+        // Error cases from Prometheus's own parser tests.
+        for (input, msg) in [
+            (&b"a{b='c'} 1\n"[..], "expected label value"),
+            (b"a{b=\n", "expected label value"),
+            (b"a{\xff=\"foo\"} 1\n", "UTF-8"),
+            (b"a{b=\"\xff\"} 1\n", "UTF-8"),
+            (b"a true\n", "invalid float value \"true\""),
+            (b"something_weird{problem=\"", "unterminated label value"),
+            (b"empty_label_name{=\"\"} 0", "expected label name"),
+            (b"foo 1_2\n", "invalid float value"),
+            (b"foo 0x1p-3\n", "invalid float value"),
+            (b"foo 0x1P-3\n", "invalid float value"),
+            (b"foo 0 1_2\n", "expected timestamp or new record"),
+            (b"a{b=\0\"ssss\"} 1\n", "expected label value"),
+            (b"a{b\0=\"hiih\"}\t1", "expected equal"),
+            (b"a\0{b=\"ddd\"} 1", "invalid float value"),
+        ] {
+            let e = err(input, Format::PromText);
+            assert!(e.msg.contains(msg), "{input:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn openmetrics_is_stricter() {
+        for (input, msg) in [
+            (&b"m{a=\"x\ny\"} 1\n# EOF\n"[..], "unterminated label value"),
+            (b"m-1 1\n# EOF\n", "expected whitespace after metric name"),
+            (b"# HELP m{x} y\n# EOF\n", "expected text in HELP"),
+            (b" m 1\n# EOF\n", "expected a valid start token"),
+            (b"\0\n# EOF\n", "expected a valid start token"),
+        ] {
+            let e = err(input, Format::OpenMetrics);
+            assert!(e.msg.contains(msg), "{input:?}: {e}");
+        }
     }
 
     #[test]
