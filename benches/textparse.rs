@@ -24,7 +24,7 @@ fn exposition(format: Format) -> (String, usize) {
     for f in 0..FAMILIES {
         let histogram = f % 25 == 0;
         let counter = f % 2 == 0;
-        let name = format!("app_subsystem_requests_{f:03}");
+        let name = format!("app_requests_{f:03}");
         let (family, kind) = if histogram {
             (format!("{name}_seconds"), "histogram")
         } else if counter {
@@ -33,7 +33,7 @@ fn exposition(format: Format) -> (String, usize) {
             (name.clone(), "gauge")
         };
         out.push_str(&format!(
-            "# HELP {family} Requests handled by subsystem {f}, by method and code.\n"
+            "# HELP {family} Requests handled, by method and code.\n"
         ));
         out.push_str(&format!("# TYPE {family} {kind}\n"));
         if histogram {
@@ -61,13 +61,13 @@ fn exposition(format: Format) -> (String, usize) {
             _ => family.clone(),
         };
         for s in 0..SERIES_PER_FAMILY {
-            let value = (f * 7919 + s * 104_729) as f64 / 7.0;
+            let value = ((f * 7919 + s * 104_729) % 100_000) as f64 / 2.0;
             let ts = match format {
                 Format::PromText => format!(" {}", 1_700_000_000_000_i64 + s as i64),
                 Format::OpenMetrics => format!(" 1700000000.{:03}", s),
             };
             out.push_str(&format!(
-                "{sample_name}{{method=\"{}\",handler=\"/api/v1/endpoint_{}\",code=\"{}\",instance=\"10.0.{}.{}:9100\"}} {value}{ts}\n",
+                "{sample_name}{{method=\"{}\",handler=\"/api/v1/ep{}\",code=\"{}\",instance=\"10.0.{}.{}:9100\"}} {value}{ts}\n",
                 methods[s % 4],
                 s % 7,
                 codes[s % 5],

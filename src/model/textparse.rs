@@ -147,12 +147,17 @@ impl<'a> SeriesEntry<'a> {
         let mut v = Vec::with_capacity(1 + self.label_block.len() / 8);
         v.push(Label::new(METRIC_NAME, self.name));
         for (name, value) in self.label_pairs() {
-            v.push(Label {
-                name: name.to_string(),
-                value: value.into_owned(),
-            });
+            if !value.is_empty() {
+                v.push(Label {
+                    name: name.to_string(),
+                    value: value.into_owned(),
+                });
+            }
         }
-        Labels::new(v)
+        // The parser rejected duplicate names and `__name__` in the block, so the names
+        // are unique and an unstable sort gives the one sorted order.
+        v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Labels::from_sorted(v)
     }
 
     /// Iterates the label pairs in written order (without `__name__`), borrowing every value
