@@ -38,7 +38,11 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PromqlTest { files } => {
             let mut out = std::io::stdout();
             let summary = crate::promql::test_script::run_files(&files, &mut out);
-            Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if summary.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
@@ -55,7 +59,11 @@ fn check_config(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// Runs a node in a new actix system until SIGINT or SIGTERM.
@@ -97,23 +105,41 @@ pub struct Node {
 fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("config.file".into(), args.config.display().to_string());
-    m.insert("storage.tsdb.path".into(), args.data_dir.display().to_string());
+    m.insert(
+        "storage.tsdb.path".into(),
+        args.data_dir.display().to_string(),
+    );
     m.insert("web.listen-address".into(), args.listen.clone());
-    m.insert("storage.tsdb.retention.time".into(), crate::model::duration::format(args.retention));
-    m.insert("query.timeout".into(), crate::model::duration::format(args.query_timeout));
-    m.insert("query.max-samples".into(), args.query_max_samples.to_string());
-    m.insert("query.lookback-delta".into(), crate::model::duration::format(args.query_lookback_delta));
-    m.insert("query.max-concurrency".into(), args.query_max_concurrency.to_string());
+    m.insert(
+        "storage.tsdb.retention.time".into(),
+        crate::model::duration::format(args.retention),
+    );
+    m.insert(
+        "query.timeout".into(),
+        crate::model::duration::format(args.query_timeout),
+    );
+    m.insert(
+        "query.max-samples".into(),
+        args.query_max_samples.to_string(),
+    );
+    m.insert(
+        "query.lookback-delta".into(),
+        crate::model::duration::format(args.query_lookback_delta),
+    );
+    m.insert(
+        "query.max-concurrency".into(),
+        args.query_max_concurrency.to_string(),
+    );
     m
 }
 
 impl Node {
     /// Starts a node on the current actix system.
     pub async fn start(args: RunArgs) -> anyhow::Result<Node> {
-        let cfg = Arc::new(
-            config::load_file(&args.config)
-                .with_context(|| format!("loading configuration file {}", args.config.display()))?,
-        );
+        let cfg =
+            Arc::new(config::load_file(&args.config).with_context(|| {
+                format!("loading configuration file {}", args.config.display())
+            })?);
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
         let data_dir = args.data_dir.clone();
@@ -174,7 +200,9 @@ impl Node {
                 timeout: args.query_timeout,
                 max_samples: args.query_max_samples,
             },
-            query_slots: Arc::new(tokio::sync::Semaphore::new(args.query_max_concurrency.max(1))),
+            query_slots: Arc::new(tokio::sync::Semaphore::new(
+                args.query_max_concurrency.max(1),
+            )),
             targets,
             config: config_lock,
             reload: reload.clone(),
@@ -182,7 +210,8 @@ impl Node {
             flags: flags_map(&args),
             ready: ready.clone(),
         };
-        let (server, addrs) = web::serve(state, &args.listen).with_context(|| format!("listening on {}", args.listen))?;
+        let (server, addrs) = web::serve(state, &args.listen)
+            .with_context(|| format!("listening on {}", args.listen))?;
         let handle = server.handle();
         actix::spawn(async move {
             if let Err(e) = server.await {
@@ -265,28 +294,71 @@ fn spawn_sighup_reloader(reload: ReloadFn) {
 struct TsdbCollector(Tsdb);
 
 impl prometheus_client::collector::Collector for TsdbCollector {
-    fn encode(&self, mut enc: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
         let s = self.0.stats();
         let counters: [(&str, &str, u64); 6] = [
-            ("tsdb_samples_appended", "Samples appended to the TSDB", s.samples_appended_total),
-            ("tsdb_out_of_order_samples", "Samples rejected as out of order", s.out_of_order_samples_total),
-            ("tsdb_duplicate_samples", "Samples rejected as duplicates with another value", s.duplicate_samples_total),
-            ("tsdb_out_of_bounds_samples", "Samples rejected as too old", s.out_of_bounds_samples_total),
-            ("tsdb_wal_records_written", "WAL records written", s.wal_records_total),
-            ("tsdb_chunks_sealed", "Chunks sealed into sled", s.chunks_sealed_total),
+            (
+                "tsdb_samples_appended",
+                "Samples appended to the TSDB",
+                s.samples_appended_total,
+            ),
+            (
+                "tsdb_out_of_order_samples",
+                "Samples rejected as out of order",
+                s.out_of_order_samples_total,
+            ),
+            (
+                "tsdb_duplicate_samples",
+                "Samples rejected as duplicates with another value",
+                s.duplicate_samples_total,
+            ),
+            (
+                "tsdb_out_of_bounds_samples",
+                "Samples rejected as too old",
+                s.out_of_bounds_samples_total,
+            ),
+            (
+                "tsdb_wal_records_written",
+                "WAL records written",
+                s.wal_records_total,
+            ),
+            (
+                "tsdb_chunks_sealed",
+                "Chunks sealed into sled",
+                s.chunks_sealed_total,
+            ),
         ];
         for (name, help, v) in counters {
             let c = ConstCounter::new(v);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
         let gauges: [(&str, &str, i64); 4] = [
-            ("tsdb_head_series", "Series in the head", s.head_series as i64),
-            ("tsdb_head_chunks", "Open chunks in the head", s.head_chunks as i64),
-            ("tsdb_wal_bytes", "Bytes of WAL not yet truncated", s.wal_bytes as i64),
-            ("tsdb_storage_bytes", "Size of the sled database on disk", s.disk_bytes as i64),
+            (
+                "tsdb_head_series",
+                "Series in the head",
+                s.head_series as i64,
+            ),
+            (
+                "tsdb_head_chunks",
+                "Open chunks in the head",
+                s.head_chunks as i64,
+            ),
+            (
+                "tsdb_wal_bytes",
+                "Bytes of WAL not yet truncated",
+                s.wal_bytes as i64,
+            ),
+            (
+                "tsdb_storage_bytes",
+                "Size of the sled database on disk",
+                s.disk_bytes as i64,
+            ),
         ];
         for (name, help, v) in gauges {
             let g = ConstGauge::new(v);

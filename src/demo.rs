@@ -28,7 +28,9 @@ pub fn render_target(target: usize, series: usize, now_s: f64) -> String {
     let seed = target as u64 * 1_000_003;
     let mut n = 0usize;
 
-    out.push_str("# HELP http_requests_total Total HTTP requests.\n# TYPE http_requests_total counter\n");
+    out.push_str(
+        "# HELP http_requests_total Total HTTP requests.\n# TYPE http_requests_total counter\n",
+    );
     'outer: for (hi, h) in HANDLERS.iter().enumerate() {
         for (mi, m) in METHODS.iter().enumerate() {
             for (ci, c) in CODES.iter().enumerate() {
@@ -68,40 +70,64 @@ pub fn render_target(target: usize, series: usize, now_s: f64) -> String {
                 (count * frac).floor()
             );
         }
-        let _ = writeln!(out, "http_request_duration_seconds_bucket{{handler=\"{h}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "http_request_duration_seconds_sum{{handler=\"{h}\"}} {}", count * scale);
-        let _ = writeln!(out, "http_request_duration_seconds_count{{handler=\"{h}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "http_request_duration_seconds_bucket{{handler=\"{h}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "http_request_duration_seconds_sum{{handler=\"{h}\"}} {}",
+            count * scale
+        );
+        let _ = writeln!(
+            out,
+            "http_request_duration_seconds_count{{handler=\"{h}\"}} {count}"
+        );
         n += BUCKETS.len() + 3;
     }
 
     out.push_str("# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\n");
     if n < series {
         let base = 50e6 + 200e6 * unit(seed + 9);
-        let _ = writeln!(out, "process_resident_memory_bytes {}", (base * (1.0 + 0.1 * (now_s / 300.0).sin())).floor());
+        let _ = writeln!(
+            out,
+            "process_resident_memory_bytes {}",
+            (base * (1.0 + 0.1 * (now_s / 300.0).sin())).floor()
+        );
         n += 1;
     }
 
     out.push_str("# HELP node_cpu_seconds_total Seconds the CPUs spent in each mode.\n# TYPE node_cpu_seconds_total counter\n");
-    let modes = ["idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user"];
+    let modes = [
+        "idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user",
+    ];
     let mut cpu = 0;
     while n < series && cpu < 16 {
         for (mi, mode) in modes.iter().enumerate() {
             if n >= series {
                 break;
             }
-            let share = if *mode == "idle" { 0.7 } else { 0.3 / 7.0 } * (0.5 + unit(seed + 11_000 + (cpu * 8 + mi) as u64));
-            let _ = writeln!(out, "node_cpu_seconds_total{{cpu=\"{cpu}\",mode=\"{mode}\"}} {:.2}", share * now_s);
+            let share = if *mode == "idle" { 0.7 } else { 0.3 / 7.0 }
+                * (0.5 + unit(seed + 11_000 + (cpu * 8 + mi) as u64));
+            let _ = writeln!(
+                out,
+                "node_cpu_seconds_total{{cpu=\"{cpu}\",mode=\"{mode}\"}} {:.2}",
+                share * now_s
+            );
             n += 1;
         }
         cpu += 1;
     }
 
-    out.push_str("# HELP app_queue_length Items waiting in a work queue.\n# TYPE app_queue_length gauge\n");
+    out.push_str(
+        "# HELP app_queue_length Items waiting in a work queue.\n# TYPE app_queue_length gauge\n",
+    );
     let mut q = 0;
     while n < series {
         let s = seed + 20_000 + q as u64;
         let period = 60.0 + 600.0 * unit(s);
-        let v = (50.0 * unit(s + 1) * (1.0 + (now_s * std::f64::consts::TAU / period).sin())).round();
+        let v =
+            (50.0 * unit(s + 1) * (1.0 + (now_s * std::f64::consts::TAU / period).sin())).round();
         let _ = writeln!(out, "app_queue_length{{queue=\"q{q}\"}} {v}");
         n += 1;
         q += 1;
@@ -118,7 +144,10 @@ struct FleetState {
 async fn metrics(req: HttpRequest, st: web::Data<FleetState>) -> HttpResponse {
     let port = req.app_config().local_addr().port();
     let target = port.saturating_sub(st.first_port) as usize;
-    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let now_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(render_target(target, st.series, now_s))
@@ -133,7 +162,12 @@ pub struct Fleet {
 impl Fleet {
     /// Starts the fleet on `host:first_port..first_port+targets` on the current actix
     /// system.
-    pub fn start(host: &str, first_port: u16, targets: usize, series: usize) -> std::io::Result<Fleet> {
+    pub fn start(
+        host: &str,
+        first_port: u16,
+        targets: usize,
+        series: usize,
+    ) -> std::io::Result<Fleet> {
         let st = web::Data::new(FleetState { first_port, series });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -171,33 +205,6 @@ pub fn demo_config(fleet: &[SocketAddr]) -> String {
          \x20 - job_name: fleet\n    static_configs:\n      - targets: [{}]\n        labels:\n          env: demo\n",
         targets.join(", ")
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_requested_number_of_series() {
-        for series in [10, 100, 300, 1000] {
-            let text = render_target(3, series, 1_700_000_000.0);
-            let n = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
-            assert_eq!(n, series, "series={series}");
-        }
-    }
-
-    #[test]
-    fn counters_do_not_decrease() {
-        let a = render_target(1, 300, 1_700_000_000.0);
-        let b = render_target(1, 300, 1_700_000_015.0);
-        for (la, lb) in a.lines().zip(b.lines()) {
-            if la.starts_with("http_requests_total{") {
-                let va: f64 = la.rsplit(' ').next().unwrap().parse().unwrap();
-                let vb: f64 = lb.rsplit(' ').next().unwrap().parse().unwrap();
-                assert!(vb >= va);
-            }
-        }
-    }
 }
 
 /// `shoal demo`: the fleet and one node, until Ctrl-C.
@@ -252,4 +259,34 @@ fn tempdir_in_system() -> std::io::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("shoal-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requested_number_of_series() {
+        for series in [10, 100, 300, 1000] {
+            let text = render_target(3, series, 1_700_000_000.0);
+            let n = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .count();
+            assert_eq!(n, series, "series={series}");
+        }
+    }
+
+    #[test]
+    fn counters_do_not_decrease() {
+        let a = render_target(1, 300, 1_700_000_000.0);
+        let b = render_target(1, 300, 1_700_000_015.0);
+        for (la, lb) in a.lines().zip(b.lines()) {
+            if la.starts_with("http_requests_total{") {
+                let va: f64 = la.rsplit(' ').next().unwrap().parse().unwrap();
+                let vb: f64 = lb.rsplit(' ').next().unwrap().parse().unwrap();
+                assert!(vb >= va);
+            }
+        }
+    }
 }

@@ -123,8 +123,16 @@ impl Metrics {
             "Samples dropped because they were too old for the head",
             m.scrape_samples_out_of_bounds_total.clone(),
         );
-        registry.register("targets_active", "Targets scraped by this node", m.targets_active.clone());
-        registry.register("config_reloads", "Configuration reloads", m.config_reloads_total.clone());
+        registry.register(
+            "targets_active",
+            "Targets scraped by this node",
+            m.targets_active.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads",
+            m.config_reloads_total.clone(),
+        );
         registry.register(
             "config_reload_failures",
             "Configuration reloads that were rejected",
@@ -140,7 +148,11 @@ impl Metrics {
             "HTTP requests served, by handler and status code",
             m.http_requests_total.clone(),
         );
-        registry.register("queries", "PromQL queries evaluated", m.queries_total.clone());
+        registry.register(
+            "queries",
+            "PromQL queries evaluated",
+            m.queries_total.clone(),
+        );
         registry.register(
             "query_failures",
             "PromQL queries that failed, by reason",
@@ -161,7 +173,10 @@ impl Metrics {
     /// Renders all metrics in the OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let reg = self.registry.lock().expect("metrics registry lock poisoned");
+        let reg = self
+            .registry
+            .lock()
+            .expect("metrics registry lock poisoned");
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
         out

@@ -204,11 +204,13 @@ impl ScrapeCache {
         }
         // Series seen by the previous scrape but not by this one get a staleness marker.
         for e in self.entries.values_mut() {
-            if e.last_iter == prev_iter && prev_iter > 0 && !e.explicit_ts {
-                if let Some(s) = e.series.as_mut() {
-                    append_one(app.as_mut(), s, t, stale_nan(), &mut stats)?;
-                    stats.stale_markers += 1;
-                }
+            if e.last_iter == prev_iter
+                && prev_iter > 0
+                && !e.explicit_ts
+                && let Some(s) = e.series.as_mut()
+            {
+                append_one(app.as_mut(), s, t, stale_nan(), &mut stats)?;
+                stats.stale_markers += 1;
             }
         }
         let commit = app
@@ -257,7 +259,9 @@ impl ScrapeCache {
                     touched.push(s.raw.into());
                 }
                 e.explicit_ts = explicit;
-                let Some(series) = e.series.as_mut() else { continue };
+                let Some(series) = e.series.as_mut() else {
+                    continue;
+                };
                 stats.post_relabel += 1;
                 if cfg.sample_limit > 0 && stats.post_relabel > cfg.sample_limit {
                     return Err(ScrapeError::SampleLimit);
@@ -267,7 +271,9 @@ impl ScrapeCache {
             }
             if let Some(&i) = staged_index.get(s.raw) {
                 let e = &mut staged[i].1;
-                let Some(series) = e.series.as_mut() else { continue };
+                let Some(series) = e.series.as_mut() else {
+                    continue;
+                };
                 stats.post_relabel += 1;
                 if cfg.sample_limit > 0 && stats.post_relabel > cfg.sample_limit {
                     return Err(ScrapeError::SampleLimit);
@@ -306,14 +312,17 @@ impl ScrapeCache {
         let mut stats = ScrapeStats::default();
         let prev = self.iter;
         for e in self.entries.values_mut() {
-            if e.last_iter == prev && prev > 0 && !e.explicit_ts {
-                if let Some(s) = e.series.as_mut() {
-                    append_one(app.as_mut(), s, t, stale_nan(), &mut stats)?;
-                    stats.stale_markers += 1;
-                }
+            if e.last_iter == prev
+                && prev > 0
+                && !e.explicit_ts
+                && let Some(s) = e.series.as_mut()
+            {
+                append_one(app.as_mut(), s, t, stale_nan(), &mut stats)?;
+                stats.stale_markers += 1;
             }
         }
-        app.commit().map_err(|e| ScrapeError::Storage(e.to_string()))?;
+        app.commit()
+            .map_err(|e| ScrapeError::Storage(e.to_string()))?;
         // The next successful scrape starts a fresh generation: nothing is "previous".
         self.iter += 1;
         Ok(stats.stale_markers)
@@ -381,18 +390,29 @@ impl ReportCache {
     }
 
     /// Writes staleness markers for the report series (the target went away).
-    pub fn append_stale(&mut self, storage: &dyn Appendable, target_labels: &Labels, t: i64) -> Result<(), ScrapeError> {
+    pub fn append_stale(
+        &mut self,
+        storage: &dyn Appendable,
+        target_labels: &Labels,
+        t: i64,
+    ) -> Result<(), ScrapeError> {
         self.ensure(target_labels);
         self.append_values(storage, t, &[stale_nan(); 5])
     }
 
-    fn append_values(&mut self, storage: &dyn Appendable, t: i64, values: &[f64; 5]) -> Result<(), ScrapeError> {
+    fn append_values(
+        &mut self,
+        storage: &dyn Appendable,
+        t: i64,
+        values: &[f64; 5],
+    ) -> Result<(), ScrapeError> {
         let mut app = storage.appender();
         let mut stats = ScrapeStats::default();
         for (s, v) in self.series.iter_mut().zip(values) {
             append_one(app.as_mut(), s, t, *v, &mut stats)?;
         }
-        app.commit().map_err(|e| ScrapeError::Storage(e.to_string()))?;
+        app.commit()
+            .map_err(|e| ScrapeError::Storage(e.to_string()))?;
         Ok(())
     }
 }

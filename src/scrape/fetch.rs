@@ -28,7 +28,10 @@ pub fn client() -> reqwest::Client {
         .expect("a plain-HTTP reqwest client with static settings always builds")
 }
 
-fn read_secret(inline: &Option<String>, file: &Option<std::path::PathBuf>) -> Result<String, ScrapeError> {
+fn read_secret(
+    inline: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+) -> Result<String, ScrapeError> {
     match (inline, file) {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(f)) => std::fs::read_to_string(f)
@@ -40,7 +43,10 @@ fn read_secret(inline: &Option<String>, file: &Option<std::path::PathBuf>) -> Re
 
 /// Adds the configured credentials (files are read at scrape time, as Prometheus does,
 /// so rotated secrets are picked up).
-fn with_auth(req: reqwest::RequestBuilder, cfg: &ScrapeConfig) -> Result<reqwest::RequestBuilder, ScrapeError> {
+fn with_auth(
+    req: reqwest::RequestBuilder,
+    cfg: &ScrapeConfig,
+) -> Result<reqwest::RequestBuilder, ScrapeError> {
     if let Some(b) = &cfg.basic_auth {
         let password = read_secret(&b.password, &b.password_file)?;
         return Ok(req.basic_auth(&b.username, Some(password)));
@@ -53,7 +59,11 @@ fn with_auth(req: reqwest::RequestBuilder, cfg: &ScrapeConfig) -> Result<reqwest
 }
 
 /// Scrapes `url` once.
-pub async fn fetch(client: &reqwest::Client, url: &str, cfg: &ScrapeConfig) -> Result<Fetched, ScrapeError> {
+pub async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    cfg: &ScrapeConfig,
+) -> Result<Fetched, ScrapeError> {
     let timeout = cfg.scrape_timeout;
     let fut = fetch_inner(client, url, cfg);
     match tokio::time::timeout(timeout, fut).await {
@@ -62,7 +72,11 @@ pub async fn fetch(client: &reqwest::Client, url: &str, cfg: &ScrapeConfig) -> R
     }
 }
 
-async fn fetch_inner(client: &reqwest::Client, url: &str, cfg: &ScrapeConfig) -> Result<Fetched, ScrapeError> {
+async fn fetch_inner(
+    client: &reqwest::Client,
+    url: &str,
+    cfg: &ScrapeConfig,
+) -> Result<Fetched, ScrapeError> {
     let mut req = client
         .get(url)
         .header("Accept", SCRAPE_ACCEPT_HEADER)
@@ -71,7 +85,10 @@ async fn fetch_inner(client: &reqwest::Client, url: &str, cfg: &ScrapeConfig) ->
             format!("{}", cfg.scrape_timeout.as_secs_f64()),
         );
     req = with_auth(req, cfg)?;
-    let mut resp = req.send().await.map_err(|e| ScrapeError::Http(error_chain(&e)))?;
+    let mut resp = req
+        .send()
+        .await
+        .map_err(|e| ScrapeError::Http(error_chain(&e)))?;
     let status = resp.status();
     if status != reqwest::StatusCode::OK {
         return Err(ScrapeError::Status(format!(
@@ -87,7 +104,11 @@ async fn fetch_inner(client: &reqwest::Client, url: &str, cfg: &ScrapeConfig) ->
     );
     let limit = cfg.body_size_limit;
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| ScrapeError::Http(error_chain(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ScrapeError::Http(error_chain(&e)))?
+    {
         body.extend_from_slice(&chunk);
         if limit > 0 && body.len() as u64 > limit {
             return Err(ScrapeError::BodySizeLimit);

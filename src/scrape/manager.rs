@@ -62,7 +62,11 @@ pub struct ScrapeManager {
 }
 
 impl ScrapeManager {
-    pub fn new(storage: Arc<dyn Appendable>, metrics: Metrics, config: Arc<Config>) -> ScrapeManager {
+    pub fn new(
+        storage: Arc<dyn Appendable>,
+        metrics: Metrics,
+        config: Arc<Config>,
+    ) -> ScrapeManager {
         ScrapeManager {
             storage,
             metrics,
@@ -85,7 +89,12 @@ impl ScrapeManager {
         for sc in &self.config.scrape_configs {
             let sc = Arc::new(sc.clone());
             let mut job_targets = Vec::new();
-            for group in self.groups.get(&sc.job_name).map(Vec::as_slice).unwrap_or(&[]) {
+            for group in self
+                .groups
+                .get(&sc.job_name)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
                 for res in discovery::targets_from_group(&sc, group) {
                     match res {
                         Ok(t) => job_targets.push(t),
@@ -141,21 +150,32 @@ impl ScrapeManager {
                 self.metrics.clone(),
             )
             .start();
-            self.running.insert(k, Running { addr, active, cfg: sc });
+            self.running.insert(
+                k,
+                Running {
+                    addr,
+                    active,
+                    cfg: sc,
+                },
+            );
         }
         self.publish(dropped);
     }
 
     fn publish(&mut self, dropped: Vec<DroppedTarget>) {
-        let mut active: Vec<ActiveTarget> = self.running.values().map(|r| r.active.clone()).collect();
+        let mut active: Vec<ActiveTarget> =
+            self.running.values().map(|r| r.active.clone()).collect();
         active.sort_by(|a, b| {
-            (a.scrape_pool.as_str(), a.target.labels.to_string()).cmp(&(b.scrape_pool.as_str(), b.target.labels.to_string()))
+            (a.scrape_pool.as_str(), a.target.labels.to_string())
+                .cmp(&(b.scrape_pool.as_str(), b.target.labels.to_string()))
         });
         self.metrics.targets_active.clear();
         for a in &active {
             self.metrics
                 .targets_active
-                .get_or_create(&JobLabels { job: a.scrape_pool.clone() })
+                .get_or_create(&JobLabels {
+                    job: a.scrape_pool.clone(),
+                })
                 .inc();
         }
         self.view.set(TargetsSnapshot { active, dropped });

@@ -13,10 +13,10 @@ use crate::model::Labels;
 use crate::storage::Appendable;
 use crate::telemetry::{JobLabels, JobReasonLabels, Metrics};
 
+use super::ScrapeError;
 use super::append::{Report, ReportCache, ScrapeCache, ScrapeContext, ScrapeStats};
 use super::fetch;
 use super::target::{SharedStatus, TargetHealth};
-use super::ScrapeError;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -107,7 +107,7 @@ impl ScrapeActor {
             let start = Instant::now();
             let fetched = fetch::fetch(&client, &url, &cfg).await;
             // Parsing and storing are CPU and disk work: off the actor's thread.
-            let joined = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 let res = fetched.and_then(|f| {
                     let ctx = ScrapeContext {
                         cfg: &cfg,
@@ -132,10 +132,15 @@ impl ScrapeActor {
                     stats,
                 };
                 let report_res = report.append_report(storage.as_ref(), &target_labels, t, &r);
-                (cache, report, res.and(report_res).map(|_| stats), t, duration)
+                (
+                    cache,
+                    report,
+                    res.and(report_res).map(|_| stats),
+                    t,
+                    duration,
+                )
             })
-            .await;
-            joined
+            .await
         };
         ctx.spawn(fut.into_actor(self).map(|joined, act, ctx| {
             let (cache, report, res, t, duration) = match joined {
@@ -143,7 +148,13 @@ impl ScrapeActor {
                 Err(e) => {
                     // The blocking task panicked: start over with fresh caches.
                     tracing::error!(target = %act.url, error = %e, "scrape task failed");
-                    (ScrapeCache::default(), ReportCache::default(), Err(ScrapeError::Storage(e.to_string())), now_ms(), Duration::ZERO)
+                    (
+                        ScrapeCache::default(),
+                        ReportCache::default(),
+                        Err(ScrapeError::Storage(e.to_string())),
+                        now_ms(),
+                        Duration::ZERO,
+                    )
                 }
             };
             act.caches = Some((cache, report));
@@ -172,15 +183,24 @@ impl ScrapeActor {
                 st.last_error.clear();
                 let jl = JobLabels { job };
                 if stats.duplicate > 0 {
-                    self.metrics.scrape_samples_duplicate_total.get_or_create(&jl).inc_by(stats.duplicate);
+                    self.metrics
+                        .scrape_samples_duplicate_total
+                        .get_or_create(&jl)
+                        .inc_by(stats.duplicate);
                     tracing::warn!(target = %self.url, count = stats.duplicate, "error on ingesting samples with different value but same timestamp");
                 }
                 if stats.out_of_order > 0 {
-                    self.metrics.scrape_samples_out_of_order_total.get_or_create(&jl).inc_by(stats.out_of_order);
+                    self.metrics
+                        .scrape_samples_out_of_order_total
+                        .get_or_create(&jl)
+                        .inc_by(stats.out_of_order);
                     tracing::warn!(target = %self.url, count = stats.out_of_order, "error on ingesting out-of-order samples");
                 }
                 if stats.out_of_bounds > 0 {
-                    self.metrics.scrape_samples_out_of_bounds_total.get_or_create(&jl).inc_by(stats.out_of_bounds);
+                    self.metrics
+                        .scrape_samples_out_of_bounds_total
+                        .get_or_create(&jl)
+                        .inc_by(stats.out_of_bounds);
                 }
             }
             Err(e) => {
@@ -199,15 +219,15 @@ impl ScrapeActor {
     }
 
     fn finish(&mut self, stop: StopScrape, ctx: &mut Context<Self>) {
-        if stop.stale {
-            if let Some((cache, report)) = self.caches.as_mut() {
-                let t = now_ms();
-                if let Err(e) = cache.mark_all_stale(self.storage.as_ref(), t) {
-                    tracing::warn!(target = %self.url, error = %e, "writing staleness markers failed");
-                }
-                if let Err(e) = report.append_stale(self.storage.as_ref(), &self.target_labels, t) {
-                    tracing::warn!(target = %self.url, error = %e, "writing staleness markers failed");
-                }
+        if stop.stale
+            && let Some((cache, report)) = self.caches.as_mut()
+        {
+            let t = now_ms();
+            if let Err(e) = cache.mark_all_stale(self.storage.as_ref(), t) {
+                tracing::warn!(target = %self.url, error = %e, "writing staleness markers failed");
+            }
+            if let Err(e) = report.append_stale(self.storage.as_ref(), &self.target_labels, t) {
+                tracing::warn!(target = %self.url, error = %e, "writing staleness markers failed");
             }
         }
         ctx.stop();

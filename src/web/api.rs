@@ -19,8 +19,11 @@ struct Params(Vec<(String, String)>);
 
 impl Params {
     fn from_request(req: &HttpRequest, body: &[u8]) -> Result<Params, ApiError> {
-        let bad = |e: serde_urlencoded::de::Error| ApiError::bad_data(format!("error parsing form values: {e}"));
-        let mut v: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string()).map_err(bad)?;
+        let bad = |e: serde_urlencoded::de::Error| {
+            ApiError::bad_data(format!("error parsing form values: {e}"))
+        };
+        let mut v: Vec<(String, String)> =
+            serde_urlencoded::from_str(req.query_string()).map_err(bad)?;
         let is_form = req
             .headers()
             .get(actix_web::http::header::CONTENT_TYPE)
@@ -37,31 +40,47 @@ impl Params {
     }
 
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+        self.0
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
 
     fn all(&self, k: &str) -> Vec<&str> {
-        self.0.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect()
+        self.0
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     fn time(&self, k: &str, default: i64) -> Result<i64, ApiError> {
         match self.get(k) {
             None => Ok(default),
-            Some(s) => parse_time(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"{k}\": {e}"))),
+            Some(s) => parse_time(s)
+                .map_err(|e| ApiError::bad_data(format!("invalid parameter \"{k}\": {e}"))),
         }
     }
 
     fn matchers(&self) -> Result<Vec<Vec<Matcher>>, ApiError> {
         let mut out = Vec::new();
         for s in self.all("match[]") {
-            out.extend(parse_selector(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"match[]\": {e}")))?);
+            out.extend(
+                parse_selector(s).map_err(|e| {
+                    ApiError::bad_data(format!("invalid parameter \"match[]\": {e}"))
+                })?,
+            );
         }
         Ok(out)
     }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn eval_error(e: EvalError) -> ApiError {
@@ -79,7 +98,8 @@ fn eval_error(e: EvalError) -> ApiError {
 fn engine_for(st: &AppState, p: &Params) -> Result<Engine, ApiError> {
     let mut opts = st.engine_opts.clone();
     if let Some(t) = p.get("timeout") {
-        let ms = parse_duration_ms(t).map_err(|e| ApiError::bad_data(format!("invalid parameter \"timeout\": {e}")))?;
+        let ms = parse_duration_ms(t)
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"timeout\": {e}")))?;
         if ms > 0 {
             opts.timeout = opts.timeout.min(Duration::from_millis(ms as u64));
         }
@@ -97,7 +117,9 @@ where
         .await
         .map_err(|_| ApiError::new(ErrorType::Unavailable, "query queue closed"))?;
     st.metrics.queries_total.inc();
-    let res = web::block(f).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let res = web::block(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     match res {
         Ok(r) => Ok(success_raw(&encode_query_data(&r), &r.warnings)),
         Err(e) => {
@@ -114,7 +136,11 @@ where
     }
 }
 
-pub async fn query(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn query(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let p = Params::from_request(&req, &body)?;
     let q = p
         .get("query")
@@ -126,26 +152,43 @@ pub async fn query(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) 
     run_query(&st, move || engine.instant_query(storage.as_ref(), &q, t)).await
 }
 
-pub async fn query_range(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn query_range(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let p = Params::from_request(&req, &body)?;
     let q = p
         .get("query")
         .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": missing query"))?
         .to_string();
     let start = match p.get("start") {
-        Some(s) => parse_time(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"start\": {e}")))?,
-        None => return Err(ApiError::bad_data("invalid parameter \"start\": missing start")),
+        Some(s) => parse_time(s)
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"start\": {e}")))?,
+        None => {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"start\": missing start",
+            ));
+        }
     };
     let end = match p.get("end") {
-        Some(s) => parse_time(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"end\": {e}")))?,
+        Some(s) => parse_time(s)
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"end\": {e}")))?,
         None => return Err(ApiError::bad_data("invalid parameter \"end\": missing end")),
     };
     if end < start {
-        return Err(ApiError::bad_data("invalid parameter \"end\": end timestamp must not be before start time"));
+        return Err(ApiError::bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
     }
     let step = match p.get("step") {
-        Some(s) => parse_duration_ms(s).map_err(|e| ApiError::bad_data(format!("invalid parameter \"step\": {e}")))?,
-        None => return Err(ApiError::bad_data("invalid parameter \"step\": missing step")),
+        Some(s) => parse_duration_ms(s)
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"step\": {e}")))?,
+        None => {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"step\": missing step",
+            ));
+        }
     };
     if step <= 0 {
         return Err(ApiError::bad_data(
@@ -159,14 +202,21 @@ pub async fn query_range(req: HttpRequest, body: web::Bytes, st: web::Data<AppSt
     }
     let engine = engine_for(&st, &p)?;
     let storage = st.storage.clone();
-    run_query(&st, move || engine.range_query(storage.as_ref(), &q, start, end, step)).await
+    run_query(&st, move || {
+        engine.range_query(storage.as_ref(), &q, start, end, step)
+    })
+    .await
 }
 
 fn range_params(p: &Params) -> Result<(i64, i64), ApiError> {
     Ok((p.time("start", MIN_TIME_MS)?, p.time("end", MAX_TIME_MS)?))
 }
 
-pub async fn series(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn series(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let p = Params::from_request(&req, &body)?;
     let sets = p.matchers()?;
     if sets.is_empty() {
@@ -187,12 +237,20 @@ pub async fn series(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>)
     .map_err(|e| ApiError::internal(e.to_string()))??;
     let data: Vec<BTreeMap<&str, &str>> = res
         .iter()
-        .map(|l| l.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect())
+        .map(|l| {
+            l.iter()
+                .map(|l| (l.name.as_str(), l.value.as_str()))
+                .collect()
+        })
         .collect();
     Ok(success(&data))
 }
 
-pub async fn labels(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn labels(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let p = Params::from_request(&req, &body)?;
     let sets = p.matchers()?;
     let (start, end) = range_params(&p)?;
@@ -245,12 +303,17 @@ pub async fn label_values(
 }
 
 fn labels_json(l: &Labels) -> Json {
-    Json::Object(l.iter().map(|l| (l.name.clone(), Json::String(l.value.clone()))).collect())
+    Json::Object(
+        l.iter()
+            .map(|l| (l.name.clone(), Json::String(l.value.clone())))
+            .collect(),
+    )
 }
 
 fn rfc3339(t: Option<SystemTime>) -> String {
     match t {
-        Some(t) => chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        Some(t) => chrono::DateTime::<chrono::Utc>::from(t)
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         None => "0001-01-01T00:00:00Z".to_string(),
     }
 }
@@ -263,7 +326,11 @@ pub async fn targets(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
     let mut active = Vec::new();
     let mut dropped = Vec::new();
     if state == "any" || state == "active" {
-        for a in snap.active.iter().filter(|a| pool.is_none_or(|p| p == a.scrape_pool)) {
+        for a in snap
+            .active
+            .iter()
+            .filter(|a| pool.is_none_or(|p| p == a.scrape_pool))
+        {
             let s = a.status();
             let url = a.target.url();
             active.push(json!({
@@ -282,11 +349,17 @@ pub async fn targets(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
         }
     }
     if state == "any" || state == "dropped" {
-        for d in snap.dropped.iter().filter(|d| pool.is_none_or(|p| p == d.scrape_pool)) {
+        for d in snap
+            .dropped
+            .iter()
+            .filter(|d| pool.is_none_or(|p| p == d.scrape_pool))
+        {
             dropped.push(json!({ "discoveredLabels": labels_json(&d.discovered_labels) }));
         }
     }
-    Ok(success(&json!({ "activeTargets": active, "droppedTargets": dropped })))
+    Ok(success(
+        &json!({ "activeTargets": active, "droppedTargets": dropped }),
+    ))
 }
 
 pub async fn buildinfo() -> HttpResponse {
@@ -323,7 +396,11 @@ pub async fn reload(st: web::Data<AppState>) -> HttpResponse {
     let f = st.reload.clone();
     match web::block(move || f()).await {
         Ok(Ok(())) => HttpResponse::Ok().body(""),
-        Ok(Err(e)) => HttpResponse::InternalServerError().body(format!("failed to reload config: {e}\n")),
-        Err(e) => HttpResponse::InternalServerError().body(format!("failed to reload config: {e}\n")),
+        Ok(Err(e)) => {
+            HttpResponse::InternalServerError().body(format!("failed to reload config: {e}\n"))
+        }
+        Err(e) => {
+            HttpResponse::InternalServerError().body(format!("failed to reload config: {e}\n"))
+        }
     }
 }

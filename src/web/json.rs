@@ -39,7 +39,9 @@ impl ErrorType {
         match self {
             ErrorType::BadData => StatusCode::BAD_REQUEST,
             ErrorType::Execution => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorType::Timeout | ErrorType::Canceled | ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::Timeout | ErrorType::Canceled | ErrorType::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorType::NotFound => StatusCode::NOT_FOUND,
         }
@@ -55,13 +57,22 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_data(msg: impl Into<String>) -> ApiError {
-        ApiError { kind: ErrorType::BadData, msg: msg.into() }
+        ApiError {
+            kind: ErrorType::BadData,
+            msg: msg.into(),
+        }
     }
     pub fn internal(msg: impl Into<String>) -> ApiError {
-        ApiError { kind: ErrorType::Internal, msg: msg.into() }
+        ApiError {
+            kind: ErrorType::Internal,
+            msg: msg.into(),
+        }
     }
     pub fn new(kind: ErrorType, msg: impl Into<String>) -> ApiError {
-        ApiError { kind, msg: msg.into() }
+        ApiError {
+            kind,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -136,7 +147,11 @@ pub fn write_labels(out: &mut String, l: &Labels) {
 
 /// A millisecond timestamp as Prometheus writes it: seconds with up to 3 decimals.
 pub fn write_timestamp(out: &mut String, t: i64) {
-    let (sign, t) = if t < 0 { ("-", t.unsigned_abs()) } else { ("", t as u64) };
+    let (sign, t) = if t < 0 {
+        ("-", t.unsigned_abs())
+    } else {
+        ("", t as u64)
+    };
     let frac = t % 1000;
     if frac == 0 {
         let _ = write!(out, "{sign}{}", t / 1000);

@@ -75,12 +75,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn healthy() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("Shoal is Healthy.\n")
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("Shoal is Healthy.\n")
 }
 
 async fn ready(st: web::Data<AppState>) -> HttpResponse {
     if st.ready.load(Ordering::Relaxed) {
-        HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("Shoal is Ready.\n")
+        HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body("Shoal is Ready.\n")
     } else {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")
@@ -89,19 +93,24 @@ async fn ready(st: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn index() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(
-        "<!doctype html><title>shoal</title><h1>shoal</h1><ul>\
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(
+            "<!doctype html><title>shoal</title><h1>shoal</h1><ul>\
          <li><a href=\"/api/v1/targets\">/api/v1/targets</a></li>\
          <li><a href=\"/api/v1/query?query=up\">/api/v1/query?query=up</a></li>\
          <li><a href=\"/api/v1/labels\">/api/v1/labels</a></li>\
          <li><a href=\"/api/v1/status/config\">/api/v1/status/config</a></li>\
          <li><a href=\"/metrics\">/metrics</a></li></ul>",
-    )
+        )
 }
 
 /// Binds `listen` and starts serving. The returned server runs on the current actix
 /// system; stop it with its handle.
-pub fn serve(state: AppState, listen: &str) -> std::io::Result<(Server, Vec<std::net::SocketAddr>)> {
+pub fn serve(
+    state: AppState,
+    listen: &str,
+) -> std::io::Result<(Server, Vec<std::net::SocketAddr>)> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()

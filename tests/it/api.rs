@@ -7,7 +7,10 @@ use crate::harness::*;
 fn node_with_data() -> (tempfile::TempDir, TargetServer, Node) {
     let dir = tempdir();
     let t = TargetServer::start();
-    t.set("/metrics", Reply::text("demo_g{a=\"x\"} 1.5\ndemo_g{a=\"y\"} NaN\ndemo_h +Inf\n"));
+    t.set(
+        "/metrics",
+        Reply::text("demo_g{a=\"x\"} 1.5\ndemo_g{a=\"y\"} NaN\ndemo_h +Inf\n"),
+    );
     let cfg = format!(
         "global:\n  scrape_interval: 1s\n  external_labels:\n    site: t\nscrape_configs:\n  - job_name: api\n    static_configs:\n      - targets: ['{}']\n",
         t.target()
@@ -15,7 +18,11 @@ fn node_with_data() -> (tempfile::TempDir, TargetServer, Node) {
     let node = Node::start(dir.path(), &cfg, &[]);
     wait_for("data", Duration::from_secs(30), || {
         let r = node.query("demo_g");
-        if r.len() == 2 { Ok(()) } else { Err(format!("{r:?}")) }
+        if r.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     (dir, t, node)
 }
@@ -27,9 +34,21 @@ fn errors_have_prometheus_shape_and_status() {
         ("/api/v1/query?query=sum(", 400, "bad_data"),
         ("/api/v1/query", 400, "bad_data"),
         ("/api/v1/query?query=up&time=yesterday", 400, "bad_data"),
-        ("/api/v1/query_range?query=up&start=10&end=5&step=1", 400, "bad_data"),
-        ("/api/v1/query_range?query=up&start=0&end=100000&step=1", 400, "bad_data"),
-        ("/api/v1/query_range?query=up&start=0&end=10&step=0", 400, "bad_data"),
+        (
+            "/api/v1/query_range?query=up&start=10&end=5&step=1",
+            400,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query_range?query=up&start=0&end=100000&step=1",
+            400,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query_range?query=up&start=0&end=10&step=0",
+            400,
+            "bad_data",
+        ),
         ("/api/v1/series", 400, "bad_data"),
         ("/api/v1/series?match[]=%7B%7D", 400, "bad_data"),
         ("/api/v1/label/1bad/values", 400, "bad_data"),
@@ -38,7 +57,8 @@ fn errors_have_prometheus_shape_and_status() {
     for (path, code, etype) in cases {
         let (c, body) = http_get(&node.url(path)).unwrap();
         assert_eq!(c, code, "{path}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
         assert_eq!(v["status"], "error", "{path}");
         assert_eq!(v["errorType"], etype, "{path}");
         assert!(!v["error"].as_str().unwrap().is_empty());
@@ -76,8 +96,14 @@ fn query_results_have_prometheus_shapes() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["data"]["result"][0]["value"][1], "1.5");
     // A range query returns a matrix.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let v = node.get_json(&format!("/api/v1/query_range?query=demo_g&start={}&end={now}&step=1s", now - 10));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let v = node.get_json(&format!(
+        "/api/v1/query_range?query=demo_g&start={}&end={now}&step=1s",
+        now - 10
+    ));
     assert_eq!(v["data"]["resultType"], "matrix");
     assert_eq!(v["data"]["result"].as_array().unwrap().len(), 2);
 }
@@ -89,13 +115,22 @@ fn status_endpoints() {
     assert_eq!(v["status"], "success");
     assert!(v["data"]["version"].as_str().is_some());
     let v = node.get_json("/api/v1/status/config");
-    assert!(v["data"]["yaml"].as_str().unwrap().contains("job_name: api"));
+    assert!(
+        v["data"]["yaml"]
+            .as_str()
+            .unwrap()
+            .contains("job_name: api")
+    );
     let v = node.get_json("/api/v1/status/flags");
     assert!(v["data"]["storage.tsdb.retention.time"].is_string());
     let (c, b) = http_get(&node.url("/-/healthy")).unwrap();
     assert_eq!(c, 200, "{b}");
     let (_, m) = http_get(&node.url("/metrics")).unwrap();
-    for name in ["shoal_tsdb_samples_appended_total", "shoal_tsdb_head_series", "shoal_scrapes_total"] {
+    for name in [
+        "shoal_tsdb_samples_appended_total",
+        "shoal_tsdb_head_series",
+        "shoal_scrapes_total",
+    ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
 }

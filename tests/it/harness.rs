@@ -30,13 +30,16 @@ impl Reply {
     }
 }
 
+/// A request a test target received: path with query, and lower-cased headers.
+pub type Request = (String, HashMap<String, String>);
+
 /// A tiny HTTP server whose replies tests can change while it runs. Each path has one
 /// reply; unknown paths get 404. Requests are recorded.
 #[derive(Clone)]
 pub struct TargetServer {
     pub addr: SocketAddr,
     replies: Arc<Mutex<HashMap<String, Reply>>>,
-    pub requests: Arc<Mutex<Vec<(String, HashMap<String, String>)>>>,
+    pub requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl TargetServer {
@@ -116,7 +119,11 @@ impl TargetServer {
 
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until `f` returns `Some`, polling every 100 ms, or panics after `timeout`
@@ -155,9 +162,19 @@ impl Node {
         Node::start_with(dir, &config, &dir.join("data"), free_port(), extra)
     }
 
-    pub fn start_with(dir: &Path, config: &Path, data_dir: &Path, port: u16, extra: &[&str]) -> Node {
+    pub fn start_with(
+        dir: &Path,
+        config: &Path,
+        data_dir: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Node {
         let log = dir.join(format!("shoal-{port}.log"));
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(shoal_bin())
             .arg("run")
             .arg("--config")
@@ -192,7 +209,10 @@ impl Node {
         let child = &mut self.child;
         wait_for("shoal to become ready", Duration::from_secs(60), || {
             if let Ok(Some(st)) = child.try_wait() {
-                panic!("shoal exited early with {st}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "shoal exited early with {st}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             match http_get(&url) {
                 Ok((200, _)) => Ok(()),
@@ -204,7 +224,8 @@ impl Node {
 
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let (code, body) = http_get(&self.url(path)).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path} ({code}): invalid JSON {e}: {body}"))
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path} ({code}): invalid JSON {e}: {body}"))
     }
 
     /// Instant query at "now"; returns the `data.result` array.
@@ -221,7 +242,10 @@ impl Node {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -236,11 +260,11 @@ impl Node {
     }
 
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 }
 
@@ -265,7 +289,12 @@ pub fn urlencode(s: &str) -> String {
 
 /// A blocking HTTP GET/POST over a raw socket (keeps the tests free of an HTTP client
 /// dependency). Returns (status, body).
-pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &[u8]) -> Result<(u16, String), String> {
+pub fn http(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, String), String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -273,7 +302,10 @@ pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &[u8]) ->
     };
     let mut s = TcpStream::connect(hostport).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(ct) = content_type {
         req.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -284,9 +316,19 @@ pub fn http(method: &str, url: &str, content_type: Option<&str>, body: &[u8]) ->
     s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&resp).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").ok_or("no header end")?;
-    let code: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or("bad status line")?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let code: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("bad status line")?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Ok((code, body))
 }
 
@@ -309,7 +351,10 @@ pub fn http_get(url: &str) -> Result<(u16, String), String> {
 
 /// A temp dir kept for the test's lifetime.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("shoal-it-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("shoal-it-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Shorthand: the metric value of the first vector sample as f64.

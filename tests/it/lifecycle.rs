@@ -12,7 +12,10 @@ fn one_job(target: &str) -> String {
 }
 
 fn now_s() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// Samples of `demo_counter` in [start, end] from a range query.
@@ -28,7 +31,12 @@ fn samples(node: &Node, start: f64, end: f64) -> Vec<(f64, f64)> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().parse().unwrap()))
+                .map(|p| {
+                    (
+                        p[0].as_f64().unwrap(),
+                        p[1].as_str().unwrap().parse().unwrap(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -55,7 +63,13 @@ fn kill_9_loses_at_most_the_last_seconds_and_restart_recovers() {
     node.kill9();
 
     let port = free_port();
-    let node = Node::start_with(dir.path(), &node.config.clone(), &node.data_dir.clone(), port, &[]);
+    let node = Node::start_with(
+        dir.path(),
+        &node.config.clone(),
+        &node.data_dir.clone(),
+        port,
+        &[],
+    );
     // Everything acknowledged more than ~1 s before the kill is back.
     let pts = samples(&node, start - 60.0, killed_at);
     let recovered_before = pts.iter().filter(|(ts, _)| *ts <= killed_at - 2.0).count();
@@ -66,7 +80,11 @@ fn kill_9_loses_at_most_the_last_seconds_and_restart_recovers() {
     // And it goes on scraping into the same series.
     wait_for("new samples after restart", Duration::from_secs(30), || {
         let after = samples(&node, now_s() - 5.0, now_s());
-        if !after.is_empty() { Ok(()) } else { Err("none".into()) }
+        if !after.is_empty() {
+            Ok(())
+        } else {
+            Err("none".into())
+        }
     });
 }
 
@@ -80,9 +98,18 @@ fn reload_rejects_a_bad_config_and_keeps_running() {
     std::fs::write(&node.config, "global:\n  scrape_intervall: 1s\n").unwrap();
     let (code, body) = http("POST", &node.url("/-/reload"), None, b"").unwrap();
     assert_eq!(code, 500);
-    assert!(body.contains("scrape_intervall"), "the error names the bad key: {body}");
+    assert!(
+        body.contains("scrape_intervall"),
+        "the error names the bad key: {body}"
+    );
     let cfg = node.get_json("/api/v1/status/config");
-    assert!(cfg["data"]["yaml"].as_str().unwrap().contains("job_name: crash"), "old config still active");
+    assert!(
+        cfg["data"]["yaml"]
+            .as_str()
+            .unwrap()
+            .contains("job_name: crash"),
+        "old config still active"
+    );
     let m = http_get(&node.url("/metrics")).unwrap().1;
     assert!(m.contains("shoal_config_last_reload_successful 0"), "{m}");
 
@@ -102,7 +129,11 @@ fn reload_rejects_a_bad_config_and_keeps_running() {
             .iter()
             .map(|t| t["scrapePool"].as_str().unwrap().to_string())
             .collect();
-        if jobs.contains(&"second".to_string()) { Ok(()) } else { Err(format!("{jobs:?}")) }
+        if jobs.contains(&"second".to_string()) {
+            Ok(())
+        } else {
+            Err(format!("{jobs:?}"))
+        }
     });
     let m = http_get(&node.url("/metrics")).unwrap().1;
     assert!(m.contains("shoal_config_last_reload_successful 1"), "{m}");
@@ -124,7 +155,13 @@ fn sigterm_stops_cleanly_and_data_survives() {
     let n = value_of(&node.query("count_over_time(demo_counter[1h])")[0]);
     let st = node.terminate();
     assert!(st.success(), "exit status {st}");
-    let node = Node::start_with(dir.path(), &node.config.clone(), &node.data_dir.clone(), free_port(), &[]);
+    let node = Node::start_with(
+        dir.path(),
+        &node.config.clone(),
+        &node.data_dir.clone(),
+        free_port(),
+        &[],
+    );
     let r = node.query("count_over_time(demo_counter[1h])");
     assert!(value_of(&r[0]) >= n, "all samples kept after a clean stop");
 }
@@ -133,7 +170,11 @@ fn sigterm_stops_cleanly_and_data_survives() {
 fn bad_config_at_start_is_a_clear_error() {
     let dir = tempdir();
     let cfg = dir.path().join("bad.yml");
-    std::fs::write(&cfg, "scrape_configs:\n  - job_name: a\n    scrape_intervall: 5s\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "scrape_configs:\n  - job_name: a\n    scrape_intervall: 5s\n",
+    )
+    .unwrap();
     let out = Command::new(shoal_bin())
         .args(["run", "--config"])
         .arg(&cfg)
@@ -147,10 +188,18 @@ fn bad_config_at_start_is_a_clear_error() {
     assert!(err.contains("scrape_intervall"), "{err}");
 
     std::fs::write(&cfg, "remote_write:\n  - url: http://x\n").unwrap();
-    let out = Command::new(shoal_bin()).args(["check", "config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(shoal_bin())
+        .args(["check", "config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("remote_write") && text.contains("not supported"), "{text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("remote_write") && text.contains("not supported"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -167,9 +216,17 @@ fn check_config_accepts_a_valid_file_with_rules() {
         "rule_files: ['rules.yml']\nscrape_configs:\n  - job_name: a\n    static_configs:\n      - targets: ['localhost:1']\n",
     )
     .unwrap();
-    let out = Command::new(shoal_bin()).args(["check", "config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(shoal_bin())
+        .args(["check", "config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("SUCCESS"), "{text}");
 
     std::fs::write(
@@ -177,6 +234,13 @@ fn check_config_accepts_a_valid_file_with_rules() {
         "groups:\n  - name: g\n    rules:\n      - record: job:up:sum\n        expr: sum by (job) (up\n",
     )
     .unwrap();
-    let out = Command::new(shoal_bin()).args(["check", "config"]).arg(&cfg).output().unwrap();
-    assert!(!out.status.success(), "a rule with a bad expression fails the check");
+    let out = Command::new(shoal_bin())
+        .args(["check", "config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a rule with a bad expression fails the check"
+    );
 }

@@ -9,10 +9,14 @@ demo_requests_total{path=\"/a\"} 10\ndemo_requests_total{path=\"/b\"} 20\n\
 # TYPE demo_temp gauge\ndemo_temp 21.5\n";
 
 fn config(interval: &str, jobs: &[(&str, Vec<String>, &str)]) -> String {
-    let mut s = format!("global:\n  scrape_interval: {interval}\n  scrape_timeout: 1s\nscrape_configs:\n");
+    let mut s =
+        format!("global:\n  scrape_interval: {interval}\n  scrape_timeout: 1s\nscrape_configs:\n");
     for (job, targets, extra) in jobs {
         let t: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        s.push_str(&format!("  - job_name: {job}\n{extra}    static_configs:\n      - targets: [{}]\n", t.join(", ")));
+        s.push_str(&format!(
+            "  - job_name: {job}\n{extra}    static_configs:\n      - targets: [{}]\n",
+            t.join(", ")
+        ));
     }
     s
 }
@@ -34,11 +38,19 @@ fn scrapes_a_target_and_serves_its_series() {
     let dir = tempdir();
     let t = TargetServer::start();
     t.set("/metrics", Reply::text(GOOD));
-    let node = Node::start(dir.path(), &config("1s", &[("demo", vec![t.target()], "")]), &[]);
+    let node = Node::start(
+        dir.path(),
+        &config("1s", &[("demo", vec![t.target()], "")]),
+        &[],
+    );
 
     wait_for("the target to be up", Duration::from_secs(30), || {
         let tg = target_of(&node, "demo");
-        if tg["health"] == "up" { Ok(()) } else { Err(tg.to_string()) }
+        if tg["health"] == "up" {
+            Ok(())
+        } else {
+            Err(tg.to_string())
+        }
     });
     let tg = target_of(&node, "demo");
     assert_eq!(tg["labels"]["job"], "demo");
@@ -50,7 +62,11 @@ fn scrapes_a_target_and_serves_its_series() {
     let series = wait_for("series to be stored", Duration::from_secs(30), || {
         let v = node.get_json("/api/v1/series?match[]=demo_requests_total");
         let d = v["data"].as_array().cloned().unwrap_or_default();
-        if d.len() == 2 { Ok(d) } else { Err(v.to_string()) }
+        if d.len() == 2 {
+            Ok(d)
+        } else {
+            Err(v.to_string())
+        }
     });
     for s in &series {
         assert_eq!(s["job"], "demo");
@@ -60,25 +76,52 @@ fn scrapes_a_target_and_serves_its_series() {
     // The scraper asked for the formats Prometheus asks for.
     let reqs = t.requests.lock().unwrap().clone();
     let (_, headers) = reqs.first().expect("the target was scraped");
-    assert!(headers["accept"].contains("text/plain;version=0.0.4"), "{headers:?}");
-    assert!(headers["accept"].contains("application/openmetrics-text"), "{headers:?}");
+    assert!(
+        headers["accept"].contains("text/plain;version=0.0.4"),
+        "{headers:?}"
+    );
+    assert!(
+        headers["accept"].contains("application/openmetrics-text"),
+        "{headers:?}"
+    );
     assert!(headers.contains_key("x-prometheus-scrape-timeout-seconds"));
 
     let names = node.get_json("/api/v1/labels");
-    let names: Vec<&str> = names["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let names: Vec<&str> = names["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     for n in ["__name__", "instance", "job", "path"] {
         assert!(names.contains(&n), "{names:?}");
     }
     let vals = node.get_json("/api/v1/label/__name__/values");
-    let vals: Vec<&str> = vals["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for n in ["demo_requests_total", "demo_temp", "up", "scrape_duration_seconds", "scrape_samples_scraped",
-              "scrape_samples_post_metric_relabeling", "scrape_series_added"] {
+    let vals: Vec<&str> = vals["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for n in [
+        "demo_requests_total",
+        "demo_temp",
+        "up",
+        "scrape_duration_seconds",
+        "scrape_samples_scraped",
+        "scrape_samples_post_metric_relabeling",
+        "scrape_series_added",
+    ] {
         assert!(vals.contains(&n), "{n} missing from {vals:?}");
     }
 
     let up = wait_for("up == 1", Duration::from_secs(30), || {
         let r = node.query("up{job=\"demo\"}");
-        if r.len() == 1 && value_of(&r[0]) == 1.0 { Ok(r) } else { Err(format!("{r:?}")) }
+        if r.len() == 1 && value_of(&r[0]) == 1.0 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     assert_eq!(up[0]["metric"]["instance"], t.target());
     let scraped = node.query("scrape_samples_scraped{job=\"demo\"}");
@@ -93,18 +136,29 @@ fn bad_targets_fail_alone_with_prometheus_errors() {
     let mut e500 = Reply::text("oops");
     e500.status = 500;
     t.set("/e500", e500);
-    t.set("/malformed", Reply::text("demo_requests_total{path=\"/a\" 10\n"));
+    t.set(
+        "/malformed",
+        Reply::text("demo_requests_total{path=\"/a\" 10\n"),
+    );
     let mut utf8 = Reply::text("");
     utf8.body = b"demo_x{a=\"\xff\xfe\"} 1\n".to_vec();
     t.set("/utf8", utf8);
     let mut slow = Reply::text(GOOD);
     slow.delay = Duration::from_secs(3);
     t.set("/slow", slow);
-    let big = format!("{GOOD}{}", "demo_pad{i=\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"} 1\n".repeat(100));
+    let big = format!(
+        "{GOOD}{}",
+        "demo_pad{i=\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"} 1\n".repeat(100)
+    );
     t.set("/big", Reply::text(&big));
-    let many: String = (0..20).map(|i| format!("demo_many{{i=\"{i}\"}} {i}\n")).collect();
+    let many: String = (0..20)
+        .map(|i| format!("demo_many{{i=\"{i}\"}} {i}\n"))
+        .collect();
     t.set("/many", Reply::text(&many));
-    t.set("/labels", Reply::text("demo_l{a=\"1\",b=\"2\",c=\"3\",d=\"4\"} 1\n"));
+    t.set(
+        "/labels",
+        Reply::text("demo_l{a=\"1\",b=\"2\",c=\"3\",d=\"4\"} 1\n"),
+    );
 
     let job = |name: &str, path: &str, extra: &str| {
         format!(
@@ -127,7 +181,10 @@ fn bad_targets_fail_alone_with_prometheus_errors() {
     let node = Node::start(dir.path(), &cfg, &[]);
     let expect = [
         ("e404", "server returned HTTP status 404 Not Found"),
-        ("e500", "server returned HTTP status 500 Internal Server Error"),
+        (
+            "e500",
+            "server returned HTTP status 500 Internal Server Error",
+        ),
         ("malformed", ""),
         ("utf8", ""),
         ("slow", "context deadline exceeded"),
@@ -136,21 +193,41 @@ fn bad_targets_fail_alone_with_prometheus_errors() {
         ("labels", "label_limit exceeded"),
     ];
     for (job, err) in expect {
-        let tg = wait_for(&format!("{job} to be down"), Duration::from_secs(30), || {
-            let tg = target_of(&node, job);
-            if tg["health"] == "down" { Ok(tg) } else { Err(tg.to_string()) }
-        });
+        let tg = wait_for(
+            &format!("{job} to be down"),
+            Duration::from_secs(30),
+            || {
+                let tg = target_of(&node, job);
+                if tg["health"] == "down" {
+                    Ok(tg)
+                } else {
+                    Err(tg.to_string())
+                }
+            },
+        );
         let last = tg["lastError"].as_str().unwrap();
         assert!(!last.is_empty(), "{job}: empty lastError");
-        assert!(last.contains(err), "{job}: lastError {last:?} should contain {err:?}");
+        assert!(
+            last.contains(err),
+            "{job}: lastError {last:?} should contain {err:?}"
+        );
         // Nothing of a failed scrape is stored; `up` is 0.
         let r = node.query(&format!("up{{job=\"{job}\"}}"));
         assert_eq!(r.len(), 1, "{job}: {r:?}");
         assert_eq!(value_of(&r[0]), 0.0, "{job}");
     }
-    assert!(node.query("demo_many").is_empty(), "sample_limit: nothing of the scrape stored");
-    assert!(node.query("demo_l").is_empty(), "label_limit: nothing of the scrape stored");
-    assert!(node.query("demo_pad").is_empty(), "body_size_limit: nothing stored");
+    assert!(
+        node.query("demo_many").is_empty(),
+        "sample_limit: nothing of the scrape stored"
+    );
+    assert!(
+        node.query("demo_l").is_empty(),
+        "label_limit: nothing of the scrape stored"
+    );
+    assert!(
+        node.query("demo_pad").is_empty(),
+        "body_size_limit: nothing stored"
+    );
     // The good target was scraped all along.
     let tg = target_of(&node, "good");
     assert_eq!(tg["health"], "up");
@@ -167,19 +244,34 @@ fn vanished_series_and_removed_targets_go_stale() {
     t2.set("/metrics", Reply::text("demo_c 3\n"));
     let node = Node::start(
         dir.path(),
-        &config("1s", &[("one", vec![t.target()], ""), ("two", vec![t2.target()], "")]),
+        &config(
+            "1s",
+            &[
+                ("one", vec![t.target()], ""),
+                ("two", vec![t2.target()], ""),
+            ],
+        ),
         &[],
     );
     wait_for("both series", Duration::from_secs(30), || {
-        let n = node.query("demo_a").len() + node.query("demo_b").len() + node.query("demo_c").len();
-        if n == 3 { Ok(()) } else { Err(format!("{n} series")) }
+        let n =
+            node.query("demo_a").len() + node.query("demo_b").len() + node.query("demo_c").len();
+        if n == 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} series"))
+        }
     });
     // demo_b vanishes from the exposition: a staleness marker ends it at once (without
     // one it would stay visible for the 5 m lookback).
     t.set("/metrics", Reply::text("demo_a 1\n"));
     wait_for("demo_b to go stale", Duration::from_secs(30), || {
         let r = node.query("demo_b");
-        if r.is_empty() { Ok(()) } else { Err(format!("{r:?}")) }
+        if r.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     assert_eq!(node.query("demo_a").len(), 1);
 
@@ -190,7 +282,11 @@ fn vanished_series_and_removed_targets_go_stale() {
     wait_for("job two to go stale", Duration::from_secs(30), || {
         let r = node.query("demo_c");
         let up = node.query("up{job=\"two\"}");
-        if r.is_empty() && up.is_empty() { Ok(()) } else { Err(format!("{r:?} {up:?}")) }
+        if r.is_empty() && up.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{r:?} {up:?}"))
+        }
     });
     // The history is still there.
     let r = node.query("count_over_time(demo_c[5m])");
@@ -201,16 +297,29 @@ fn vanished_series_and_removed_targets_go_stale() {
 fn honor_labels_and_metric_relabel_configs_apply() {
     let dir = tempdir();
     let t = TargetServer::start();
-    t.set("/metrics", Reply::text("demo_x{job=\"inner\",keep=\"yes\"} 1\ndemo_x{job=\"inner\",keep=\"no\"} 2\n"));
+    t.set(
+        "/metrics",
+        Reply::text("demo_x{job=\"inner\",keep=\"yes\"} 1\ndemo_x{job=\"inner\",keep=\"no\"} 2\n"),
+    );
     let extra_honor = "    honor_labels: true\n    metric_relabel_configs:\n      - source_labels: [keep]\n        regex: 'no'\n        action: drop\n";
     let node = Node::start(
         dir.path(),
-        &config("1s", &[("honor", vec![t.target()], extra_honor), ("plain", vec![t.target()], "")]),
+        &config(
+            "1s",
+            &[
+                ("honor", vec![t.target()], extra_honor),
+                ("plain", vec![t.target()], ""),
+            ],
+        ),
         &[],
     );
     wait_for("series from both jobs", Duration::from_secs(30), || {
         let r = node.query("demo_x");
-        if r.len() == 3 { Ok(()) } else { Err(format!("{r:?}")) }
+        if r.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     // honor_labels keeps the exposed job; the dropped series is gone.
     let r = node.query("demo_x{job=\"inner\"}");
