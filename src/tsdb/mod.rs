@@ -1,1 +1,946 @@
-//! TODO
+//! shoal's TSDB: the sled-backed implementation of [`Appendable`] and [`Queryable`].
+//!
+//! Parts:
+//! - [`chunkenc`]: Prometheus-compatible XOR chunks;
+//! - [`head`]: one open chunk per series in memory, ordering rules, chunk cutting;
+//! - [`index`]: series, postings and label-value trees, matcher resolution;
+//! - [`wal`]: the write-ahead log's record format;
+//! - [`retention`]: the `chunks` tree layout and block retention;
+//! - [`codec`]: varints, sortable keys, the persisted label format.
+//!
+//! sled trees: `series`, `postings`, `label_values` (index), `chunks` (sealed chunks),
+//! `sealed` (per series: min time, last sealed sample), `wal`.
+//!
+//! # Durability
+//! A commit encodes its batch into an in-memory WAL buffer and applies it to the head;
+//! a background thread writes that buffer to the `wal` tree and fsyncs sled every
+//! [`TsdbOptions::wal_flush_interval`] (1 s by default): a group commit. A `kill -9` may
+//! therefore lose up to about one flush interval of acknowledged samples; everything
+//! flushed before survives (WAL replay on open). [`Tsdb::close`] flushes everything.
+//!
+//! # WAL truncation
+//! The WAL is cut into segments (a new one every [`TsdbOptions::wal_segment_interval`]
+//! and at every open). Each segment decodes on its own. A segment is deleted once no
+//! open head chunk has samples from it, i.e. all its samples are in sealed chunks.
+//! Head chunks whose block can no longer receive samples (older than the head's min
+//! valid time) are sealed by the background maintenance, so idle series do not pin old
+//! segments.
+//!
+//! Ordering follows Prometheus 2.42 without out-of-order support: older than the
+//! series' last sample → `OutOfOrder`; same timestamp, different value bits →
+//! `DuplicateTimestamp`; same timestamp and bits → accepted as a no-op; older than the
+//! head's max time minus half a block range → `OutOfBounds`.
+
+pub mod chunkenc;
+pub mod codec;
+pub mod head;
+pub mod index;
+pub mod retention;
+pub mod wal;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sled::Tree;
+
+use self::codec::{FORMAT_V1, U64Map, bytes8};
+use self::head::{Appended, Head, MemSeries, SealedChunk, block_of};
+use self::index::{Index, sled_err};
+use self::wal::{RecordBuilder, WalCursor};
+use crate::model::{Labels, Matcher, Sample};
+use crate::storage::{
+    AppendError, Appendable, Appender, CommitStats, Queryable, SelectHints, Series, SeriesRef,
+    SeriesSet, StorageError,
+};
+
+/// How the TSDB is run.
+#[derive(Debug, Clone)]
+pub struct TsdbOptions {
+    /// Blocks whose end is older than the newest sample minus this are dropped.
+    pub retention: Duration,
+    /// How often the WAL buffer is written and sled fsynced (the loss window on a crash).
+    pub wal_flush_interval: Duration,
+    /// Width of a block; chunks never cross a block boundary.
+    pub block_range: Duration,
+    /// How often stale head chunks are sealed, the WAL truncated and retention applied.
+    pub maintenance_interval: Duration,
+    /// How often a new WAL segment starts (older segments become deletable).
+    pub wal_segment_interval: Duration,
+    /// sled's page cache in bytes.
+    pub cache_capacity: u64,
+}
+
+impl Default for TsdbOptions {
+    fn default() -> Self {
+        TsdbOptions {
+            retention: Duration::from_secs(15 * 24 * 3600),
+            wal_flush_interval: Duration::from_secs(1),
+            block_range: Duration::from_secs(2 * 3600),
+            maintenance_interval: Duration::from_secs(60),
+            wal_segment_interval: Duration::from_secs(10 * 60),
+            cache_capacity: 64 << 20,
+        }
+    }
+}
+
+/// Counters and gauges of the TSDB (for `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TsdbStats {
+    pub samples_appended_total: u64,
+    pub series_created_total: u64,
+    pub head_series: u64,
+    /// Series with an open (unsealed) chunk.
+    pub head_chunks: u64,
+    pub out_of_order_samples_total: u64,
+    pub duplicate_samples_total: u64,
+    pub out_of_bounds_samples_total: u64,
+    pub wal_records_total: u64,
+    pub wal_bytes_total: u64,
+    pub wal_segment: u32,
+    pub wal_segments_truncated_total: u64,
+    pub wal_replayed_samples: u64,
+    pub wal_corrupt_values_total: u64,
+    pub chunks_sealed_total: u64,
+    pub chunk_bytes_written_total: u64,
+    pub retention_blocks_dropped_total: u64,
+    /// sled's `size_on_disk()` of the data dir.
+    pub disk_size_bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appended: AtomicU64,
+    created: AtomicU64,
+    ooo: AtomicU64,
+    dup: AtomicU64,
+    oob: AtomicU64,
+    wal_records: AtomicU64,
+    wal_bytes: AtomicU64,
+    wal_truncated: AtomicU64,
+    replayed: AtomicU64,
+    corrupt: AtomicU64,
+    sealed: AtomicU64,
+    chunk_bytes: AtomicU64,
+    blocks_dropped: AtomicU64,
+}
+
+struct WalBuf {
+    buf: Vec<u8>,
+    seg: u32,
+    seq: u32,
+    last_roll: Instant,
+}
+
+struct Signal {
+    stop: Mutex<bool>,
+    cv: Condvar,
+}
+
+struct Inner {
+    db: sled::Db,
+    index: Index,
+    chunks: Tree,
+    sealed: Tree,
+    wal_tree: Tree,
+    head: RwLock<Head>,
+    wal: Mutex<WalBuf>,
+    /// Current WAL segment; changes only with the head write lock held.
+    seg: AtomicU32,
+    next_id: AtomicU64,
+    /// First block start kept by retention.
+    retention_from: AtomicI64,
+    block_range: i64,
+    opts: TsdbOptions,
+    counters: Counters,
+    closed: AtomicBool,
+    signal: Arc<Signal>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The TSDB. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct Tsdb {
+    inner: Arc<Inner>,
+}
+
+fn lock_err<T>(_: T) -> StorageError {
+    StorageError("tsdb: a lock was poisoned by a panicking thread".into())
+}
+
+fn wal_key(seg: u32, seq: u32) -> [u8; 8] {
+    ((u64::from(seg) << 32) | u64::from(seq)).to_be_bytes()
+}
+
+impl Tsdb {
+    /// Opens (or creates) the TSDB in `dir`, replays its WAL and starts the background
+    /// flush/maintenance thread.
+    pub fn open(dir: &Path, opts: TsdbOptions) -> Result<Tsdb, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError(format!("tsdb: create {}: {e}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_capacity)
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| sled_err(&format!("open {}", dir.display()), e))?;
+        let index = Index::open(&db)?;
+        let tree = |n: &str| db.open_tree(n).map_err(|e| sled_err("open tree", e));
+        let (chunks, sealed, wal_tree) = (tree("chunks")?, tree("sealed")?, tree("wal")?);
+        let block_range = i64::try_from(opts.block_range.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+
+        let mut head = Head::new();
+        let mut max_id = 0;
+        for r in index.all_series() {
+            let (id, labels) = r?;
+            head.insert(id, labels.stable_hash());
+            max_id = max_id.max(id);
+        }
+        for r in sealed.iter() {
+            let (k, v) = r.map_err(|e| sled_err("scan sealed", e))?;
+            let (Some(id), Some(min_t), Some(max_t), Some(last_v)) = (
+                bytes8(&k, 0).map(u64::from_be_bytes),
+                bytes8(&v, 1).map(i64::from_be_bytes),
+                bytes8(&v, 9).map(i64::from_be_bytes),
+                bytes8(&v, 17).map(u64::from_be_bytes),
+            ) else {
+                return Err(StorageError("tsdb: corrupt sealed record".into()));
+            };
+            if let Some(ms) = head.get_mut(id) {
+                ms.min_t = min_t;
+                ms.wal.t = max_t;
+                ms.wal.v = last_v;
+                head.max_t = head.max_t.max(max_t);
+            }
+        }
+
+        let inner = Arc::new(Inner {
+            db,
+            index,
+            chunks,
+            sealed,
+            wal_tree,
+            head: RwLock::new(head),
+            wal: Mutex::new(WalBuf {
+                buf: Vec::new(),
+                seg: 0,
+                seq: 0,
+                last_roll: Instant::now(),
+            }),
+            seg: AtomicU32::new(0),
+            next_id: AtomicU64::new(max_id + 1),
+            retention_from: AtomicI64::new(i64::MIN),
+            block_range,
+            opts,
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+            signal: Arc::new(Signal {
+                stop: Mutex::new(false),
+                cv: Condvar::new(),
+            }),
+            thread: Mutex::new(None),
+        });
+        let next_seg = inner.replay()?;
+        inner.seg.store(next_seg, Relaxed);
+        inner.wal.lock().map_err(lock_err)?.seg = next_seg;
+
+        let weak = Arc::downgrade(&inner);
+        let signal = inner.signal.clone();
+        let (flush, maint) = (
+            inner.opts.wal_flush_interval,
+            inner.opts.maintenance_interval,
+        );
+        let handle = std::thread::Builder::new()
+            .name("tsdb-flush".into())
+            .spawn(move || background(weak, signal, flush, maint))
+            .map_err(|e| StorageError(format!("tsdb: spawn flush thread: {e}")))?;
+        *inner.thread.lock().map_err(lock_err)? = Some(handle);
+        Ok(Tsdb { inner })
+    }
+
+    /// Counters, head size and disk size.
+    pub fn stats(&self) -> TsdbStats {
+        let c = &self.inner.counters;
+        let (head_series, head_chunks) = match self.inner.head.read() {
+            Ok(h) => (
+                h.num_series as u64,
+                h.series
+                    .iter()
+                    .flatten()
+                    .filter(|s| s.open_samples() > 0)
+                    .count() as u64,
+            ),
+            Err(_) => (0, 0),
+        };
+        TsdbStats {
+            samples_appended_total: c.appended.load(Relaxed),
+            series_created_total: c.created.load(Relaxed),
+            head_series,
+            head_chunks,
+            out_of_order_samples_total: c.ooo.load(Relaxed),
+            duplicate_samples_total: c.dup.load(Relaxed),
+            out_of_bounds_samples_total: c.oob.load(Relaxed),
+            wal_records_total: c.wal_records.load(Relaxed),
+            wal_bytes_total: c.wal_bytes.load(Relaxed),
+            wal_segment: self.inner.seg.load(Relaxed),
+            wal_segments_truncated_total: c.wal_truncated.load(Relaxed),
+            wal_replayed_samples: c.replayed.load(Relaxed),
+            wal_corrupt_values_total: c.corrupt.load(Relaxed),
+            chunks_sealed_total: c.sealed.load(Relaxed),
+            chunk_bytes_written_total: c.chunk_bytes.load(Relaxed),
+            retention_blocks_dropped_total: c.blocks_dropped.load(Relaxed),
+            disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0),
+        }
+    }
+
+    /// Writes the WAL buffer and fsyncs sled now (what the background thread does every
+    /// flush interval).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.inner.flush_wal()
+    }
+
+    /// Runs one maintenance pass now: seals head chunks that can no longer grow, starts
+    /// a new WAL segment when due, truncates the WAL and applies retention.
+    pub fn maintain(&self) -> Result<(), StorageError> {
+        self.inner.maintain(false)
+    }
+
+    /// Starts a new WAL segment and truncates segments no open chunk needs (tests and
+    /// shutdown; normally done by maintenance).
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        self.inner.maintain(true)
+    }
+
+    /// Stops the background thread and flushes everything. Appends fail afterwards.
+    /// Idempotent.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.inner.closed.store(true, Relaxed);
+        self.inner.stop_background();
+        let handle = self.inner.thread.lock().map_err(lock_err)?.take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
+                tracing::error!("tsdb flush thread panicked");
+            }
+        }
+        self.inner.flush_wal()
+    }
+}
+
+fn background(weak: Weak<Inner>, signal: Arc<Signal>, flush: Duration, maint: Duration) {
+    let mut last_maint = Instant::now();
+    loop {
+        {
+            let Ok(stop) = signal.stop.lock() else { return };
+            let Ok((stop, _)) = signal.cv.wait_timeout_while(stop, flush, |s| !*s) else {
+                return;
+            };
+            if *stop {
+                return;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        if let Err(e) = inner.flush_wal() {
+            tracing::error!(error = %e, "tsdb WAL flush failed");
+        }
+        if last_maint.elapsed() >= maint {
+            last_maint = Instant::now();
+            if let Err(e) = inner.maintain(false) {
+                tracing::error!(error = %e, "tsdb maintenance failed");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_background();
+        if let Err(e) = self.flush_wal() {
+            tracing::error!(error = %e, "tsdb final WAL flush failed");
+        }
+    }
+}
+
+/// What the query path copies out of the head for one series.
+struct HeadSnap {
+    id: u64,
+    min_t: i64,
+    last_t: i64,
+    /// Open chunk (min time, bytes) when it overlaps the range.
+    open: Option<(i64, Vec<u8>)>,
+}
+
+impl Inner {
+    fn stop_background(&self) {
+        if let Ok(mut s) = self.signal.stop.lock() {
+            *s = true;
+        }
+        self.signal.cv.notify_all();
+    }
+
+    /// Replays the WAL into the head. Returns the segment number to write next.
+    fn replay(&self) -> Result<u32, StorageError> {
+        let mut head = self.head.write().map_err(lock_err)?;
+        let mut cursors: U64Map<WalCursor> = U64Map::default();
+        let mut cur_seg: Option<u32> = None;
+        let mut broken_seg: Option<u32> = None;
+        let mut sealed = Vec::new();
+        let r = self.block_range;
+        for item in self.wal_tree.iter() {
+            let (k, v) = item.map_err(|e| sled_err("scan wal", e))?;
+            let seg = bytes8(&k, 0)
+                .map(|b| (u64::from_be_bytes(b) >> 32) as u32)
+                .unwrap_or(0);
+            if cur_seg != Some(seg) {
+                cursors.clear();
+                cur_seg = Some(seg);
+            }
+            if broken_seg == Some(seg) {
+                continue;
+            }
+            if v.first() != Some(&FORMAT_V1) {
+                self.counters.corrupt.fetch_add(1, Relaxed);
+                broken_seg = Some(seg);
+                continue;
+            }
+            let mut replayed = 0u64;
+            let res = wal::decode_records(&v[1..], &mut cursors, |id, t, vb| {
+                let Some(ms) = head.get_mut(id) else { return };
+                if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg) {
+                    sealed.extend(s);
+                    ms.wal.t = t;
+                    ms.wal.v = vb;
+                    head.max_t = head.max_t.max(t);
+                    replayed += 1;
+                }
+            });
+            self.counters.replayed.fetch_add(replayed, Relaxed);
+            if let Err(e) = res {
+                // Later values of this segment depend on this one's decoder state.
+                tracing::warn!(segment = seg, error = %e, "tsdb: corrupt WAL value, skipping the rest of its segment");
+                self.counters.corrupt.fetch_add(1, Relaxed);
+                broken_seg = Some(seg);
+            }
+        }
+        self.write_sealed(&sealed)?;
+        Ok(cur_seg.map_or(0, |s| s.saturating_add(1)))
+    }
+
+    fn write_sealed(&self, sealed: &[SealedChunk]) -> Result<(), StorageError> {
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        let mut chunks = sled::Batch::default();
+        let mut meta = sled::Batch::default();
+        let mut bytes = 0u64;
+        for c in sealed {
+            let key = retention::chunk_key(block_of(c.min_t, self.block_range), c.id, c.min_t);
+            chunks.insert(&key[..], retention::chunk_value(c.max_t, &c.bytes));
+            bytes += c.bytes.len() as u64 + 33;
+            let mut m = Vec::with_capacity(25);
+            m.push(FORMAT_V1);
+            m.extend_from_slice(&c.series_min_t.to_be_bytes());
+            m.extend_from_slice(&c.max_t.to_be_bytes());
+            m.extend_from_slice(&c.last_v.to_be_bytes());
+            meta.insert(&c.id.to_be_bytes()[..], m);
+        }
+        self.chunks
+            .apply_batch(chunks)
+            .map_err(|e| sled_err("write chunks", e))?;
+        self.sealed
+            .apply_batch(meta)
+            .map_err(|e| sled_err("write sealed", e))?;
+        self.counters.sealed.fetch_add(sealed.len() as u64, Relaxed);
+        self.counters.chunk_bytes.fetch_add(bytes, Relaxed);
+        Ok(())
+    }
+
+    fn flush_wal(&self) -> Result<(), StorageError> {
+        {
+            let mut w = self.wal.lock().map_err(lock_err)?;
+            self.write_wal_buf(&mut w)?;
+        }
+        self.db.flush().map_err(|e| sled_err("flush", e))?;
+        Ok(())
+    }
+
+    /// Writes the buffered records as the segment's next value (wal lock held, so values
+    /// reach sled in sequence order).
+    fn write_wal_buf(&self, w: &mut WalBuf) -> Result<(), StorageError> {
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        let mut v = Vec::with_capacity(w.buf.len() + 1);
+        v.push(FORMAT_V1);
+        v.extend_from_slice(&w.buf);
+        self.wal_tree
+            .insert(wal_key(w.seg, w.seq), v)
+            .map_err(|e| sled_err("write wal", e))?;
+        self.counters
+            .wal_bytes
+            .fetch_add(w.buf.len() as u64 + 9, Relaxed);
+        w.buf.clear();
+        if w.buf.capacity() > (1 << 20) {
+            w.buf.shrink_to(1 << 20);
+        }
+        w.seq = w.seq.wrapping_add(1);
+        Ok(())
+    }
+
+    fn maintain(&self, force_roll: bool) -> Result<(), StorageError> {
+        let r = self.block_range;
+        // 1. Seal open chunks whose block can no longer receive samples.
+        {
+            let mut head = self.head.write().map_err(lock_err)?;
+            let min_valid = head.min_valid_time(r);
+            let mut sealed = Vec::new();
+            for (id, s) in head.series.iter_mut().enumerate() {
+                if let Some(ms) = s {
+                    if ms.open_samples() > 0
+                        && block_of(ms.chunk_min_t, r).saturating_add(r) <= min_valid
+                    {
+                        sealed.push(ms.seal(id as u64));
+                    }
+                }
+            }
+            self.write_sealed(&sealed)?;
+            // 2. Start a new segment when due.
+            let mut w = self.wal.lock().map_err(lock_err)?;
+            if force_roll || w.last_roll.elapsed() >= self.opts.wal_segment_interval {
+                self.write_wal_buf(&mut w)?;
+                w.seg = w.seg.wrapping_add(1);
+                w.seq = 0;
+                w.last_roll = Instant::now();
+                self.seg.store(w.seg, Relaxed);
+            }
+        }
+        // 3. Truncate segments that no open chunk needs.
+        let keep_from = {
+            let head = self.head.read().map_err(lock_err)?;
+            head.series
+                .iter()
+                .flatten()
+                .filter(|s| s.open_samples() > 0)
+                .map(|s| s.head_seg)
+                .min()
+                .unwrap_or(u32::MAX)
+                .min(self.seg.load(Relaxed))
+        };
+        self.db.flush().map_err(|e| sled_err("flush", e))?;
+        let mut segs = std::collections::BTreeSet::new();
+        for item in self.wal_tree.range(..wal_key(keep_from, 0).to_vec()) {
+            let (k, _) = item.map_err(|e| sled_err("scan wal", e))?;
+            if let Some(b) = bytes8(&k, 0) {
+                segs.insert(u64::from_be_bytes(b) >> 32);
+            }
+            self.wal_tree
+                .remove(&k)
+                .map_err(|e| sled_err("truncate wal", e))?;
+        }
+        self.counters
+            .wal_truncated
+            .fetch_add(segs.len() as u64, Relaxed);
+        // 4. Retention.
+        let max_t = self.head.read().map_err(lock_err)?.max_t;
+        let retention = i64::try_from(self.opts.retention.as_millis()).unwrap_or(i64::MAX);
+        if max_t != i64::MIN {
+            let keep = block_of(max_t.saturating_sub(retention), r);
+            self.retention_from.fetch_max(keep, Relaxed);
+            let dropped = retention::drop_blocks_before(&self.chunks, keep)?;
+            self.counters.blocks_dropped.fetch_add(dropped, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Finds or creates the series with these labels. Returns `(id, created)`.
+    fn get_or_create(&self, labels: &Labels) -> Result<(u64, bool), AppendError> {
+        if labels.is_empty() {
+            return Err(AppendError::InvalidLabels("empty label set".into()));
+        }
+        if let Some(l) = labels
+            .iter()
+            .find(|l| l.name.is_empty() || l.name.contains('\0'))
+        {
+            return Err(AppendError::InvalidLabels(format!(
+                "invalid label name {:?}",
+                l.name
+            )));
+        }
+        let hash = labels.stable_hash();
+        let storage = |e: StorageError| AppendError::Storage(e.0);
+        {
+            let head = self.head.read().map_err(|e| storage(lock_err(e)))?;
+            if let Some(id) = self.find(&head, hash, labels).map_err(storage)? {
+                return Ok((id, false));
+            }
+        }
+        let mut head = self.head.write().map_err(|e| storage(lock_err(e)))?;
+        if let Some(id) = self.find(&head, hash, labels).map_err(storage)? {
+            return Ok((id, false));
+        }
+        let id = self.next_id.fetch_add(1, Relaxed);
+        self.index.add_series(id, labels).map_err(storage)?;
+        head.insert(id, hash);
+        self.counters.created.fetch_add(1, Relaxed);
+        Ok((id, true))
+    }
+
+    fn find(&self, head: &Head, hash: u64, labels: &Labels) -> Result<Option<u64>, StorageError> {
+        for id in head.ids_for_hash(hash) {
+            if self.index.labels(id)?.as_ref() == Some(labels) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    fn commit(&self, mut samples: Vec<(u64, i64, f64)>) -> Result<u64, StorageError> {
+        if samples.is_empty() {
+            return Ok(0);
+        }
+        samples.sort_by_key(|s| s.0);
+        let t0 = samples[0].1;
+        let shared_t = samples.iter().all(|s| s.1 == t0).then_some(t0);
+        let mut rb = RecordBuilder::new(shared_t, samples.len());
+        let mut sealed = Vec::new();
+        let (mut ooo, mut dup, mut oob, mut accepted) = (0u64, 0u64, 0u64, 0u64);
+        let mut head = self.head.write().map_err(lock_err)?;
+        let seg = self.seg.load(Relaxed);
+        let min_valid = head.min_valid_time(self.block_range);
+        let mut max_t = head.max_t;
+        for (id, t, v) in samples {
+            if t < min_valid {
+                oob += 1;
+                continue;
+            }
+            let Some(ms) = head.get_mut(id) else { continue };
+            match ms.append(id, t, v, self.block_range, seg) {
+                Err(AppendError::OutOfOrder) => ooo += 1,
+                Err(_) => dup += 1,
+                Ok(Appended::Duplicate) => {}
+                Ok(Appended::Stored(s)) => {
+                    sealed.extend(s);
+                    if ms.wal_seg != seg {
+                        ms.wal.reset();
+                        ms.wal_seg = seg;
+                    }
+                    rb.push(id, &mut ms.wal, t, v);
+                    accepted += 1;
+                    max_t = max_t.max(t);
+                }
+            }
+        }
+        head.max_t = max_t;
+        if !rb.is_empty() {
+            let mut w = self.wal.lock().map_err(lock_err)?;
+            rb.finish_into(&mut w.buf);
+            self.counters.wal_records.fetch_add(1, Relaxed);
+        }
+        let res = self.write_sealed(&sealed);
+        drop(head);
+        let c = &self.counters;
+        c.appended.fetch_add(accepted, Relaxed);
+        c.ooo.fetch_add(ooo, Relaxed);
+        c.dup.fetch_add(dup, Relaxed);
+        c.oob.fetch_add(oob, Relaxed);
+        res.map(|()| accepted)
+    }
+
+    /// Copies what the query path needs out of the head for the candidate series.
+    fn snapshot(
+        &self,
+        cands: Option<Vec<u64>>,
+        start: i64,
+        end: i64,
+        with_chunks: bool,
+    ) -> Result<Vec<HeadSnap>, StorageError> {
+        let head = self.head.read().map_err(lock_err)?;
+        let cutoff = self.retention_from.load(Relaxed);
+        let mut out = Vec::new();
+        let mut take = |id: u64, ms: &MemSeries| {
+            let last_t = if ms.open_samples() > 0 {
+                ms.xor.t.max(ms.wal.t)
+            } else {
+                ms.wal.t
+            };
+            if !ms.has_samples() || ms.min_t > end || last_t < start || last_t < cutoff {
+                return;
+            }
+            let open = (with_chunks && ms.open_samples() > 0 && ms.chunk_min_t <= end)
+                .then(|| (ms.chunk_min_t, ms.chunk.clone()));
+            out.push(HeadSnap {
+                id,
+                min_t: ms.min_t.max(cutoff),
+                last_t,
+                open,
+            });
+        };
+        match cands {
+            Some(ids) => {
+                for id in ids {
+                    if let Some(ms) = head.get(id) {
+                        take(id, ms);
+                    }
+                }
+            }
+            None => {
+                for (id, ms) in head.series.iter().enumerate() {
+                    if let Some(ms) = ms {
+                        take(id as u64, ms);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sealed-chunk samples of `id` within `[lo, hi]`.
+    fn sealed_samples(
+        &self,
+        id: u64,
+        lo: i64,
+        hi: i64,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), StorageError> {
+        let r = self.block_range;
+        let mut b = block_of(lo, r);
+        while b <= hi {
+            for item in self.chunks.scan_prefix(retention::series_prefix(b, id)) {
+                let (k, v) = item.map_err(|e| sled_err("scan chunks", e))?;
+                let (max_t, bytes) = retention::parse_chunk_value(&v)?;
+                let min_t = retention::key_min_t(&k).unwrap_or(i64::MIN);
+                if min_t > hi || max_t < lo {
+                    continue;
+                }
+                chunkenc::decode_range(bytes, lo, hi, out).map_err(|e| {
+                    StorageError(format!("tsdb: series {id} chunk at {min_t}: {e}"))
+                })?;
+            }
+            b = match b.checked_add(r) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        Ok(())
+    }
+
+    /// Matching series (labels checked against every matcher) overlapping the range.
+    fn matching(
+        &self,
+        start: i64,
+        end: i64,
+        matchers: &[Matcher],
+        with_chunks: bool,
+    ) -> Result<Vec<(Labels, HeadSnap)>, StorageError> {
+        if start > end {
+            return Ok(Vec::new());
+        }
+        let cands = self.index.candidates(matchers)?;
+        let snaps = self.snapshot(cands, start, end, with_chunks)?;
+        let mut out = Vec::with_capacity(snaps.len());
+        for s in snaps {
+            let Some(labels) = self.index.labels(s.id)? else {
+                continue;
+            };
+            if Matcher::all_match(matchers, &labels) {
+                out.push((labels, s));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Queryable for Tsdb {
+    fn select(&self, hints: &SelectHints, matchers: &[Matcher]) -> Result<SeriesSet, StorageError> {
+        let (start, end) = (hints.start, hints.end);
+        let inner = &self.inner;
+        let mut series = Vec::new();
+        for (labels, snap) in inner.matching(start, end, matchers, true)? {
+            let mut samples = Vec::new();
+            let sealed_hi = snap
+                .open
+                .as_ref()
+                .map_or(snap.last_t, |(m, _)| m.saturating_sub(1))
+                .min(end);
+            let lo = snap.min_t.max(start);
+            if lo <= sealed_hi {
+                inner.sealed_samples(snap.id, lo, sealed_hi, &mut samples)?;
+            }
+            if let Some((_, bytes)) = &snap.open {
+                chunkenc::decode_range(bytes, start, end, &mut samples).map_err(|e| {
+                    StorageError(format!("tsdb: series {} head chunk: {e}", snap.id))
+                })?;
+            }
+            if !samples.is_empty() {
+                series.push(Series { labels, samples });
+            }
+        }
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(SeriesSet {
+            series,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn series(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Labels>, StorageError> {
+        let mut out: Vec<Labels> = self
+            .inner
+            .matching(mint, maxt, matchers, false)?
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn label_names(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        if matchers.is_empty() {
+            return self.inner.index.label_names();
+        }
+        let mut names: Vec<String> = self
+            .series(mint, maxt, matchers)?
+            .iter()
+            .flat_map(|l| l.iter().map(|l| l.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn label_values(
+        &self,
+        name: &str,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        if matchers.is_empty() {
+            return self.inner.index.label_values(name);
+        }
+        let mut values: Vec<String> = self
+            .series(mint, maxt, matchers)?
+            .iter()
+            .filter_map(|l| l.get(name).map(str::to_string))
+            .collect();
+        values.sort();
+        values.dedup();
+        Ok(values)
+    }
+}
+
+impl Appendable for Tsdb {
+    fn appender(&self) -> Box<dyn Appender> {
+        Box::new(TsdbAppender {
+            inner: self.inner.clone(),
+            samples: Vec::new(),
+            batch_last: U64Map::default(),
+            created: 0,
+        })
+    }
+}
+
+/// One batch of appends; validated at append time, applied and logged at commit.
+struct TsdbAppender {
+    inner: Arc<Inner>,
+    samples: Vec<(u64, i64, f64)>,
+    /// Last pending sample per series, for ordering checks within the batch.
+    batch_last: U64Map<(i64, u64)>,
+    created: u64,
+}
+
+impl TsdbAppender {
+    fn check(&mut self, id: u64, t: i64, v: f64) -> Result<bool, AppendError> {
+        let c = &self.inner.counters;
+        let (last_t, last_v, min_valid) = {
+            let head = self
+                .inner
+                .head
+                .read()
+                .map_err(|e| AppendError::Storage(lock_err(e).0))?;
+            let Some(ms) = head.get(id) else {
+                return Err(AppendError::UnknownRef(id));
+            };
+            let (lt, lv) = if ms.open_samples() > 0 {
+                (ms.xor.t, ms.xor.v)
+            } else {
+                (ms.wal.t, ms.wal.v)
+            };
+            (lt, lv, head.min_valid_time(self.inner.block_range))
+        };
+        if t < min_valid {
+            c.oob.fetch_add(1, Relaxed);
+            return Err(AppendError::OutOfBounds);
+        }
+        let (last_t, last_v) = self
+            .batch_last
+            .get(&id)
+            .copied()
+            .unwrap_or((last_t, last_v));
+        match MemSeries::check(last_t, last_v, t, v) {
+            Err(e) => {
+                let ctr = if e == AppendError::OutOfOrder {
+                    &c.ooo
+                } else {
+                    &c.dup
+                };
+                ctr.fetch_add(1, Relaxed);
+                Err(e)
+            }
+            Ok(dup) => Ok(dup),
+        }
+    }
+}
+
+impl Appender for TsdbAppender {
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef, AppendError> {
+        if self.inner.closed.load(Relaxed) {
+            return Err(AppendError::Storage("tsdb is closed".into()));
+        }
+        let (id, created) = self.inner.get_or_create(labels)?;
+        if created {
+            self.created += 1;
+        }
+        self.append_ref(id, t, v)?;
+        Ok(id)
+    }
+
+    fn append_ref(&mut self, id: SeriesRef, t: i64, v: f64) -> Result<(), AppendError> {
+        if self.inner.closed.load(Relaxed) {
+            return Err(AppendError::Storage("tsdb is closed".into()));
+        }
+        if self.check(id, t, v)? {
+            return Ok(());
+        }
+        self.samples.push((id, t, v));
+        self.batch_last.insert(id, (t, v.to_bits()));
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<CommitStats, StorageError> {
+        let me = *self;
+        let samples = me.inner.commit(me.samples)?;
+        Ok(CommitStats {
+            samples,
+            series_created: me.created,
+        })
+    }
+
+    fn rollback(self: Box<Self>) {}
+}
+
+#[cfg(test)]
+mod tests;

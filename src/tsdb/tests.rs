@@ -1,0 +1,457 @@
+//! Tests of the TSDB as a whole: appends, queries, WAL replay, retention, concurrency.
+
+use super::*;
+use crate::model::{MatchOp, stale_nan};
+
+fn opts() -> TsdbOptions {
+    TsdbOptions {
+        // Keep the background thread out of the way; tests flush explicitly.
+        wal_flush_interval: Duration::from_secs(3600),
+        maintenance_interval: Duration::from_secs(3600),
+        ..TsdbOptions::default()
+    }
+}
+
+fn lbl(name: &str, extra: &[(&str, &str)]) -> Labels {
+    let mut p = vec![("__name__", name)];
+    p.extend_from_slice(extra);
+    Labels::from_pairs(&p)
+}
+
+fn eq(n: &str, v: &str) -> Matcher {
+    Matcher::equal(n, v)
+}
+
+fn hints(start: i64, end: i64) -> SelectHints {
+    SelectHints {
+        start,
+        end,
+        ..SelectHints::default()
+    }
+}
+
+fn ts(set: &SeriesSet) -> Vec<Vec<(i64, f64)>> {
+    set.series
+        .iter()
+        .map(|s| s.samples.iter().map(|x| (x.t, x.v)).collect())
+        .collect()
+}
+
+fn append_all(db: &Tsdb, labels: &Labels, samples: impl IntoIterator<Item = (i64, f64)>) {
+    let mut app = db.appender();
+    for (t, v) in samples {
+        app.append(labels, t, v).unwrap();
+    }
+    app.commit().unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn append_and_select_sorted_inclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let mut app = db.appender();
+    let b = lbl("up", &[("job", "b")]);
+    let a = lbl("up", &[("job", "a")]);
+    let rb = app.append(&b, 1000, 1.0).unwrap();
+    let ra = app.append(&a, 1000, 2.0).unwrap();
+    app.append_ref(rb, 2000, 3.0).unwrap();
+    app.append_ref(ra, 3000, stale_nan()).unwrap();
+    let st = app.commit().unwrap();
+    assert_eq!(
+        st,
+        CommitStats {
+            samples: 4,
+            series_created: 2
+        }
+    );
+
+    let set = db
+        .select(&hints(1000, 2000), &[eq("__name__", "up")])
+        .unwrap();
+    assert_eq!(set.series.len(), 2);
+    assert_eq!(set.series[0].labels, a);
+    assert_eq!(ts(&set)[1], vec![(1000, 1.0), (2000, 3.0)]);
+    let set = db
+        .select(&hints(2500, 5000), &[eq("__name__", "up")])
+        .unwrap();
+    assert_eq!(
+        set.series.len(),
+        1,
+        "series without samples in range are left out"
+    );
+    assert!(crate::model::is_stale_nan(set.series[0].samples[0].v));
+
+    // Same labels again → same ref, nothing created.
+    let mut app = db.appender();
+    assert_eq!(app.append(&a, 4000, 1.0).unwrap(), ra);
+    assert_eq!(app.commit().unwrap().series_created, 0);
+    assert_eq!(db.stats().samples_appended_total, 5);
+    assert_eq!(db.stats().head_series, 2);
+
+    let mut app = db.appender();
+    assert_eq!(
+        app.append_ref(999, 1, 1.0).unwrap_err(),
+        AppendError::UnknownRef(999)
+    );
+    assert!(matches!(
+        app.append(&Labels::empty(), 1, 1.0),
+        Err(AppendError::InvalidLabels(_))
+    ));
+    db.close().unwrap();
+    let mut app = db.appender();
+    assert!(matches!(
+        app.append(&a, 9000, 1.0),
+        Err(AppendError::Storage(_))
+    ));
+}
+
+#[test]
+fn ordering_rules_within_and_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let s = lbl("m", &[]);
+    let mut app = db.appender();
+    let r = app.append(&s, 10_000, 1.0).unwrap();
+    assert_eq!(
+        app.append_ref(r, 9_000, 1.0).unwrap_err(),
+        AppendError::OutOfOrder
+    );
+    assert_eq!(
+        app.append_ref(r, 10_000, 2.0).unwrap_err(),
+        AppendError::DuplicateTimestamp
+    );
+    app.append_ref(r, 10_000, 1.0).unwrap(); // exact duplicate: no-op
+    app.commit().unwrap();
+
+    let mut app = db.appender();
+    assert_eq!(
+        app.append_ref(r, 5_000, 1.0).unwrap_err(),
+        AppendError::OutOfOrder
+    );
+    assert_eq!(
+        app.append_ref(r, 10_000, stale_nan()).unwrap_err(),
+        AppendError::DuplicateTimestamp
+    );
+    app.append_ref(r, 10_000, 1.0).unwrap();
+    app.append_ref(r, 20_000, stale_nan()).unwrap();
+    app.append_ref(r, 20_000, stale_nan()).unwrap();
+    assert_eq!(app.commit().unwrap().samples, 1);
+
+    // Far older than the head's max time minus half a block: out of bounds.
+    let mut app = db.appender();
+    let other = lbl("other", &[]);
+    assert_eq!(
+        app.append(&other, 20_000 - 3_600_001, 1.0).unwrap_err(),
+        AppendError::OutOfBounds
+    );
+    app.rollback();
+
+    let st = db.stats();
+    assert_eq!(st.out_of_order_samples_total, 2);
+    assert_eq!(st.duplicate_samples_total, 2);
+    assert_eq!(st.out_of_bounds_samples_total, 1);
+    let set = db
+        .select(&hints(0, 100_000), &[eq("__name__", "m")])
+        .unwrap();
+    assert_eq!(set.series[0].samples.len(), 2);
+}
+
+#[test]
+fn seals_chunks_and_queries_across_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let s = lbl("c", &[("i", "1")]);
+    // 2 h blocks; 15 s steps; 1000 samples cross chunk and block boundaries.
+    let samples: Vec<(i64, f64)> = (0..1000).map(|i| (i * 15_000, (i * 3) as f64)).collect();
+    for batch in samples.chunks(7) {
+        append_all(&db, &s, batch.iter().copied());
+    }
+    let st = db.stats();
+    assert!(st.chunks_sealed_total >= 8, "{st:?}");
+    assert_eq!(st.head_chunks, 1);
+    let all = db
+        .select(&hints(i64::MIN, i64::MAX), &[eq("i", "1")])
+        .unwrap();
+    assert_eq!(ts(&all)[0], samples);
+    // A window inside a sealed chunk, one across a block boundary, one into the head.
+    for (lo, hi) in [
+        (30_000, 45_000),
+        (7_100_000, 7_300_000),
+        (14_000_000, 15_000_000),
+        (0, 0),
+    ] {
+        let want: Vec<_> = samples
+            .iter()
+            .copied()
+            .filter(|&(t, _)| t >= lo && t <= hi)
+            .collect();
+        let got = db.select(&hints(lo, hi), &[eq("i", "1")]).unwrap();
+        assert_eq!(
+            ts(&got).first().cloned().unwrap_or_default(),
+            want,
+            "[{lo}, {hi}]"
+        );
+    }
+}
+
+#[test]
+fn wal_replay_after_reopen_without_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let s1 = lbl("a", &[("x", "1")]);
+    let s2 = lbl("a", &[("x", "2")]);
+    let want: Vec<(i64, f64)> = (0..300)
+        .map(|i| (1_700_000_000_000 + i * 5000, (i % 17) as f64 * 1.5))
+        .collect();
+    {
+        let db = Tsdb::open(dir.path(), opts()).unwrap();
+        for w in want.chunks(10) {
+            let mut app = db.appender();
+            for &(t, v) in w {
+                app.append(&s1, t, v).unwrap();
+                app.append(&s2, t, -v).unwrap();
+            }
+            app.commit().unwrap();
+        }
+        db.checkpoint().unwrap(); // new segment mid-stream: replay must cross it
+        append_all(&db, &s1, [(1_800_000_000_000, 7.0)]);
+        db.flush().unwrap();
+        drop(db); // no close
+    }
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let set = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "a")])
+        .unwrap();
+    let mut w1 = want.clone();
+    w1.push((1_800_000_000_000, 7.0));
+    assert_eq!(ts(&set)[0], w1);
+    assert_eq!(
+        ts(&set)[1],
+        want.iter().map(|&(t, v)| (t, -v)).collect::<Vec<_>>()
+    );
+    assert!(db.stats().wal_replayed_samples > 0);
+    // Ordering survives the restart, and ids are stable.
+    let mut app = db.appender();
+    assert_eq!(
+        app.append(&s1, 1_800_000_000_000 - 1, 1.0).unwrap_err(),
+        AppendError::OutOfOrder
+    );
+    app.append(&s1, 1_800_000_000_000, 7.0).unwrap();
+    assert_eq!(app.commit().unwrap().series_created, 0);
+}
+
+#[test]
+fn crash_image_holds_everything_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let crash = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let s = lbl("k", &[]);
+    let samples: Vec<(i64, f64)> = (0..250).map(|i| (i * 1000, i as f64)).collect();
+    for w in samples.chunks(25) {
+        append_all(&db, &s, w.iter().copied());
+    }
+    db.flush().unwrap();
+    // What a kill -9 right now would leave on disk: the files as they are.
+    copy_dir(dir.path(), &crash.path().join("db"));
+    append_all(&db, &s, [(1_000_000, 1.0)]); // never flushed into the image
+    let re = Tsdb::open(&crash.path().join("db"), opts()).unwrap();
+    let set = re
+        .select(&hints(0, i64::MAX), &[eq("__name__", "k")])
+        .unwrap();
+    assert_eq!(ts(&set)[0], samples);
+    re.close().unwrap();
+    db.close().unwrap();
+}
+
+#[test]
+fn wal_is_truncated_once_chunks_are_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let series: Vec<Labels> = (0..50)
+        .map(|i| lbl("w", &[("i", &i.to_string())]))
+        .collect();
+    for step in 0..130i64 {
+        let mut app = db.appender();
+        for s in &series {
+            app.append(s, step * 10_000, step as f64).unwrap();
+        }
+        app.commit().unwrap();
+        if step == 60 {
+            db.checkpoint().unwrap();
+        }
+    }
+    db.flush().unwrap();
+    let before = db.inner.wal_tree.len();
+    // Chunks were cut at 120 samples; segment 0 holds only sealed samples now.
+    db.checkpoint().unwrap();
+    let st = db.stats();
+    assert!(st.wal_segments_truncated_total >= 1, "{st:?}");
+    assert!(db.inner.wal_tree.len() < before);
+    drop(db);
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let set = db.select(&hints(0, i64::MAX), &[eq("i", "7")]).unwrap();
+    assert_eq!(
+        ts(&set)[0],
+        (0..130).map(|s| (s * 10_000, s as f64)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn retention_drops_old_blocks_and_stale_heads_are_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = 3_600_000i64;
+    let o = TsdbOptions {
+        retention: Duration::from_secs(6 * 3600),
+        ..opts()
+    };
+    let db = Tsdb::open(dir.path(), o).unwrap();
+    let old = lbl("old", &[]);
+    let live = lbl("live", &[]);
+    append_all(&db, &old, [(h / 2, 1.0)]);
+    for t in (0..20).map(|i| i * h / 2) {
+        append_all(&db, &live, [(t, 2.0)]);
+    }
+    db.maintain().unwrap();
+    let st = db.stats();
+    assert!(st.retention_blocks_dropped_total >= 1, "{st:?}");
+    // The idle series' head chunk was sealed (its block can't grow) and then dropped.
+    assert_eq!(st.head_chunks, 1);
+    assert!(
+        db.select(&hints(0, i64::MAX), &[eq("__name__", "old")])
+            .unwrap()
+            .series
+            .is_empty()
+    );
+    let live_set = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "live")])
+        .unwrap();
+    let first = live_set.series[0].samples[0].t;
+    assert!(
+        first >= 2 * h && first <= 4 * h,
+        "first kept sample {first}"
+    );
+    assert!(
+        db.series(0, h, &[eq("__name__", "old")])
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn series_and_label_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    append_all(
+        &db,
+        &lbl("up", &[("job", "a"), ("instance", "1")]),
+        [(1000, 1.0)],
+    );
+    append_all(&db, &lbl("up", &[("job", "b")]), [(5000, 1.0)]);
+    append_all(&db, &lbl("down", &[("job", "a")]), [(1000, 1.0)]);
+    assert_eq!(
+        db.label_names(0, 10_000, &[]).unwrap(),
+        vec!["__name__", "instance", "job"]
+    );
+    assert_eq!(
+        db.label_values("job", 0, 10_000, &[]).unwrap(),
+        vec!["a", "b"]
+    );
+    assert_eq!(
+        db.label_values("job", 0, 10_000, &[eq("__name__", "up")])
+            .unwrap(),
+        vec!["a", "b"]
+    );
+    assert_eq!(
+        db.label_values("job", 0, 2000, &[eq("__name__", "up")])
+            .unwrap(),
+        vec!["a"]
+    );
+    assert_eq!(
+        db.label_names(4000, 6000, &[eq("__name__", "up")]).unwrap(),
+        vec!["__name__", "job"]
+    );
+    let no_instance = Matcher::new(MatchOp::Equal, "instance", "").unwrap();
+    let s = db.series(0, 10_000, &[no_instance]).unwrap();
+    assert_eq!(
+        s,
+        vec![lbl("down", &[("job", "a")]), lbl("up", &[("job", "b")])]
+    );
+    let re = Matcher::new(MatchOp::Regex, "__name__", "u.|d.*").unwrap();
+    let nre = Matcher::new(MatchOp::NotRegex, "job", "b").unwrap();
+    assert_eq!(db.series(0, 10_000, &[re, nre]).unwrap().len(), 2);
+}
+
+#[test]
+fn concurrent_appenders_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(
+        dir.path(),
+        TsdbOptions {
+            wal_flush_interval: Duration::from_millis(20),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let series: Vec<Labels> = (0..20)
+                    .map(|i| lbl("cc", &[("w", &w.to_string()), ("i", &i.to_string())]))
+                    .collect();
+                for step in 0..300i64 {
+                    let mut app = db.appender();
+                    for s in &series {
+                        app.append(s, step * 1000, (step * w) as f64).unwrap();
+                    }
+                    app.commit().unwrap();
+                }
+            })
+        })
+        .collect();
+    let reader = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                let set = db
+                    .select(&hints(0, i64::MAX), &[eq("__name__", "cc")])
+                    .unwrap();
+                for s in &set.series {
+                    assert!(s.samples.windows(2).all(|w| w[0].t < w[1].t));
+                }
+            }
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    reader.join().unwrap();
+    let set = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "cc")])
+        .unwrap();
+    assert_eq!(set.series.len(), 80);
+    assert!(set.series.iter().all(|s| s.samples.len() == 300));
+    assert_eq!(db.stats().samples_appended_total, 80 * 300);
+    db.close().unwrap();
+    drop(db); // sled's file lock goes with the last handle
+    let db2 = Tsdb::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        db2.select(&hints(0, i64::MAX), &[eq("w", "3")])
+            .unwrap()
+            .series
+            .len(),
+        20
+    );
+}
