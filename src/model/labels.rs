@@ -120,7 +120,7 @@ impl Labels {
         Labels(
             self.0
                 .iter()
-                .filter(|l| names.iter().any(|n| *n == l.name))
+                .filter(|l| names.contains(&l.name))
                 .cloned()
                 .collect(),
         )
@@ -131,7 +131,7 @@ impl Labels {
         Labels(
             self.0
                 .iter()
-                .filter(|l| !names.iter().any(|n| *n == l.name))
+                .filter(|l| !names.contains(&l.name))
                 .cloned()
                 .collect(),
         )

@@ -71,7 +71,9 @@ pub(crate) fn eval_aggregate(ev: &Ev, a: &AggregateExpr) -> Result<V, EvalError>
         "quantile" => qparam = Some(param_scalar(ev, &a.param, &op)?),
         "count_values" => {
             let Some(p) = &a.param else {
-                return Err(EvalError::BadData("no parameter given for count_values".into()));
+                return Err(EvalError::BadData(
+                    "no parameter given for count_values".into(),
+                ));
             };
             match ev.eval(p)? {
                 V::Str(s) => label_param = Some(s),
@@ -148,15 +150,11 @@ pub(crate) fn eval_aggregate(ev: &Ev, a: &AggregateExpr) -> Result<V, EvalError>
                             a.c = c;
                         }
                         "avg" => avg_step(a, f),
-                        "min" => {
-                            if a.value > f || a.value.is_nan() {
-                                a.value = f;
-                            }
+                        "min" if (a.value > f || a.value.is_nan()) => {
+                            a.value = f;
                         }
-                        "max" => {
-                            if a.value < f || a.value.is_nan() {
-                                a.value = f;
-                            }
+                        "max" if (a.value < f || a.value.is_nan()) => {
+                            a.value = f;
                         }
                         "stddev" | "stdvar" => {
                             let delta = f - a.mean;
@@ -211,7 +209,7 @@ pub(crate) fn eval_aggregate(ev: &Ev, a: &AggregateExpr) -> Result<V, EvalError>
                     vals: vec![None; n],
                 })
                 .collect();
-            for step in 0..n {
+            for (step, &qs) in q.iter().enumerate().take(n) {
                 ev.check()?;
                 buf.iter_mut().for_each(Vec::clear);
                 for (c, &g) in cols.iter().zip(&gid) {
@@ -221,7 +219,7 @@ pub(crate) fn eval_aggregate(ev: &Ev, a: &AggregateExpr) -> Result<V, EvalError>
                 }
                 for (g, b) in buf.iter_mut().enumerate() {
                     if !b.is_empty() {
-                        out[g].vals[step] = Some(quantile(q[step], b));
+                        out[g].vals[step] = Some(quantile(qs, b));
                     }
                 }
             }

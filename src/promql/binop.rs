@@ -279,7 +279,7 @@ fn result_labels(op: Op, ls: &Labels, rs: &Labels, m: &Matching, return_bool: bo
     }
     if matches!(m.card, VectorMatchCardinality::OneToOne) {
         if m.on {
-            b.retain(|l| m.names.iter().any(|n| *n == l.name));
+            b.retain(|l| m.names.contains(&l.name));
         } else {
             for n in &m.names {
                 b.del(n);
@@ -349,7 +349,9 @@ fn vector_vector(
                 continue;
             }
             let j = rsig_idx[s];
-            let Some(rv) = rhs[j].vals[step] else { continue };
+            let Some(rv) = rhs[j].vals[step] else {
+                continue;
+            };
             let (fl, fr) = if one_to_many { (rv, lv) } else { (lv, rv) };
             let (mut v, keep) = elem(op, fl, fr);
             if return_bool {

@@ -330,6 +330,9 @@ impl V {
     }
 }
 
+/// A series with the sample (if any) each step of an instant selector sees.
+pub(crate) type SeriesPoints = (Labels, Vec<Option<Sample>>);
+
 /// Samples of `s` (sorted) with `mint < t <= maxt`.
 pub(crate) fn window(s: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
     let lo = s.partition_point(|x| x.t <= mint);
@@ -384,7 +387,7 @@ impl<'g, 'a> Ev<'g, 'a> {
     pub fn check(&self) -> Result<(), EvalError> {
         let c = self.g.checks.get().wrapping_add(1);
         self.g.checks.set(c);
-        if c % 64 == 0 && self.g.started.elapsed() > self.g.timeout {
+        if c.is_multiple_of(64) && self.g.started.elapsed() > self.g.timeout {
             return Err(EvalError::Timeout("query execution".into()));
         }
         Ok(())
@@ -546,7 +549,7 @@ impl<'g, 'a> Ev<'g, 'a> {
         &self,
         vs: &VectorSelector,
         func: Option<&str>,
-    ) -> Result<Vec<(Labels, Vec<Option<Sample>>)>, EvalError> {
+    ) -> Result<Vec<SeriesPoints>, EvalError> {
         if self.n == 0 {
             return Ok(Vec::new());
         }

@@ -13,7 +13,7 @@ use super::value::{EvalError, format_value};
 use crate::model::labels::METRIC_NAME;
 use crate::model::{Labels, MatchOp, Sample};
 
-fn arg<'c>(c: &'c Call, i: usize) -> Result<&'c Expr, EvalError> {
+fn arg(c: &Call, i: usize) -> Result<&Expr, EvalError> {
     c.args
         .args
         .get(i)
@@ -107,7 +107,13 @@ fn map_vector(
     merge_cols(cols)
 }
 
-fn extrapolated_rate(w: &[Sample], te: i64, range: i64, is_counter: bool, is_rate: bool) -> Option<f64> {
+fn extrapolated_rate(
+    w: &[Sample],
+    te: i64,
+    range: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
     if w.len() < 2 {
         return None;
     }
@@ -317,8 +323,8 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
     match name {
         "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "changes" | "resets"
         | "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
-        | "count_over_time" | "last_over_time" | "present_over_time"
-        | "stddev_over_time" | "stdvar_over_time" => {
+        | "count_over_time" | "last_over_time" | "present_over_time" | "stddev_over_time"
+        | "stdvar_over_time" => {
             let r = eval_range(ev, arg(c, 0)?, name)?;
             let range = r.range;
             let keep = name == "last_over_time";
@@ -351,12 +357,14 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
                         (a.value + a.c) / a.count
                     })
                 }
-                "min_over_time" => Some(w.iter().fold(w[0].v, |m, s| {
-                    if s.v < m || m.is_nan() { s.v } else { m }
-                })),
-                "max_over_time" => Some(w.iter().fold(w[0].v, |m, s| {
-                    if s.v > m || m.is_nan() { s.v } else { m }
-                })),
+                "min_over_time" => Some(
+                    w.iter()
+                        .fold(w[0].v, |m, s| if s.v < m || m.is_nan() { s.v } else { m }),
+                ),
+                "max_over_time" => Some(
+                    w.iter()
+                        .fold(w[0].v, |m, s| if s.v > m || m.is_nan() { s.v } else { m }),
+                ),
                 "sum_over_time" => {
                     let (mut s, mut cc) = (0.0, 0.0);
                     for x in w {
@@ -426,7 +434,9 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
                 .collect();
             Ok(V::Vector(absent_result(absent_labels(e), vals)))
         }
-        "time" => Ok(V::Scalar((0..n).map(|i| ev.ts(i) as f64 / 1000.0).collect())),
+        "time" => Ok(V::Scalar(
+            (0..n).map(|i| ev.ts(i) as f64 / 1000.0).collect(),
+        )),
         "pi" => Ok(V::Scalar(vec![std::f64::consts::PI; n])),
         "vector" => {
             let s = ev.eval_scalar(arg(c, 0)?)?;
@@ -463,10 +473,12 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
                 return Ok(V::Vector(merge_cols(cols)?));
             }
             let cols = ev.eval_vector(e)?;
-            Ok(V::Vector(map_vector(cols, |_, i| ev.ts(i) as f64 / 1000.0)?))
+            Ok(V::Vector(map_vector(cols, |_, i| {
+                ev.ts(i) as f64 / 1000.0
+            })?))
         }
-        "year" | "month" | "day_of_month" | "day_of_week" | "day_of_year" | "hour"
-        | "minute" | "days_in_month" => {
+        "year" | "month" | "day_of_month" | "day_of_week" | "day_of_year" | "hour" | "minute"
+        | "days_in_month" => {
             if c.args.args.is_empty() {
                 return Ok(V::Vector(vec![Col {
                     labels: Labels::empty(),

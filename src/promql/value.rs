@@ -44,11 +44,15 @@ pub struct QueryResult {
 impl QueryResult {
     /// The annotations that are warnings.
     pub fn warns(&self) -> impl Iterator<Item = &String> {
-        self.warnings.iter().filter(|w| w.starts_with("PromQL warning"))
+        self.warnings
+            .iter()
+            .filter(|w| w.starts_with("PromQL warning"))
     }
     /// The annotations that are infos.
     pub fn infos(&self) -> impl Iterator<Item = &String> {
-        self.warnings.iter().filter(|w| w.starts_with("PromQL info"))
+        self.warnings
+            .iter()
+            .filter(|w| w.starts_with("PromQL info"))
     }
 }
 

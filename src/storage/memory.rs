@@ -168,17 +168,26 @@ impl Queryable for MemStore {
         Ok(out)
     }
 
-    fn series(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Result<Vec<Labels>, StorageError> {
+    fn series(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Labels>, StorageError> {
         let g = self.read();
-        Ok(g
-            .series
+        Ok(g.series
             .iter()
             .filter(|(l, s)| Matcher::all_match(matchers, l) && !in_range(s, mint, maxt).is_empty())
             .map(|(l, _)| l.clone())
             .collect())
     }
 
-    fn label_names(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Result<Vec<String>, StorageError> {
+    fn label_names(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
         let mut names = std::collections::BTreeSet::new();
         for l in self.series(mint, maxt, matchers)? {
             for lab in l.iter() {
@@ -225,12 +234,22 @@ mod tests {
         assert_eq!(stats.samples, 3);
         assert_eq!(stats.series_created, 2);
         let m = Matcher::new(MatchOp::Regex, "__name__", "a|b").unwrap();
-        let hints = SelectHints { start: 15, end: 30, ..Default::default() };
+        let hints = SelectHints {
+            start: 15,
+            end: 30,
+            ..Default::default()
+        };
         let set = st.select(&hints, &[m]).unwrap();
         assert_eq!(set.series.len(), 2);
         assert_eq!(set.series[0].samples, vec![Sample { t: 20, v: 2.0 }]);
-        assert_eq!(st.label_values("job", 0, 100, &[]).unwrap(), vec!["x".to_string()]);
-        assert_eq!(st.label_names(0, 100, &[]).unwrap(), vec!["__name__".to_string(), "job".to_string()]);
+        assert_eq!(
+            st.label_values("job", 0, 100, &[]).unwrap(),
+            vec!["x".to_string()]
+        );
+        assert_eq!(
+            st.label_names(0, 100, &[]).unwrap(),
+            vec!["__name__".to_string(), "job".to_string()]
+        );
     }
 
     #[test]
@@ -240,7 +259,19 @@ mod tests {
         st.insert(&a, 20, 1.0);
         st.insert(&a, 10, 2.0);
         st.insert(&a, 20, 3.0);
-        let set = st.select(&SelectHints { start: 0, end: 100, ..Default::default() }, &[]).unwrap();
-        assert_eq!(set.series[0].samples, vec![Sample { t: 10, v: 2.0 }, Sample { t: 20, v: 3.0 }]);
+        let set = st
+            .select(
+                &SelectHints {
+                    start: 0,
+                    end: 100,
+                    ..Default::default()
+                },
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            set.series[0].samples,
+            vec![Sample { t: 10, v: 2.0 }, Sample { t: 20, v: 3.0 }]
+        );
     }
 }
