@@ -828,3 +828,148 @@ pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     };
     (t, c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemStore;
+
+    fn store() -> MemStore {
+        let st = MemStore::new();
+        for i in 0..10 {
+            for job in ["a", "b"] {
+                let l = Labels::from_pairs(&[("__name__", "x"), ("job", job)]);
+                st.insert(&l, i * 15_000, i as f64);
+            }
+        }
+        st
+    }
+
+    #[test]
+    fn instant_range_selector_returns_matrix() {
+        let e = Engine::new(EngineOptions::default());
+        let r = e
+            .instant_query(&store(), "x{job=\"a\"}[1m]", 135_000)
+            .unwrap();
+        let Value::Matrix(m) = r.value else {
+            panic!("expected matrix, got {:?}", r.value)
+        };
+        assert_eq!(m.len(), 1);
+        // Left-open window (75s, 135s].
+        let ts: Vec<i64> = m[0].samples.iter().map(|s| s.t).collect();
+        assert_eq!(ts, vec![90_000, 105_000, 120_000, 135_000]);
+    }
+
+    #[test]
+    fn range_query_of_scalar_and_sorting() {
+        let e = Engine::new(EngineOptions::default());
+        let r = e.range_query(&store(), "x * 2", 0, 30_000, 15_000).unwrap();
+        let Value::Matrix(m) = r.value else {
+            panic!("expected matrix")
+        };
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].labels, Labels::from_pairs(&[("job", "a")]));
+        assert_eq!(
+            m[0].samples.iter().map(|s| s.v).collect::<Vec<_>>(),
+            vec![0.0, 2.0, 4.0]
+        );
+        let r = e
+            .range_query(&store(), "time()", 0, 30_000, 15_000)
+            .unwrap();
+        let Value::Matrix(m) = r.value else {
+            panic!("expected matrix")
+        };
+        assert_eq!(m[0].samples.len(), 3);
+        assert!(e.range_query(&store(), "x[1m]", 0, 30_000, 15_000).is_err());
+        assert!(e.range_query(&store(), "x", 0, 30_000, 0).is_err());
+    }
+
+    #[test]
+    fn sample_limit_is_enforced() {
+        let e = Engine::new(EngineOptions {
+            max_samples: 5,
+            ..Default::default()
+        });
+        let err = e.instant_query(&store(), "count_over_time(x[10m])", 135_000);
+        assert_eq!(err.unwrap_err(), EvalError::TooManySamples);
+        assert!(e.instant_query(&store(), "x{job=\"a\"}", 135_000).is_ok());
+    }
+
+    #[test]
+    fn timeout_is_enforced() {
+        let e = Engine::new(EngineOptions {
+            timeout: Duration::ZERO,
+            ..Default::default()
+        });
+        let err = e.instant_query(&store(), "sum(x)", 135_000).unwrap_err();
+        assert!(matches!(err, EvalError::Timeout(_)), "{err:?}");
+    }
+
+    #[test]
+    fn parse_errors_are_parse_errors() {
+        let e = Engine::new(EngineOptions::default());
+        assert!(matches!(
+            e.instant_query(&store(), "sum(", 0),
+            Err(EvalError::Parse(_))
+        ));
+        assert!(matches!(
+            e.instant_query(
+                &store(),
+                "label_replace(x, \"\\xff\", \"\", \"a\", \"\")",
+                0
+            ),
+            Err(EvalError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn select_hints_cover_the_widest_range() {
+        struct Spy(MemStore, std::sync::Mutex<Vec<SelectHints>>);
+        impl Queryable for Spy {
+            fn select(
+                &self,
+                h: &SelectHints,
+                m: &[Matcher],
+            ) -> Result<crate::storage::SeriesSet, crate::storage::StorageError> {
+                self.1.lock().unwrap().push(h.clone());
+                self.0.select(h, m)
+            }
+            fn series(
+                &self,
+                a: i64,
+                b: i64,
+                m: &[Matcher],
+            ) -> Result<Vec<Labels>, crate::storage::StorageError> {
+                self.0.series(a, b, m)
+            }
+            fn label_names(
+                &self,
+                a: i64,
+                b: i64,
+                m: &[Matcher],
+            ) -> Result<Vec<String>, crate::storage::StorageError> {
+                self.0.label_names(a, b, m)
+            }
+            fn label_values(
+                &self,
+                n: &str,
+                a: i64,
+                b: i64,
+                m: &[Matcher],
+            ) -> Result<Vec<String>, crate::storage::StorageError> {
+                self.0.label_values(n, a, b, m)
+            }
+        }
+        let spy = Spy(store(), Default::default());
+        let e = Engine::new(EngineOptions::default());
+        e.range_query(&spy, "rate(x[1m] offset 30s)", 600_000, 900_000, 60_000)
+            .unwrap();
+        let h = spy.1.lock().unwrap().clone();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].start, 600_000 - 60_000 - 30_000 + 1);
+        assert_eq!(h[0].end, 900_000 - 30_000);
+        assert_eq!(h[0].range, 60_000);
+        assert_eq!(h[0].step, 60_000);
+        assert_eq!(h[0].func.as_deref(), Some("rate"));
+    }
+}
