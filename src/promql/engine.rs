@@ -1,0 +1,975 @@
+//! The evaluator. Every node is evaluated once over all steps of the query (like
+//! Prometheus's engine): an instant vector is a list of series with one optional value per
+//! step ([`Col`]), a range vector keeps the raw samples plus the evaluation time of each
+//! step ([`RangeVal`]) so that range functions slide a window over them.
+//!
+//! Selectors ask the [`Queryable`] once for the widest range any step needs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
+
+use super::value::{EvalError, QueryResult, Value, VectorSample};
+use crate::model::labels::METRIC_NAME;
+use crate::model::{Labels, MatchOp, Matcher, Sample, is_stale_nan};
+use crate::storage::{Queryable, SelectHints, Series};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How far back an instant selector looks for a sample (default 5m).
+    pub lookback_delta: Duration,
+    /// Maximum wall-clock time of one query (default 2m).
+    pub timeout: Duration,
+    /// Maximum number of samples a query may load/hold (default 50M).
+    pub max_samples: usize,
+    /// Step of subqueries written without one (`x[5m:]`), default 1m.
+    pub default_subquery_step: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            lookback_delta: Duration::from_secs(300),
+            timeout: Duration::from_secs(120),
+            max_samples: 50_000_000,
+            default_subquery_step: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The PromQL engine. Stateless apart from its options; share it behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    opts: EngineOptions,
+}
+
+impl Engine {
+    pub fn new(opts: EngineOptions) -> Engine {
+        Engine { opts }
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Evaluates `expr` at `t_ms`.
+    pub fn instant_query(
+        &self,
+        q: &dyn Queryable,
+        expr: &str,
+        t_ms: i64,
+    ) -> Result<QueryResult, EvalError> {
+        let e = parse_expr(expr)?;
+        self.instant_query_expr(q, &e, t_ms)
+    }
+
+    /// Evaluates an already parsed expression at `t_ms` (for rules).
+    pub fn instant_query_expr(
+        &self,
+        q: &dyn Queryable,
+        e: &Expr,
+        t_ms: i64,
+    ) -> Result<QueryResult, EvalError> {
+        let g = self.global(q, t_ms, t_ms, 0);
+        let ev = Ev::new(&g, t_ms, t_ms, 1);
+        let v = ev.eval(e)?;
+        let value = match v {
+            V::Scalar(s) => Value::Scalar { t: t_ms, v: s[0] },
+            V::Str(s) => Value::String { t: t_ms, v: s },
+            V::Vector(cols) => Value::Vector(
+                cols.into_iter()
+                    .filter_map(|c| {
+                        c.vals[0].map(|v| VectorSample {
+                            labels: c.labels,
+                            t: t_ms,
+                            v,
+                        })
+                    })
+                    .collect(),
+            ),
+            V::Range(r) => {
+                let te = r.te[0];
+                let mut out = Vec::new();
+                for s in r.series {
+                    let w = window(&s.samples, te - r.range, te);
+                    if !w.is_empty() {
+                        out.push(Series {
+                            labels: s.labels,
+                            samples: w.to_vec(),
+                        });
+                    }
+                }
+                Value::Matrix(out)
+            }
+        };
+        Ok(QueryResult {
+            value,
+            warnings: g.annots.into_inner(),
+        })
+    }
+
+    /// Evaluates `expr` at every step from `start_ms` to `end_ms`; returns a matrix.
+    pub fn range_query(
+        &self,
+        q: &dyn Queryable,
+        expr: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<QueryResult, EvalError> {
+        let e = parse_expr(expr)?;
+        self.range_query_expr(q, &e, start_ms, end_ms, step_ms)
+    }
+
+    /// [`Engine::range_query`] for a parsed expression.
+    pub fn range_query_expr(
+        &self,
+        q: &dyn Queryable,
+        e: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<QueryResult, EvalError> {
+        if step_ms <= 0 {
+            return Err(EvalError::BadData(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
+        }
+        if end_ms < start_ms {
+            return Err(EvalError::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        match e.value_type() {
+            parser::value::ValueType::Vector | parser::value::ValueType::Scalar => {}
+            t => {
+                let name = match t {
+                    parser::value::ValueType::Matrix => "range vector",
+                    parser::value::ValueType::String => "string",
+                    _ => "unknown",
+                };
+                return Err(EvalError::BadData(format!(
+                    "invalid expression type \"{name}\" for range query, must be Scalar or instant Vector"
+                )));
+            }
+        }
+        let g = self.global(q, start_ms, end_ms, step_ms);
+        let ev = Ev::new(&g, start_ms, end_ms, step_ms);
+        let v = ev.eval(e)?;
+        let mut out = match v {
+            V::Scalar(s) => vec![Series {
+                labels: Labels::empty(),
+                samples: s
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Sample { t: ev.ts(i), v: *v })
+                    .collect(),
+            }],
+            V::Vector(cols) => cols
+                .into_iter()
+                .filter_map(|c| {
+                    let samples: Vec<Sample> = c
+                        .vals
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, v)| v.map(|v| Sample { t: ev.ts(i), v }))
+                        .collect();
+                    (!samples.is_empty()).then_some(Series {
+                        labels: c.labels,
+                        samples,
+                    })
+                })
+                .collect(),
+            V::Str(_) | V::Range(_) => {
+                return Err(EvalError::BadData(
+                    "invalid expression type for range query, must be Scalar or instant Vector"
+                        .into(),
+                ));
+            }
+        };
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(QueryResult {
+            value: Value::Matrix(out),
+            warnings: g.annots.into_inner(),
+        })
+    }
+
+    fn global<'a>(&self, q: &'a dyn Queryable, start: i64, end: i64, step: i64) -> Global<'a> {
+        Global {
+            q,
+            lookback: self.opts.lookback_delta.as_millis() as i64,
+            started: Instant::now(),
+            timeout: self.opts.timeout,
+            max_samples: self.opts.max_samples,
+            samples: Cell::new(0),
+            annots: RefCell::new(Vec::new()),
+            qstart: start,
+            qend: end,
+            qstep: step,
+            sub_step: (self.opts.default_subquery_step.as_millis() as i64).max(1),
+            checks: Cell::new(0),
+        }
+    }
+}
+
+/// Parses a PromQL expression with the `promql-parser` crate.
+pub fn parse_expr(expr: &str) -> Result<Expr, EvalError> {
+    check_byte_escapes(expr)?;
+    parser::parse(expr).map_err(EvalError::Parse)
+}
+
+/// `promql-parser` turns a `\xNN` escape into the char U+00NN, while Go (and so
+/// Prometheus) produces the raw byte. Strings whose byte escapes do not form valid UTF-8
+/// are rejected here, as Prometheus rejects them where they matter (label names).
+fn check_byte_escapes(expr: &str) -> Result<(), EvalError> {
+    let b = expr.as_bytes();
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    let mut run: Vec<u8> = Vec::new();
+    let flush = |run: &mut Vec<u8>| -> Result<(), EvalError> {
+        if !run.is_empty() && std::str::from_utf8(run).is_err() {
+            return Err(EvalError::Parse(
+                "invalid UTF-8 byte sequence in string literal".into(),
+            ));
+        }
+        run.clear();
+        Ok(())
+    };
+    while i < b.len() {
+        let c = b[i];
+        match quote {
+            None => {
+                if c == b'"' || c == b'\'' || c == b'`' {
+                    quote = Some(c);
+                }
+                i += 1;
+            }
+            Some(q) => {
+                if q != b'`' && c == b'\\' && i + 1 < b.len() {
+                    if b[i + 1] == b'x' && i + 3 < b.len() {
+                        let h = std::str::from_utf8(&b[i + 2..i + 4]).unwrap_or("");
+                        if let Ok(v) = u8::from_str_radix(h, 16) {
+                            run.push(v);
+                            i += 4;
+                            continue;
+                        }
+                    }
+                    flush(&mut run)?;
+                    i += 2;
+                    continue;
+                }
+                flush(&mut run)?;
+                if c == q {
+                    quote = None;
+                }
+                i += 1;
+            }
+        }
+    }
+    flush(&mut run)
+}
+
+/// Per-query state shared by all (sub)evaluators.
+pub(crate) struct Global<'a> {
+    pub q: &'a dyn Queryable,
+    pub lookback: i64,
+    pub started: Instant,
+    pub timeout: Duration,
+    pub max_samples: usize,
+    pub samples: Cell<usize>,
+    pub annots: RefCell<Vec<String>>,
+    pub qstart: i64,
+    pub qend: i64,
+    pub qstep: i64,
+    pub sub_step: i64,
+    checks: Cell<u32>,
+}
+
+/// One instant-vector series: a value (or none) per step.
+#[derive(Debug, Clone)]
+pub(crate) struct Col {
+    pub labels: Labels,
+    pub vals: Vec<Option<f64>>,
+}
+
+/// One range-vector series: raw float samples (stale markers removed), sorted by time.
+#[derive(Debug, Clone)]
+pub(crate) struct RSeries {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+/// A range vector over all steps: step `i` sees the samples in `(te[i]-range, te[i]]`.
+#[derive(Debug, Clone)]
+pub(crate) struct RangeVal {
+    pub series: Vec<RSeries>,
+    pub range: i64,
+    pub te: Vec<i64>,
+}
+
+/// An evaluated node.
+#[derive(Debug, Clone)]
+pub(crate) enum V {
+    Scalar(Vec<f64>),
+    Vector(Vec<Col>),
+    Range(RangeVal),
+    Str(String),
+}
+
+impl V {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            V::Scalar(_) => "scalar",
+            V::Vector(_) => "instant vector",
+            V::Range(_) => "range vector",
+            V::Str(_) => "string",
+        }
+    }
+}
+
+/// A series with the sample (if any) each step of an instant selector sees.
+pub(crate) type SeriesPoints = (Labels, Vec<Option<Sample>>);
+
+/// Samples of `s` (sorted) with `mint < t <= maxt`.
+pub(crate) fn window(s: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
+    let lo = s.partition_point(|x| x.t <= mint);
+    let hi = s.partition_point(|x| x.t <= maxt);
+    if lo >= hi { &[] } else { &s[lo..hi] }
+}
+
+/// An evaluator for one time grid (`start..=end` by `step`).
+pub(crate) struct Ev<'g, 'a> {
+    pub g: &'g Global<'a>,
+    pub start: i64,
+    pub step: i64,
+    pub n: usize,
+}
+
+fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => d.as_millis() as i64,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+    }
+}
+
+impl<'g, 'a> Ev<'g, 'a> {
+    pub fn new(g: &'g Global<'a>, start: i64, end: i64, step: i64) -> Self {
+        let n = if end < start {
+            0
+        } else {
+            ((end - start) / step.max(1)) as usize + 1
+        };
+        Ev {
+            g,
+            start,
+            step: step.max(1),
+            n,
+        }
+    }
+
+    #[inline]
+    pub fn ts(&self, i: usize) -> i64 {
+        self.start + i as i64 * self.step
+    }
+
+    /// Checks the timeout (cheaply: the clock is read every 64 calls).
+    pub fn check(&self) -> Result<(), EvalError> {
+        let c = self.g.checks.get().wrapping_add(1);
+        self.g.checks.set(c);
+        if c.is_multiple_of(64) && self.g.started.elapsed() > self.g.timeout {
+            return Err(EvalError::Timeout("query execution".into()));
+        }
+        Ok(())
+    }
+
+    /// Accounts for `k` more samples held in memory.
+    pub fn add_samples(&self, k: usize) -> Result<(), EvalError> {
+        let s = self.g.samples.get() + k;
+        self.g.samples.set(s);
+        if s > self.g.max_samples {
+            return Err(EvalError::TooManySamples);
+        }
+        Ok(())
+    }
+
+    pub fn warn(&self, msg: String) {
+        let mut a = self.g.annots.borrow_mut();
+        let s = format!("PromQL warning: {msg}");
+        if !a.contains(&s) {
+            a.push(s);
+        }
+    }
+
+    pub fn info(&self, msg: String) {
+        let mut a = self.g.annots.borrow_mut();
+        let s = format!("PromQL info: {msg}");
+        if !a.contains(&s) {
+            a.push(s);
+        }
+    }
+
+    pub fn eval(&self, e: &Expr) -> Result<V, EvalError> {
+        self.check()?;
+        if self.g.started.elapsed() > self.g.timeout {
+            return Err(EvalError::Timeout("query execution".into()));
+        }
+        match e {
+            Expr::NumberLiteral(n) => Ok(V::Scalar(vec![n.val; self.n])),
+            Expr::StringLiteral(s) => Ok(V::Str(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr),
+            Expr::Unary(u) => match self.eval(&u.expr)? {
+                V::Scalar(mut s) => {
+                    s.iter_mut().for_each(|v| *v = -*v);
+                    Ok(V::Scalar(s))
+                }
+                V::Vector(mut cols) => {
+                    for c in &mut cols {
+                        c.vals.iter_mut().flatten().for_each(|v| *v = -*v);
+                        c.labels = c.labels.without_metric_name();
+                    }
+                    Ok(V::Vector(merge_cols(cols)?))
+                }
+                other => Err(EvalError::Execution(format!(
+                    "unary expression only allowed on expressions of type scalar or instant vector, got \"{}\"",
+                    other.type_name()
+                ))),
+            },
+            Expr::VectorSelector(vs) => Ok(V::Vector(self.eval_vector_selector(vs, None)?)),
+            Expr::MatrixSelector(ms) => Ok(V::Range(self.eval_matrix_selector(
+                &ms.vs,
+                ms.range.as_millis() as i64,
+                None,
+            )?)),
+            Expr::Subquery(sq) => Ok(V::Range(self.eval_subquery(sq)?)),
+            Expr::Binary(b) => super::binop::eval_binary(self, b),
+            Expr::Aggregate(a) => super::aggregation::eval_aggregate(self, a),
+            Expr::Call(c) => super::functions::eval_call(self, c),
+            Expr::Extension(_) => Err(EvalError::Execution(
+                "extension expressions are not supported".into(),
+            )),
+        }
+    }
+
+    /// Evaluates `e` and requires an instant vector.
+    pub fn eval_vector(&self, e: &Expr) -> Result<Vec<Col>, EvalError> {
+        match self.eval(e)? {
+            V::Vector(c) => Ok(c),
+            other => Err(EvalError::Execution(format!(
+                "expected instant vector, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Evaluates `e` and requires a scalar (one value per step).
+    pub fn eval_scalar(&self, e: &Expr) -> Result<Vec<f64>, EvalError> {
+        match self.eval(e)? {
+            V::Scalar(s) => Ok(s),
+            other => Err(EvalError::Execution(format!(
+                "expected scalar, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// The evaluation time of each step for a node with these modifiers.
+    pub fn sel_times(&self, at: &Option<AtModifier>, offset: &Option<Offset>) -> Vec<i64> {
+        let off = offset_ms(offset);
+        match at {
+            None => (0..self.n).map(|i| self.ts(i) - off).collect(),
+            Some(a) => {
+                let t = match a {
+                    AtModifier::Start => self.g.qstart,
+                    AtModifier::End => self.g.qend,
+                    AtModifier::At(st) => system_time_ms(st),
+                };
+                vec![t - off; self.n]
+            }
+        }
+    }
+
+    fn select(
+        &self,
+        vs: &VectorSelector,
+        mint: i64,
+        maxt: i64,
+        range: i64,
+        func: Option<&str>,
+    ) -> Result<Vec<Series>, EvalError> {
+        let matchers = convert_matchers(vs)?;
+        let hints = SelectHints {
+            start: mint,
+            end: maxt,
+            step: self.g.qstep,
+            func: func.map(str::to_string),
+            range,
+        };
+        let set = self
+            .g
+            .q
+            .select(&hints, &matchers)
+            .map_err(|e| EvalError::Execution(e.0))?;
+        for w in set.warnings {
+            let mut a = self.g.annots.borrow_mut();
+            if !a.contains(&w) {
+                a.push(w);
+            }
+        }
+        Ok(set.series)
+    }
+
+    pub fn eval_vector_selector(
+        &self,
+        vs: &VectorSelector,
+        func: Option<&str>,
+    ) -> Result<Vec<Col>, EvalError> {
+        Ok(self
+            .eval_vector_selector_ts(vs, func)?
+            .into_iter()
+            .map(|(labels, vals)| Col {
+                labels,
+                vals: vals.into_iter().map(|o| o.map(|s| s.v)).collect(),
+            })
+            .collect())
+    }
+
+    /// Like [`Ev::eval_vector_selector`] but keeps each point's sample timestamp.
+    pub fn eval_vector_selector_ts(
+        &self,
+        vs: &VectorSelector,
+        func: Option<&str>,
+    ) -> Result<Vec<SeriesPoints>, EvalError> {
+        if self.n == 0 {
+            return Ok(Vec::new());
+        }
+        let te = self.sel_times(&vs.at, &vs.offset);
+        let (mn, mx) = min_max(&te);
+        let lb = self.g.lookback;
+        let series = self.select(vs, mn - lb + 1, mx, 0, func)?;
+        let mut out = Vec::with_capacity(series.len());
+        for s in series {
+            self.check()?;
+            let mut vals = Vec::with_capacity(self.n);
+            let mut j = 0usize; // number of samples with t <= te[i]
+            let mut any = false;
+            for &t in &te {
+                if j > 0 && s.samples[j - 1].t > t {
+                    // Evaluation times only go forward, but be safe.
+                    j = s.samples.partition_point(|x| x.t <= t);
+                }
+                while j < s.samples.len() && s.samples[j].t <= t {
+                    j += 1;
+                }
+                let p = if j > 0 {
+                    let smp = s.samples[j - 1];
+                    (smp.t > t - lb && !is_stale_nan(smp.v)).then_some(smp)
+                } else {
+                    None
+                };
+                any |= p.is_some();
+                vals.push(p);
+            }
+            if any {
+                self.add_samples(vals.iter().filter(|v| v.is_some()).count())?;
+                out.push((s.labels, vals));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn eval_matrix_selector(
+        &self,
+        vs: &VectorSelector,
+        range: i64,
+        func: Option<&str>,
+    ) -> Result<RangeVal, EvalError> {
+        let te = self.sel_times(&vs.at, &vs.offset);
+        if self.n == 0 {
+            return Ok(RangeVal {
+                series: Vec::new(),
+                range,
+                te,
+            });
+        }
+        let (mn, mx) = min_max(&te);
+        let series = self.select(vs, mn - range + 1, mx, range, func)?;
+        let mut out = Vec::with_capacity(series.len());
+        for mut s in series {
+            self.check()?;
+            s.samples.retain(|x| !is_stale_nan(x.v));
+            if s.samples.is_empty() {
+                continue;
+            }
+            self.add_samples(s.samples.len())?;
+            out.push(RSeries {
+                labels: s.labels,
+                samples: s.samples,
+            });
+        }
+        Ok(RangeVal {
+            series: out,
+            range,
+            te,
+        })
+    }
+
+    pub fn eval_subquery(&self, sq: &parser::SubqueryExpr) -> Result<RangeVal, EvalError> {
+        let te = self.sel_times(&sq.at, &sq.offset);
+        let range = sq.range.as_millis() as i64;
+        let step = match sq.step {
+            Some(s) if !s.is_zero() => s.as_millis() as i64,
+            _ => self.g.sub_step,
+        };
+        if self.n == 0 {
+            return Ok(RangeVal {
+                series: Vec::new(),
+                range,
+                te,
+            });
+        }
+        let (mn, mx) = min_max(&te);
+        let lo = mn - range;
+        let mut istart = lo.div_euclid(step) * step;
+        if istart <= lo {
+            istart += step;
+        }
+        let inner = Ev::new(self.g, istart, mx, step);
+        let v = inner.eval(&sq.expr)?;
+        let series = match v {
+            V::Vector(cols) => cols
+                .into_iter()
+                .filter_map(|c| {
+                    let samples: Vec<Sample> = c
+                        .vals
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, v)| v.map(|v| Sample { t: inner.ts(i), v }))
+                        .collect();
+                    (!samples.is_empty()).then_some(RSeries {
+                        labels: c.labels,
+                        samples,
+                    })
+                })
+                .collect(),
+            V::Scalar(s) => vec![RSeries {
+                labels: Labels::empty(),
+                samples: s
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Sample {
+                        t: inner.ts(i),
+                        v: *v,
+                    })
+                    .collect(),
+            }],
+            other => {
+                return Err(EvalError::Execution(format!(
+                    "subquery is only allowed on instant vector, got {}",
+                    other.type_name()
+                )));
+            }
+        };
+        Ok(RangeVal { series, range, te })
+    }
+}
+
+pub(crate) fn min_max(v: &[i64]) -> (i64, i64) {
+    let mn = v.iter().copied().min().unwrap_or(0);
+    let mx = v.iter().copied().max().unwrap_or(0);
+    (mn, mx)
+}
+
+/// Converts the parser's matchers (plus the metric name) into shoal matchers.
+pub(crate) fn convert_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, EvalError> {
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(EvalError::BadData(
+            "`or` in label matchers is not supported".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
+    let mut has_name = false;
+    for m in &vs.matchers.matchers {
+        if m.name == METRIC_NAME {
+            has_name = true;
+        }
+        let op = match &m.op {
+            promql_parser::label::MatchOp::Equal => MatchOp::Equal,
+            promql_parser::label::MatchOp::NotEqual => MatchOp::NotEqual,
+            promql_parser::label::MatchOp::Re(_) => MatchOp::Regex,
+            promql_parser::label::MatchOp::NotRe(_) => MatchOp::NotRegex,
+        };
+        let mm = match Matcher::new(op, m.name.clone(), m.value.clone()) {
+            Ok(mm) => mm,
+            Err(e) => match &m.op {
+                // The parser accepted a Go-only regex form it rewrote; use its version.
+                promql_parser::label::MatchOp::Re(r) | promql_parser::label::MatchOp::NotRe(r) => {
+                    Matcher::new(op, m.name.clone(), r.as_str().to_string()).map_err(|_| {
+                        EvalError::BadData(format!("invalid regular expression: {e}"))
+                    })?
+                }
+                _ => return Err(EvalError::BadData(format!("invalid matcher: {e}"))),
+            },
+        };
+        out.push(mm);
+    }
+    if let (Some(name), false) = (&vs.name, has_name) {
+        out.push(Matcher::equal(METRIC_NAME, name.clone()));
+    }
+    Ok(out)
+}
+
+/// Merges columns with identical label sets; a step where two of them have a value is
+/// an error, as in Prometheus.
+pub(crate) fn merge_cols(cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
+    if cols.len() < 2 {
+        return Ok(cols);
+    }
+    // Fast path: distinct inputs stay distinct unless labels were rewritten to collide.
+    let mut idx: HashMap<&Labels, usize> = HashMap::with_capacity(cols.len());
+    let mut dup = false;
+    for (i, c) in cols.iter().enumerate() {
+        if idx.insert(&c.labels, i).is_some() {
+            dup = true;
+            break;
+        }
+    }
+    drop(idx);
+    if !dup {
+        return Ok(cols);
+    }
+    let mut map: HashMap<Labels, usize> = HashMap::new();
+    let mut out: Vec<Col> = Vec::new();
+    for c in cols {
+        match map.get(&c.labels) {
+            Some(&i) => {
+                let o = &mut out[i];
+                for (a, b) in o.vals.iter_mut().zip(c.vals) {
+                    if let Some(b) = b {
+                        if a.is_some() {
+                            return Err(EvalError::Execution(
+                                "vector cannot contain metrics with the same labelset".into(),
+                            ));
+                        }
+                        *a = Some(b);
+                    }
+                }
+            }
+            None => {
+                map.insert(c.labels.clone(), out.len());
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Builds output series whose label sets are only known per step (e.g. `count_values`).
+pub(crate) struct OutBuilder {
+    map: HashMap<Labels, usize>,
+    pub cols: Vec<Col>,
+    n: usize,
+}
+
+impl OutBuilder {
+    pub fn new(n: usize) -> Self {
+        OutBuilder {
+            map: HashMap::new(),
+            cols: Vec::new(),
+            n,
+        }
+    }
+
+    pub fn index(&mut self, labels: Labels) -> usize {
+        if let Some(&i) = self.map.get(&labels) {
+            return i;
+        }
+        let i = self.cols.len();
+        self.map.insert(labels.clone(), i);
+        self.cols.push(Col {
+            labels,
+            vals: vec![None; self.n],
+        });
+        i
+    }
+
+    pub fn set(&mut self, idx: usize, step: usize, v: f64) -> Result<(), EvalError> {
+        let slot = &mut self.cols[idx].vals[step];
+        if slot.is_some() {
+            return Err(EvalError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
+        }
+        *slot = Some(v);
+        Ok(())
+    }
+}
+
+/// Neumaier-compensated addition, as Prometheus's `kahanSumInc`.
+#[inline]
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemStore;
+
+    fn store() -> MemStore {
+        let st = MemStore::new();
+        for i in 0..10 {
+            for job in ["a", "b"] {
+                let l = Labels::from_pairs(&[("__name__", "x"), ("job", job)]);
+                st.insert(&l, i * 15_000, i as f64);
+            }
+        }
+        st
+    }
+
+    #[test]
+    fn instant_range_selector_returns_matrix() {
+        let e = Engine::new(EngineOptions::default());
+        let r = e
+            .instant_query(&store(), "x{job=\"a\"}[1m]", 135_000)
+            .unwrap();
+        let Value::Matrix(m) = r.value else {
+            panic!("expected matrix, got {:?}", r.value)
+        };
+        assert_eq!(m.len(), 1);
+        // Left-open window (75s, 135s].
+        let ts: Vec<i64> = m[0].samples.iter().map(|s| s.t).collect();
+        assert_eq!(ts, vec![90_000, 105_000, 120_000, 135_000]);
+    }
+
+    #[test]
+    fn range_query_of_scalar_and_sorting() {
+        let e = Engine::new(EngineOptions::default());
+        let r = e.range_query(&store(), "x * 2", 0, 30_000, 15_000).unwrap();
+        let Value::Matrix(m) = r.value else {
+            panic!("expected matrix")
+        };
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].labels, Labels::from_pairs(&[("job", "a")]));
+        assert_eq!(
+            m[0].samples.iter().map(|s| s.v).collect::<Vec<_>>(),
+            vec![0.0, 2.0, 4.0]
+        );
+        let r = e
+            .range_query(&store(), "time()", 0, 30_000, 15_000)
+            .unwrap();
+        let Value::Matrix(m) = r.value else {
+            panic!("expected matrix")
+        };
+        assert_eq!(m[0].samples.len(), 3);
+        assert!(e.range_query(&store(), "x[1m]", 0, 30_000, 15_000).is_err());
+        assert!(e.range_query(&store(), "x", 0, 30_000, 0).is_err());
+    }
+
+    #[test]
+    fn sample_limit_is_enforced() {
+        let e = Engine::new(EngineOptions {
+            max_samples: 5,
+            ..Default::default()
+        });
+        let err = e.instant_query(&store(), "count_over_time(x[10m])", 135_000);
+        assert_eq!(err.unwrap_err(), EvalError::TooManySamples);
+        assert!(e.instant_query(&store(), "x{job=\"a\"}", 135_000).is_ok());
+    }
+
+    #[test]
+    fn timeout_is_enforced() {
+        let e = Engine::new(EngineOptions {
+            timeout: Duration::ZERO,
+            ..Default::default()
+        });
+        let err = e.instant_query(&store(), "sum(x)", 135_000).unwrap_err();
+        assert!(matches!(err, EvalError::Timeout(_)), "{err:?}");
+    }
+
+    #[test]
+    fn parse_errors_are_parse_errors() {
+        let e = Engine::new(EngineOptions::default());
+        assert!(matches!(
+            e.instant_query(&store(), "sum(", 0),
+            Err(EvalError::Parse(_))
+        ));
+        assert!(matches!(
+            e.instant_query(
+                &store(),
+                "label_replace(x, \"\\xff\", \"\", \"a\", \"\")",
+                0
+            ),
+            Err(EvalError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn select_hints_cover_the_widest_range() {
+        struct Spy(MemStore, std::sync::Mutex<Vec<SelectHints>>);
+        impl Queryable for Spy {
+            fn select(
+                &self,
+                h: &SelectHints,
+                m: &[Matcher],
+            ) -> Result<crate::storage::SeriesSet, crate::storage::StorageError> {
+                self.1.lock().unwrap().push(h.clone());
+                self.0.select(h, m)
+            }
+            fn series(
+                &self,
+                a: i64,
+                b: i64,
+                m: &[Matcher],
+            ) -> Result<Vec<Labels>, crate::storage::StorageError> {
+                self.0.series(a, b, m)
+            }
+            fn label_names(
+                &self,
+                a: i64,
+                b: i64,
+                m: &[Matcher],
+            ) -> Result<Vec<String>, crate::storage::StorageError> {
+                self.0.label_names(a, b, m)
+            }
+            fn label_values(
+                &self,
+                n: &str,
+                a: i64,
+                b: i64,
+                m: &[Matcher],
+            ) -> Result<Vec<String>, crate::storage::StorageError> {
+                self.0.label_values(n, a, b, m)
+            }
+        }
+        let spy = Spy(store(), Default::default());
+        let e = Engine::new(EngineOptions::default());
+        e.range_query(&spy, "rate(x[1m] offset 30s)", 600_000, 900_000, 60_000)
+            .unwrap();
+        let h = spy.1.lock().unwrap().clone();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].start, 600_000 - 60_000 - 30_000 + 1);
+        assert_eq!(h[0].end, 900_000 - 30_000);
+        assert_eq!(h[0].range, 60_000);
+        assert_eq!(h[0].step, 60_000);
+        assert_eq!(h[0].func.as_deref(), Some("rate"));
+    }
+}
