@@ -199,6 +199,7 @@ impl Node {
                 lookback_delta: args.query_lookback_delta,
                 timeout: args.query_timeout,
                 max_samples: args.query_max_samples,
+                default_subquery_step: cfg.global.evaluation_interval,
             },
             query_slots: Arc::new(tokio::sync::Semaphore::new(
                 args.query_max_concurrency.max(1),
@@ -290,8 +291,13 @@ fn spawn_sighup_reloader(reload: ReloadFn) {
 }
 
 /// Exposes the TSDB's counters on `/metrics`.
-#[derive(Debug)]
 struct TsdbCollector(Tsdb);
+
+impl std::fmt::Debug for TsdbCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TsdbCollector")
+    }
+}
 
 impl prometheus_client::collector::Collector for TsdbCollector {
     fn encode(
@@ -302,7 +308,7 @@ impl prometheus_client::collector::Collector for TsdbCollector {
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
         let s = self.0.stats();
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "tsdb_samples_appended",
                 "Samples appended to the TSDB",
@@ -333,12 +339,22 @@ impl prometheus_client::collector::Collector for TsdbCollector {
                 "Chunks sealed into sled",
                 s.chunks_sealed_total,
             ),
+            (
+                "tsdb_wal_written_bytes",
+                "Bytes written to the WAL",
+                s.wal_bytes_total,
+            ),
+            (
+                "tsdb_series_created",
+                "Series created",
+                s.series_created_total,
+            ),
         ];
         for (name, help, v) in counters {
             let c = ConstCounter::new(v);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
-        let gauges: [(&str, &str, i64); 4] = [
+        let gauges: [(&str, &str, i64); 3] = [
             (
                 "tsdb_head_series",
                 "Series in the head",
@@ -350,14 +366,9 @@ impl prometheus_client::collector::Collector for TsdbCollector {
                 s.head_chunks as i64,
             ),
             (
-                "tsdb_wal_bytes",
-                "Bytes of WAL not yet truncated",
-                s.wal_bytes as i64,
-            ),
-            (
                 "tsdb_storage_bytes",
                 "Size of the sled database on disk",
-                s.disk_bytes as i64,
+                s.disk_size_bytes as i64,
             ),
         ];
         for (name, help, v) in gauges {

@@ -100,12 +100,14 @@ fn query_results_have_prometheus_shapes() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    // `now` is truncated to the second: end a little later so the first scrape is inside.
     let v = node.get_json(&format!(
-        "/api/v1/query_range?query=demo_g&start={}&end={now}&step=1s",
-        now - 10
+        "/api/v1/query_range?query=demo_g&start={}&end={}&step=1s",
+        now - 10,
+        now + 5
     ));
     assert_eq!(v["data"]["resultType"], "matrix");
-    assert_eq!(v["data"]["result"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"]["result"].as_array().unwrap().len(), 2, "{v}");
 }
 
 #[test]
