@@ -416,3 +416,197 @@ impl ReportCache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Matcher, is_stale_nan};
+    use crate::storage::{Queryable, SelectHints};
+    use crate::tsdb::{Tsdb, TsdbOptions};
+
+    fn cfg(extra: &str) -> ScrapeConfig {
+        let yaml = format!(
+            "scrape_configs:\n  - job_name: j\n{extra}    static_configs:\n      - targets: ['h:1']\n"
+        );
+        crate::config::load_str(&yaml)
+            .unwrap()
+            .scrape_configs
+            .remove(0)
+    }
+
+    fn target() -> Labels {
+        Labels::from_pairs(&[("instance", "h:1"), ("job", "j")])
+    }
+
+    fn samples(db: &Tsdb, name: &str) -> Vec<(Labels, Vec<(i64, f64)>)> {
+        let hints = SelectHints {
+            start: i64::MIN / 2,
+            end: i64::MAX / 2,
+            ..SelectHints::default()
+        };
+        db.select(&hints, &[Matcher::equal("__name__", name)])
+            .unwrap()
+            .series
+            .into_iter()
+            .map(|s| (s.labels, s.samples.iter().map(|p| (p.t, p.v)).collect()))
+            .collect()
+    }
+
+    fn scrape(
+        c: &mut ScrapeCache,
+        db: &Tsdb,
+        cfg: &ScrapeConfig,
+        body: &str,
+        t: i64,
+    ) -> Result<ScrapeStats, ScrapeError> {
+        let tl = target();
+        let ctx = ScrapeContext {
+            cfg,
+            target_labels: &tl,
+        };
+        c.append_body(db, &ctx, body.as_bytes(), Format::PromText, t)
+    }
+
+    #[test]
+    fn target_labels_win_unless_honor_labels() {
+        let scraped =
+            Labels::from_pairs(&[("__name__", "m"), ("job", "inner"), ("exported_job", "x")]);
+        let l = apply_target_labels(scraped.clone(), &target(), false);
+        assert_eq!(l.get("job"), Some("j"));
+        assert_eq!(l.get("exported_exported_job"), Some("inner"));
+        assert_eq!(l.get("instance"), Some("h:1"));
+        let l = apply_target_labels(scraped, &target(), true);
+        assert_eq!(l.get("job"), Some("inner"));
+        assert_eq!(l.get("instance"), Some("h:1"));
+    }
+
+    #[test]
+    fn vanished_series_get_a_staleness_marker_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let cfg = cfg("");
+        let mut c = ScrapeCache::default();
+        let s = scrape(&mut c, &db, &cfg, "a 1\nb 2\n", 1000).unwrap();
+        assert_eq!((s.scraped, s.post_relabel, s.series_added), (2, 2, 2));
+        let s = scrape(&mut c, &db, &cfg, "a 1\n", 2000).unwrap();
+        assert_eq!(s.stale_markers, 1);
+        let s = scrape(&mut c, &db, &cfg, "a 1\n", 3000).unwrap();
+        assert_eq!(s.stale_markers, 0, "a marker is written once");
+        let b = samples(&db, "b");
+        assert_eq!(b[0].1.len(), 2);
+        assert_eq!(b[0].1[0], (1000, 2.0));
+        assert!(is_stale_nan(b[0].1[1].1));
+        assert_eq!(b[0].0.get("job"), Some("j"));
+        // It comes back later as a normal series.
+        scrape(&mut c, &db, &cfg, "a 1\nb 5\n", 4000).unwrap();
+        assert_eq!(samples(&db, "b")[0].1.last(), Some(&(4000, 5.0)));
+    }
+
+    #[test]
+    fn a_failed_scrape_stores_nothing_and_marks_the_previous_series_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let cfg = cfg("    sample_limit: 2\n");
+        let mut c = ScrapeCache::default();
+        scrape(&mut c, &db, &cfg, "a 1\nb 2\n", 1000).unwrap();
+        let err = scrape(&mut c, &db, &cfg, "a 1\nb 2\nc 3\n", 2000).unwrap_err();
+        assert_eq!(err, ScrapeError::SampleLimit);
+        assert!(
+            samples(&db, "c").is_empty(),
+            "nothing of the failed scrape stored"
+        );
+        assert_eq!(samples(&db, "a")[0].1, vec![(1000, 1.0)]);
+        assert_eq!(c.mark_all_stale(&db, 2000).unwrap(), 2);
+        assert!(is_stale_nan(samples(&db, "a")[0].1[1].1));
+        // A malformed body fails the same way.
+        let err = scrape(&mut c, &db, &cfg, "a 1\nb{ 2\n", 3000).unwrap_err();
+        assert!(matches!(err, ScrapeError::Parse(_)), "{err:?}");
+        assert_eq!(samples(&db, "a")[0].1.len(), 2);
+        // The next good scrape starts over without extra markers.
+        let s = scrape(&mut c, &db, &cfg, "a 1\n", 4000).unwrap();
+        assert_eq!(s.stale_markers, 0);
+    }
+
+    #[test]
+    fn duplicates_and_explicit_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let cfg = cfg("");
+        let mut c = ScrapeCache::default();
+        // The same series twice with different values: the second is a duplicate.
+        let s = scrape(&mut c, &db, &cfg, "a 1\na 2\n", 1000).unwrap();
+        assert_eq!(s.duplicate, 1);
+        assert_eq!(samples(&db, "a")[0].1, vec![(1000, 1.0)]);
+        // Explicit timestamps are honoured and out-of-order ones counted.
+        let s = scrape(&mut c, &db, &cfg, "e 1 500\n", 2000).unwrap();
+        assert_eq!(s.out_of_order, 0);
+        let s = scrape(&mut c, &db, &cfg, "e 1 400\n", 3000).unwrap();
+        assert_eq!(s.out_of_order, 1);
+        assert_eq!(samples(&db, "e")[0].1, vec![(500, 1.0)]);
+        // No staleness marker for a series with explicit timestamps.
+        let s = scrape(&mut c, &db, &cfg, "a 1\n", 4000).unwrap();
+        assert_eq!(s.stale_markers, 0);
+        // honor_timestamps: false uses the scrape time.
+        let cfg = self::cfg("    honor_timestamps: false\n");
+        let mut c = ScrapeCache::default();
+        scrape(&mut c, &db, &cfg, "f 1 500\n", 5000).unwrap();
+        assert_eq!(samples(&db, "f")[0].1, vec![(5000, 1.0)]);
+    }
+
+    #[test]
+    fn label_limits_fail_the_scrape() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let mut c = ScrapeCache::default();
+        let cfg = cfg("    label_value_length_limit: 3\n");
+        let err = scrape(&mut c, &db, &cfg, "a{x=\"long\"} 1\n", 1000).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("label_value_length_limit exceeded"),
+            "{err}"
+        );
+        let cfg = self::cfg("    label_name_length_limit: 3\n");
+        let err = scrape(&mut c, &db, &cfg, "a{long=\"1\"} 1\n", 1000).unwrap_err();
+        assert!(
+            err.to_string().contains("label_name_length_limit exceeded"),
+            "{err}"
+        );
+        assert!(samples(&db, "a").is_empty());
+    }
+
+    #[test]
+    fn report_series_carry_target_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let mut r = ReportCache::default();
+        let stats = ScrapeStats {
+            scraped: 3,
+            post_relabel: 2,
+            series_added: 1,
+            ..ScrapeStats::default()
+        };
+        r.append_report(
+            &db,
+            &target(),
+            1000,
+            &Report {
+                up: true,
+                duration_seconds: 0.5,
+                stats,
+            },
+        )
+        .unwrap();
+        let up = samples(&db, "up");
+        assert_eq!(
+            up[0].0,
+            Labels::from_pairs(&[("__name__", "up"), ("instance", "h:1"), ("job", "j")])
+        );
+        assert_eq!(up[0].1, vec![(1000, 1.0)]);
+        assert_eq!(
+            samples(&db, "scrape_samples_post_metric_relabeling")[0].1,
+            vec![(1000, 2.0)]
+        );
+        r.append_stale(&db, &target(), 2000).unwrap();
+        assert!(is_stale_nan(samples(&db, "up")[0].1[1].1));
+    }
+}

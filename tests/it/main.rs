@@ -8,4 +8,5 @@
 mod api;
 mod harness;
 mod lifecycle;
+mod promtool;
 mod scrape;
