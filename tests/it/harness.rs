@@ -17,6 +17,8 @@ pub struct Reply {
     pub content_type: String,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Extra response headers.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -26,6 +28,7 @@ impl Reply {
             content_type: "text/plain; version=0.0.4".into(),
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl TargetServer {
             content_type: "text/plain".into(),
             body: b"not found".to_vec(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
         });
         if !reply.delay.is_zero() {
             thread::sleep(reply.delay);
@@ -105,13 +109,17 @@ impl TargetServer {
             500 => "Internal Server Error",
             _ => "Status",
         };
-        let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
             reply.status,
             reason,
             reply.content_type,
             reply.body.len()
         );
+        for (k, v) in &reply.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
         let _ = stream.write_all(head.as_bytes());
         let _ = stream.write_all(&reply.body);
     }

@@ -330,3 +330,100 @@ fn honor_labels_and_metric_relabel_configs_apply() {
     assert_eq!(r.len(), 2);
     assert!(r.iter().all(|s| s["metric"]["exported_job"] == "inner"));
 }
+
+#[test]
+fn gzip_openmetrics_file_sd_and_auth() {
+    use std::io::Write as _;
+    let dir = tempdir();
+    let t = TargetServer::start();
+    // gzip-compressed text.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"demo_gz 7\n").unwrap();
+    let mut r = Reply::text("");
+    r.body = gz.finish().unwrap();
+    r.headers.push(("Content-Encoding".into(), "gzip".into()));
+    t.set("/gz", r);
+    // OpenMetrics with float-second timestamps, an exemplar and # EOF.
+    let mut om = Reply::text(
+        "# TYPE demo_om counter\ndemo_om_total 3 # {trace_id=\"x\"} 1\ndemo_om_created 1\n# EOF\n",
+    );
+    om.content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8".into();
+    t.set("/om", om);
+    t.set("/auth", Reply::text("demo_auth 1\n"));
+    // file_sd: targets from a JSON file, edited while running.
+    let sd = dir.path().join("targets.json");
+    std::fs::write(
+        &sd,
+        format!(
+            r#"[{{"targets": ["{}"], "labels": {{"team": "a"}}}}]"#,
+            t.target()
+        ),
+    )
+    .unwrap();
+    let cfg = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n\
+         \x20 - job_name: gz\n    metrics_path: /gz\n    static_configs:\n      - targets: ['{t}']\n\
+         \x20 - job_name: om\n    metrics_path: /om\n    static_configs:\n      - targets: ['{t}']\n\
+         \x20 - job_name: auth\n    metrics_path: /auth\n    basic_auth:\n      username: u\n      password: p\n    static_configs:\n      - targets: ['{t}']\n\
+         \x20 - job_name: filesd\n    metrics_path: /gz\n    file_sd_configs:\n      - files: ['targets.json']\n        refresh_interval: 1s\n",
+        t = t.target()
+    );
+    let node = Node::start(dir.path(), &cfg, &[]);
+    let r = wait_for("gzip series", Duration::from_secs(30), || {
+        let r = node.query("demo_gz{job=\"gz\"}");
+        if r.len() == 1 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    assert_eq!(value_of(&r[0]), 7.0);
+    wait_for("openmetrics series", Duration::from_secs(30), || {
+        let r = node.query("demo_om_total");
+        if r.len() == 1 && value_of(&r[0]) == 3.0 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    wait_for("auth series", Duration::from_secs(30), || {
+        let r = node.query("demo_auth");
+        if r.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    let reqs = t.requests.lock().unwrap().clone();
+    let auth = reqs
+        .iter()
+        .find(|(p, _)| p == "/auth")
+        .expect("auth target scraped");
+    assert_eq!(auth.1["authorization"], "Basic dTpw");
+    // The file_sd target carries its file's labels; editing the file moves it.
+    let r = wait_for("file_sd target", Duration::from_secs(30), || {
+        let r = node.query("demo_gz{job=\"filesd\"}");
+        if r.len() == 1 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    assert_eq!(r[0]["metric"]["team"], "a");
+    std::fs::write(
+        &sd,
+        format!(
+            r#"[{{"targets": ["{}"], "labels": {{"team": "b"}}}}]"#,
+            t.target()
+        ),
+    )
+    .unwrap();
+    wait_for("file_sd change", Duration::from_secs(30), || {
+        let r = node.query("demo_gz{job=\"filesd\"}");
+        if r.len() == 1 && r[0]["metric"]["team"] == "b" {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+}
