@@ -244,3 +244,60 @@ fn check_config_accepts_a_valid_file_with_rules() {
         "a rule with a bad expression fails the check"
     );
 }
+
+#[test]
+fn demo_runs_a_node_with_its_fleet_and_stops_on_ctrl_c() {
+    let dir = tempdir();
+    let port = free_port();
+    let fleet_port = free_port();
+    let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
+    let mut child = Command::new(shoal_bin())
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--fleet-port",
+            &fleet_port.to_string(),
+            "--targets",
+            "1",
+            "--series-per-target",
+            "50",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("demo-data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/api/v1/query?query=scrape_samples_scraped");
+    let v = wait_for(
+        "the demo to scrape its fleet",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("demo exited early: {st}");
+            }
+            let (_, body) = http_get(&url)?;
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                Ok(v)
+            } else {
+                Err(body)
+            }
+        },
+    );
+    assert_eq!(v["data"]["result"][0]["value"][1], "50");
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "demo exit status {}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("http://127.0.0.1:{port}")),
+        "{stdout}"
+    );
+}
