@@ -111,9 +111,28 @@ pub fn serve(
     state: AppState,
     listen: &str,
 ) -> std::io::Result<(Server, Vec<std::net::SocketAddr>)> {
+    let metrics = state.metrics.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
         App::new()
+            .wrap_fn(move |req, srv| {
+                use actix_web::dev::Service as _;
+                let handler = req.match_pattern().unwrap_or_else(|| "other".into());
+                let metrics = metrics.clone();
+                let fut = srv.call(req);
+                async move {
+                    let res = fut.await?;
+                    metrics
+                        .http_requests_total
+                        .get_or_create(&crate::telemetry::HandlerLabels {
+                            handler,
+                            code: res.status().as_u16().to_string(),
+                        })
+                        .inc();
+                    Ok(res)
+                }
+            })
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
             .wrap(actix_web::middleware::Compress::default())

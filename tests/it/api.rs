@@ -135,4 +135,8 @@ fn status_endpoints() {
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
+    assert!(
+        m.contains(r#"shoal_http_requests_total{handler="/api/v1/status/buildinfo",code="200"} 1"#),
+        "{m}"
+    );
 }
