@@ -27,6 +27,52 @@ fn group_labels(m: &Option<LabelModifier>, l: &Labels) -> Labels {
     }
 }
 
+/// Whether label `name` is part of the grouping key.
+fn in_group(m: &Option<LabelModifier>, name: &str) -> bool {
+    match m {
+        None => false,
+        Some(LabelModifier::Include(names)) => names.labels.iter().any(|n| n == name),
+        Some(LabelModifier::Exclude(names)) => {
+            name != METRIC_NAME && !names.labels.iter().any(|n| n == name)
+        }
+    }
+}
+
+/// The group of every input series (computed once, not per step) and the groups'
+/// label sets. Hashes the grouping labels without building them for every series.
+fn group_ids(m: &Option<LabelModifier>, cols: &[Col]) -> (Vec<usize>, Vec<Labels>) {
+    let mut gmap: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut glabels: Vec<Labels> = Vec::new();
+    let mut gid: Vec<usize> = Vec::with_capacity(cols.len());
+    for c in cols {
+        let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+        for l in c.labels.iter().filter(|l| in_group(m, &l.name)) {
+            h.update(l.name.as_bytes());
+            h.update(&[0xff]);
+            h.update(l.value.as_bytes());
+            h.update(&[0xff]);
+        }
+        let cands = gmap.entry(h.digest()).or_default();
+        let found = cands.iter().copied().find(|&g| {
+            c.labels
+                .iter()
+                .filter(|l| in_group(m, &l.name))
+                .eq(glabels[g].iter())
+        });
+        let id = match found {
+            Some(g) => g,
+            None => {
+                let g = glabels.len();
+                glabels.push(group_labels(m, &c.labels));
+                cands.push(g);
+                g
+            }
+        };
+        gid.push(id);
+    }
+    (gid, glabels)
+}
+
 /// Prometheus's `quantile` over a slice of values (sorted in place).
 pub(crate) fn quantile(q: f64, vals: &mut [f64]) -> f64 {
     if vals.is_empty() || q.is_nan() {
@@ -94,24 +140,7 @@ pub(crate) fn eval_aggregate(ev: &Ev, a: &AggregateExpr) -> Result<V, EvalError>
     }
     let cols = ev.eval_vector(&a.expr)?;
 
-    // Group ids per input series (computed once, not per step).
-    let mut gmap: HashMap<Labels, usize> = HashMap::new();
-    let mut glabels: Vec<Labels> = Vec::new();
-    let mut gid: Vec<usize> = Vec::with_capacity(cols.len());
-    for c in &cols {
-        let gl = group_labels(&a.modifier, &c.labels);
-        let id = match gmap.get(&gl) {
-            Some(&i) => i,
-            None => {
-                let i = glabels.len();
-                gmap.insert(gl.clone(), i);
-                glabels.push(gl);
-                i
-            }
-        };
-        gid.push(id);
-    }
-    drop(gmap);
+    let (gid, glabels) = group_ids(&a.modifier, &cols);
     let ng = glabels.len();
 
     match op.as_str() {

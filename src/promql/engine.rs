@@ -331,7 +331,7 @@ impl V {
 }
 
 /// A series with the sample (if any) each step of an instant selector sees.
-pub(crate) type SeriesPoints = (Labels, Vec<Option<Sample>>);
+pub(crate) type SeriesPoints<T = Sample> = (Labels, Vec<Option<T>>);
 
 /// Samples of `s` (sorted) with `mint < t <= maxt`.
 pub(crate) fn window(s: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
@@ -436,9 +436,8 @@ impl<'g, 'a> Ev<'g, 'a> {
                 V::Vector(mut cols) => {
                     for c in &mut cols {
                         c.vals.iter_mut().flatten().for_each(|v| *v = -*v);
-                        c.labels = c.labels.without_metric_name();
                     }
-                    Ok(V::Vector(merge_cols(cols)?))
+                    Ok(V::Vector(drop_metric_names(cols)?))
                 }
                 other => Err(EvalError::Execution(format!(
                     "unary expression only allowed on expressions of type scalar or instant vector, got \"{}\"",
@@ -535,12 +534,9 @@ impl<'g, 'a> Ev<'g, 'a> {
         func: Option<&str>,
     ) -> Result<Vec<Col>, EvalError> {
         Ok(self
-            .eval_vector_selector_ts(vs, func)?
+            .eval_vs_with(vs, func, |s| s.v)?
             .into_iter()
-            .map(|(labels, vals)| Col {
-                labels,
-                vals: vals.into_iter().map(|o| o.map(|s| s.v)).collect(),
-            })
+            .map(|(labels, vals)| Col { labels, vals })
             .collect())
     }
 
@@ -550,6 +546,16 @@ impl<'g, 'a> Ev<'g, 'a> {
         vs: &VectorSelector,
         func: Option<&str>,
     ) -> Result<Vec<SeriesPoints>, EvalError> {
+        self.eval_vs_with(vs, func, |s| s)
+    }
+
+    /// Evaluates an instant selector at every step, mapping each visible sample with `f`.
+    fn eval_vs_with<T>(
+        &self,
+        vs: &VectorSelector,
+        func: Option<&str>,
+        f: impl Fn(Sample) -> T,
+    ) -> Result<Vec<SeriesPoints<T>>, EvalError> {
         if self.n == 0 {
             return Ok(Vec::new());
         }
@@ -558,11 +564,12 @@ impl<'g, 'a> Ev<'g, 'a> {
         let lb = self.g.lookback;
         let series = self.select(vs, mn - lb + 1, mx, 0, func)?;
         let mut out = Vec::with_capacity(series.len());
+        let mut total = 0usize;
         for s in series {
             self.check()?;
             let mut vals = Vec::with_capacity(self.n);
             let mut j = 0usize; // number of samples with t <= te[i]
-            let mut any = false;
+            let mut cnt = 0usize;
             for &t in &te {
                 if j > 0 && s.samples[j - 1].t > t {
                     // Evaluation times only go forward, but be safe.
@@ -577,14 +584,19 @@ impl<'g, 'a> Ev<'g, 'a> {
                 } else {
                     None
                 };
-                any |= p.is_some();
-                vals.push(p);
+                cnt += p.is_some() as usize;
+                vals.push(p.map(&f));
             }
-            if any {
-                self.add_samples(vals.iter().filter(|v| v.is_some()).count())?;
+            if cnt > 0 {
+                total += cnt;
+                if total > 4096 {
+                    self.add_samples(total)?;
+                    total = 0;
+                }
                 out.push((s.labels, vals));
             }
         }
+        self.add_samples(total)?;
         Ok(out)
     }
 
@@ -607,7 +619,9 @@ impl<'g, 'a> Ev<'g, 'a> {
         let mut out = Vec::with_capacity(series.len());
         for mut s in series {
             self.check()?;
-            s.samples.retain(|x| !is_stale_nan(x.v));
+            if s.samples.iter().any(|x| is_stale_nan(x.v)) {
+                s.samples.retain(|x| !is_stale_nan(x.v));
+            }
             if s.samples.is_empty() {
                 continue;
             }
@@ -729,6 +743,39 @@ pub(crate) fn convert_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, Eval
     Ok(out)
 }
 
+/// `labels` without `__name__`, reusing its allocation.
+pub(crate) fn strip_name(l: Labels) -> Labels {
+    if l.as_slice().iter().all(|x| x.name != METRIC_NAME) {
+        return l;
+    }
+    let mut v = l.into_vec();
+    v.retain(|x| x.name != METRIC_NAME);
+    Labels::from_sorted(v)
+}
+
+/// Drops `__name__` from every column in place; merges columns that then collide (only
+/// possible when the inputs had different metric names).
+pub(crate) fn drop_metric_names(mut cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
+    let may_collide = {
+        let mut it = cols.iter().map(|c| c.labels.metric_name());
+        match it.next() {
+            Some(first) => it.any(|n| n != first),
+            None => false,
+        }
+    };
+    for c in &mut cols {
+        c.labels = strip_name(std::mem::take(&mut c.labels));
+    }
+    if may_collide {
+        merge_cols(cols)
+    } else {
+        Ok(cols)
+    }
+}
+
+/// A fast (non-cryptographic, per-process) hasher for maps keyed by label sets.
+pub(crate) type FastHash = xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
 /// Merges columns with identical label sets; a step where two of them have a value is
 /// an error, as in Prometheus.
 pub(crate) fn merge_cols(cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
@@ -736,7 +783,8 @@ pub(crate) fn merge_cols(cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
         return Ok(cols);
     }
     // Fast path: distinct inputs stay distinct unless labels were rewritten to collide.
-    let mut idx: HashMap<&Labels, usize> = HashMap::with_capacity(cols.len());
+    let mut idx: HashMap<&Labels, usize, FastHash> =
+        HashMap::with_capacity_and_hasher(cols.len(), FastHash::default());
     let mut dup = false;
     for (i, c) in cols.iter().enumerate() {
         if idx.insert(&c.labels, i).is_some() {
@@ -748,7 +796,7 @@ pub(crate) fn merge_cols(cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
     if !dup {
         return Ok(cols);
     }
-    let mut map: HashMap<Labels, usize> = HashMap::new();
+    let mut map: HashMap<Labels, usize, FastHash> = HashMap::default();
     let mut out: Vec<Col> = Vec::new();
     for c in cols {
         match map.get(&c.labels) {

@@ -8,7 +8,9 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use promql_parser::parser::{Call, Expr};
 
 use super::aggregation::{AccState, avg_step, quantile};
-use super::engine::{Col, Ev, RangeVal, V, convert_matchers, kahan_inc, merge_cols, window};
+use super::engine::{
+    Col, Ev, RangeVal, V, convert_matchers, drop_metric_names, kahan_inc, merge_cols, window,
+};
 use super::value::{EvalError, format_value};
 use crate::model::labels::METRIC_NAME;
 use crate::model::{Labels, MatchOp, Sample};
@@ -80,15 +82,17 @@ fn over_range(
             vals.push(v);
         }
         if any {
-            let labels = if keep_name {
-                s.labels
-            } else {
-                s.labels.without_metric_name()
-            };
-            out.push(Col { labels, vals });
+            out.push(Col {
+                labels: s.labels,
+                vals,
+            });
         }
     }
-    merge_cols(out)
+    if keep_name {
+        Ok(out)
+    } else {
+        drop_metric_names(out)
+    }
 }
 
 /// Applies `f` to every value of an instant vector, dropping the metric name.
@@ -102,9 +106,8 @@ fn map_vector(
                 *x = f(*x, i);
             }
         }
-        c.labels = c.labels.without_metric_name();
     }
-    merge_cols(cols)
+    drop_metric_names(cols)
 }
 
 fn extrapolated_rate(
@@ -463,14 +466,14 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
                 let cols = s
                     .into_iter()
                     .map(|(labels, vals)| Col {
-                        labels: labels.without_metric_name(),
+                        labels,
                         vals: vals
                             .into_iter()
                             .map(|o| o.map(|s| s.t as f64 / 1000.0))
                             .collect(),
                     })
                     .collect();
-                return Ok(V::Vector(merge_cols(cols)?));
+                return Ok(V::Vector(drop_metric_names(cols)?));
             }
             let cols = ev.eval_vector(e)?;
             Ok(V::Vector(map_vector(cols, |_, i| {
