@@ -44,15 +44,16 @@ fn group_ids(m: &Option<LabelModifier>, cols: &[Col]) -> (Vec<usize>, Vec<Labels
     let mut gmap: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut glabels: Vec<Labels> = Vec::new();
     let mut gid: Vec<usize> = Vec::with_capacity(cols.len());
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
     for c in cols {
-        let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+        buf.clear();
         for l in c.labels.iter().filter(|l| in_group(m, &l.name)) {
-            h.update(l.name.as_bytes());
-            h.update(&[0xff]);
-            h.update(l.value.as_bytes());
-            h.update(&[0xff]);
+            buf.extend_from_slice(l.name.as_bytes());
+            buf.push(0xff);
+            buf.extend_from_slice(l.value.as_bytes());
+            buf.push(0xff);
         }
-        let cands = gmap.entry(h.digest()).or_default();
+        let cands = gmap.entry(xxhash_rust::xxh3::xxh3_64(&buf)).or_default();
         let found = cands.iter().copied().find(|&g| {
             c.labels
                 .iter()

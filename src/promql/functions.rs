@@ -329,6 +329,9 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
         | "count_over_time" | "last_over_time" | "present_over_time" | "stddev_over_time"
         | "stdvar_over_time" => {
             let r = eval_range(ev, arg(c, 0)?, name)?;
+            if name == "rate" || name == "increase" {
+                possible_non_counter_info(ev, &r);
+            }
             let range = r.range;
             let keep = name == "last_over_time";
             let cols = over_range(ev, r, keep, |w, _i, te| match name {
@@ -639,6 +642,26 @@ fn go_min(a: f64, b: f64) -> f64 {
 
 fn valid_label_name_utf8(s: &str) -> bool {
     !s.is_empty()
+}
+
+/// Prometheus's info annotation for `rate`/`increase` over a metric whose name does not
+/// look like a counter.
+fn possible_non_counter_info(ev: &Ev, r: &RangeVal) {
+    for s in &r.series {
+        if s.samples.len() < 2 {
+            continue;
+        }
+        let name = s.labels.metric_name().unwrap_or("");
+        if ["_total", "_sum", "_count", "_bucket"]
+            .iter()
+            .any(|suf| name.ends_with(suf))
+        {
+            continue;
+        }
+        ev.info(format!(
+            "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"{name}\" (1:1)"
+        ));
+    }
 }
 
 fn unwrap_paren(e: &Expr) -> &Expr {
