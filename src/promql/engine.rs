@@ -419,11 +419,30 @@ impl<'g, 'a> Ev<'g, 'a> {
         }
     }
 
+    /// Evaluates a node over all steps. Sample accounting: while a node is evaluated,
+    /// its children's results count as held; once it returns, only its own result does
+    /// (like Prometheus's `currentSamples`).
     pub fn eval(&self, e: &Expr) -> Result<V, EvalError> {
-        self.check()?;
         if self.g.started.elapsed() > self.g.timeout {
             return Err(EvalError::Timeout("query execution".into()));
         }
+        let before = self.g.samples.get();
+        let v = self.eval_node(e)?;
+        let held = match &v {
+            V::Scalar(s) => s.len(),
+            V::Str(_) => 1,
+            V::Vector(cols) => cols
+                .iter()
+                .map(|c| c.vals.iter().filter(|x| x.is_some()).count())
+                .sum(),
+            V::Range(r) => r.series.iter().map(|s| s.samples.len()).sum(),
+        };
+        self.g.samples.set(before);
+        self.add_samples(held)?;
+        Ok(v)
+    }
+
+    fn eval_node(&self, e: &Expr) -> Result<V, EvalError> {
         match e {
             Expr::NumberLiteral(n) => Ok(V::Scalar(vec![n.val; self.n])),
             Expr::StringLiteral(s) => Ok(V::Str(s.val.clone())),
@@ -941,6 +960,27 @@ mod tests {
         let err = e.instant_query(&store(), "count_over_time(x[10m])", 135_000);
         assert_eq!(err.unwrap_err(), EvalError::TooManySamples);
         assert!(e.instant_query(&store(), "x{job=\"a\"}", 135_000).is_ok());
+    }
+
+    #[test]
+    fn sample_limit_counts_results_not_just_loaded_samples() {
+        let e = Engine::new(EngineOptions {
+            max_samples: 50,
+            ..Default::default()
+        });
+        let err = e.range_query(&store(), "vector(1)", 0, 100_000, 1_000);
+        assert_eq!(err.unwrap_err(), EvalError::TooManySamples);
+        assert!(
+            e.range_query(&store(), "vector(1)", 0, 40_000, 1_000)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn engine_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Engine>();
+        check::<std::sync::Arc<Engine>>();
     }
 
     #[test]
