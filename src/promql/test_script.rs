@@ -739,20 +739,18 @@ fn run_eval(engine: &Engine, store: &MemStore, c: &EvalCase) -> Result<(), Strin
         && c.range_vector.is_none()
         && !c.fail
         && !AT_UNSAFE_FUNCS.iter().any(|f| calls(&c.expr, f))
+        && let Ok(mut e) = super::engine::parse_expr(&c.expr)
     {
-        if let Ok(mut e) = super::engine::parse_expr(&c.expr) {
-            let t = c.start;
-            pin_at(&mut e, ms_to_system_time(t));
-            let times: Vec<i64> = if t == 0 {
-                vec![-1000, 0, 1000]
-            } else {
-                vec![-10 * t, 0, t / 5, t, 10 * t]
-            };
-            for tt in times {
-                let res = engine.instant_query_expr(store, &e, tt);
-                check_result(c, res, false)
-                    .map_err(|m| format!("@-pinned check at {tt}ms: {m}"))?;
-            }
+        let t = c.start;
+        pin_at(&mut e, ms_to_system_time(t));
+        let times: Vec<i64> = if t == 0 {
+            vec![-1000, 0, 1000]
+        } else {
+            vec![-10 * t, 0, t / 5, t, 10 * t]
+        };
+        for tt in times {
+            let res = engine.instant_query_expr(store, &e, tt);
+            check_result(c, res, false).map_err(|m| format!("@-pinned check at {tt}ms: {m}"))?;
         }
     }
     // Like the upstream runner: an instant eval must also hold as a range query
