@@ -55,10 +55,26 @@ fn over_range(
     ev: &Ev,
     r: RangeVal,
     keep_name: bool,
+    f: impl FnMut(&[Sample], usize, i64) -> Option<f64>,
+) -> Result<Vec<Col>, EvalError> {
+    over_range_opts(ev, r, keep_name, false, f)
+}
+
+/// [`over_range`], optionally adding Prometheus's "might not be a counter" info for
+/// `rate`/`increase`. Each series' labels are touched once: the metric name is removed
+/// in place, and merging is only needed when the inputs had different names.
+fn over_range_opts(
+    ev: &Ev,
+    r: RangeVal,
+    keep_name: bool,
+    counter_check: bool,
     mut f: impl FnMut(&[Sample], usize, i64) -> Option<f64>,
 ) -> Result<Vec<Col>, EvalError> {
     let mut out = Vec::with_capacity(r.series.len());
     let monotonic = r.te.windows(2).all(|w| w[0] <= w[1]);
+    let mut first_name: Option<Option<String>> = None;
+    let mut may_collide = false;
+    let mut last_noted: Option<String> = None;
     for s in r.series {
         ev.check()?;
         let mut vals = Vec::with_capacity(r.te.len());
@@ -81,17 +97,48 @@ fn over_range(
             any |= v.is_some();
             vals.push(v);
         }
-        if any {
+        if !any {
+            continue;
+        }
+        if keep_name {
             out.push(Col {
                 labels: s.labels,
                 vals,
             });
+            continue;
         }
+        let mut v = s.labels.into_vec();
+        let name = v
+            .iter()
+            .position(|l| l.name == METRIC_NAME)
+            .map(|p| v.remove(p).value);
+        if counter_check {
+            let n = name.as_deref().unwrap_or("");
+            if last_noted.as_deref() != Some(n) {
+                if !["_total", "_sum", "_count", "_bucket"]
+                    .iter()
+                    .any(|suf| n.ends_with(suf))
+                {
+                    ev.info(format!(
+                        "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"{n}\" (1:1)"
+                    ));
+                }
+                last_noted = Some(n.to_string());
+            }
+        }
+        match &first_name {
+            None => first_name = Some(name),
+            Some(f) => may_collide |= *f != name,
+        }
+        out.push(Col {
+            labels: Labels::from_sorted(v),
+            vals,
+        });
     }
-    if keep_name {
-        Ok(out)
+    if may_collide {
+        merge_cols(out)
     } else {
-        drop_metric_names(out)
+        Ok(out)
     }
 }
 
@@ -329,12 +376,10 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
         | "count_over_time" | "last_over_time" | "present_over_time" | "stddev_over_time"
         | "stdvar_over_time" => {
             let r = eval_range(ev, arg(c, 0)?, name)?;
-            if name == "rate" || name == "increase" {
-                possible_non_counter_info(ev, &r);
-            }
             let range = r.range;
             let keep = name == "last_over_time";
-            let cols = over_range(ev, r, keep, |w, _i, te| match name {
+            let counter_check = name == "rate" || name == "increase";
+            let cols = over_range_opts(ev, r, keep, counter_check, |w, _i, te| match name {
                 "rate" => extrapolated_rate(w, te, range, true, true),
                 "increase" => extrapolated_rate(w, te, range, true, false),
                 "delta" => extrapolated_rate(w, te, range, false, false),
@@ -642,26 +687,6 @@ fn go_min(a: f64, b: f64) -> f64 {
 
 fn valid_label_name_utf8(s: &str) -> bool {
     !s.is_empty()
-}
-
-/// Prometheus's info annotation for `rate`/`increase` over a metric whose name does not
-/// look like a counter.
-fn possible_non_counter_info(ev: &Ev, r: &RangeVal) {
-    for s in &r.series {
-        if s.samples.len() < 2 {
-            continue;
-        }
-        let name = s.labels.metric_name().unwrap_or("");
-        if ["_total", "_sum", "_count", "_bucket"]
-            .iter()
-            .any(|suf| name.ends_with(suf))
-        {
-            continue;
-        }
-        ev.info(format!(
-            "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"{name}\" (1:1)"
-        ));
-    }
 }
 
 fn unwrap_paren(e: &Expr) -> &Expr {
