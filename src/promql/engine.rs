@@ -388,7 +388,7 @@ impl<'g, 'a> Ev<'g, 'a> {
         let c = self.g.checks.get().wrapping_add(1);
         self.g.checks.set(c);
         if c.is_multiple_of(64) && self.g.started.elapsed() > self.g.timeout {
-            return Err(EvalError::Timeout("query execution".into()));
+            return Err(EvalError::Timeout("expression evaluation".into()));
         }
         Ok(())
     }
@@ -424,7 +424,7 @@ impl<'g, 'a> Ev<'g, 'a> {
     /// (like Prometheus's `currentSamples`).
     pub fn eval(&self, e: &Expr) -> Result<V, EvalError> {
         if self.g.started.elapsed() > self.g.timeout {
-            return Err(EvalError::Timeout("query execution".into()));
+            return Err(EvalError::Timeout("expression evaluation".into()));
         }
         let before = self.g.samples.get();
         let v = self.eval_node(e)?;
