@@ -73,6 +73,7 @@ impl Engine {
         e: &Expr,
         t_ms: i64,
     ) -> Result<QueryResult, EvalError> {
+        check_ts(t_ms)?;
         let g = self.global(q, t_ms, t_ms, 0);
         let ev = Ev::new(&g, t_ms, t_ms, 1);
         let v = ev.eval(e)?;
@@ -143,6 +144,11 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
+        check_ts(start_ms)?;
+        check_ts(end_ms)?;
+        if (end_ms - start_ms) / step_ms >= self.opts.max_samples as i64 {
+            return Err(EvalError::TooManySamples);
+        }
         match e.value_type() {
             parser::value::ValueType::Vector | parser::value::ValueType::Scalar => {}
             t => {
@@ -200,7 +206,7 @@ impl Engine {
     fn global<'a>(&self, q: &'a dyn Queryable, start: i64, end: i64, step: i64) -> Global<'a> {
         Global {
             q,
-            lookback: self.opts.lookback_delta.as_millis() as i64,
+            lookback: dur_ms(self.opts.lookback_delta),
             started: Instant::now(),
             timeout: self.opts.timeout,
             max_samples: self.opts.max_samples,
@@ -209,10 +215,17 @@ impl Engine {
             qstart: start,
             qend: end,
             qstep: step,
-            sub_step: (self.opts.default_subquery_step.as_millis() as i64).max(1),
+            sub_step: dur_ms(self.opts.default_subquery_step).max(1),
             checks: Cell::new(0),
         }
     }
+}
+
+fn check_ts(t: i64) -> Result<(), EvalError> {
+    if t.abs() > MAX_ABS_MS {
+        return Err(EvalError::BadData(format!("timestamp {t} out of range")));
+    }
+    Ok(())
 }
 
 /// Parses a PromQL expression with the `promql-parser` crate.
@@ -348,18 +361,27 @@ pub(crate) struct Ev<'g, 'a> {
     pub n: usize,
 }
 
+/// Largest absolute timestamp/duration (ms) the engine works with (~31,700 years);
+/// larger values are clamped so that time arithmetic cannot overflow.
+pub(crate) const MAX_ABS_MS: i64 = 1_000_000_000_000_000;
+
+/// A duration in ms, clamped to [`MAX_ABS_MS`].
+pub(crate) fn dur_ms(d: Duration) -> i64 {
+    d.as_millis().min(MAX_ABS_MS as u128) as i64
+}
+
 fn system_time_ms(t: &SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+        Ok(d) => dur_ms(d),
+        Err(e) => -dur_ms(e.duration()),
     }
 }
 
 pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
         None => 0,
-        Some(Offset::Pos(d)) => d.as_millis() as i64,
-        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        Some(Offset::Pos(d)) => dur_ms(*d),
+        Some(Offset::Neg(d)) => -dur_ms(*d),
     }
 }
 
@@ -466,7 +488,7 @@ impl<'g, 'a> Ev<'g, 'a> {
             Expr::VectorSelector(vs) => Ok(V::Vector(self.eval_vector_selector(vs, None)?)),
             Expr::MatrixSelector(ms) => Ok(V::Range(self.eval_matrix_selector(
                 &ms.vs,
-                ms.range.as_millis() as i64,
+                dur_ms(ms.range),
                 None,
             )?)),
             Expr::Subquery(sq) => Ok(V::Range(self.eval_subquery(sq)?)),
@@ -659,9 +681,9 @@ impl<'g, 'a> Ev<'g, 'a> {
 
     pub fn eval_subquery(&self, sq: &parser::SubqueryExpr) -> Result<RangeVal, EvalError> {
         let te = self.sel_times(&sq.at, &sq.offset);
-        let range = sq.range.as_millis() as i64;
+        let range = dur_ms(sq.range);
         let step = match sq.step {
-            Some(s) if !s.is_zero() => s.as_millis() as i64,
+            Some(s) if !s.is_zero() => dur_ms(s),
             _ => self.g.sub_step,
         };
         if self.n == 0 {
@@ -676,6 +698,10 @@ impl<'g, 'a> Ev<'g, 'a> {
         let mut istart = lo.div_euclid(step) * step;
         if istart <= lo {
             istart += step;
+        }
+        let steps = (mx.saturating_sub(istart) / step).saturating_add(1);
+        if steps > self.g.max_samples as i64 {
+            return Err(EvalError::TooManySamples);
         }
         let inner = Ev::new(self.g, istart, mx, step);
         let v = inner.eval(&sq.expr)?;
@@ -974,6 +1000,23 @@ mod tests {
             e.range_query(&store(), "vector(1)", 0, 40_000, 1_000)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn huge_step_counts_and_times_are_rejected_not_allocated() {
+        let e = Engine::new(EngineOptions::default());
+        assert_eq!(
+            e.range_query(&store(), "x", 0, 1_000_000_000_000, 1)
+                .unwrap_err(),
+            EvalError::TooManySamples
+        );
+        assert_eq!(
+            e.instant_query(&store(), "max_over_time(x[10000d:1ms])", 0)
+                .unwrap_err(),
+            EvalError::TooManySamples
+        );
+        assert!(e.instant_query(&store(), "x", i64::MAX).is_err());
+        assert!(e.instant_query(&store(), "x offset 1000000000y", 0).is_ok());
     }
 
     #[test]

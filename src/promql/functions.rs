@@ -9,7 +9,8 @@ use promql_parser::parser::{Call, Expr};
 
 use super::aggregation::{AccState, avg_step, quantile};
 use super::engine::{
-    Col, Ev, RangeVal, V, convert_matchers, drop_metric_names, kahan_inc, merge_cols, window,
+    Col, Ev, RangeVal, V, convert_matchers, drop_metric_names, dur_ms, kahan_inc, merge_cols,
+    window,
 };
 use super::value::{EvalError, format_value};
 use crate::model::labels::METRIC_NAME;
@@ -25,9 +26,7 @@ fn arg(c: &Call, i: usize) -> Result<&Expr, EvalError> {
 
 fn eval_range(ev: &Ev, e: &Expr, func: &str) -> Result<RangeVal, EvalError> {
     match e {
-        Expr::MatrixSelector(ms) => {
-            ev.eval_matrix_selector(&ms.vs, ms.range.as_millis() as i64, Some(func))
-        }
+        Expr::MatrixSelector(ms) => ev.eval_matrix_selector(&ms.vs, dur_ms(ms.range), Some(func)),
         Expr::Subquery(sq) => ev.eval_subquery(sq),
         Expr::Paren(p) => eval_range(ev, &p.expr, func),
         other => match ev.eval(other)? {
