@@ -114,9 +114,10 @@ fn over_range_opts(
         if counter_check {
             let n = name.as_deref().unwrap_or("");
             if last_noted.as_deref() != Some(n) {
-                if !["_total", "_sum", "_count", "_bucket"]
-                    .iter()
-                    .any(|suf| n.ends_with(suf))
+                if !n.is_empty()
+                    && !["_total", "_sum", "_count", "_bucket"]
+                        .iter()
+                        .any(|suf| n.ends_with(suf))
                 {
                     ev.info(format!(
                         "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"{n}\" (1:1)"
