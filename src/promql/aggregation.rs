@@ -27,6 +27,53 @@ fn group_labels(m: &Option<LabelModifier>, l: &Labels) -> Labels {
     }
 }
 
+/// Whether label `name` is part of the grouping key.
+fn in_group(m: &Option<LabelModifier>, name: &str) -> bool {
+    match m {
+        None => false,
+        Some(LabelModifier::Include(names)) => names.labels.iter().any(|n| n == name),
+        Some(LabelModifier::Exclude(names)) => {
+            name != METRIC_NAME && !names.labels.iter().any(|n| n == name)
+        }
+    }
+}
+
+/// The group of every input series (computed once, not per step) and the groups'
+/// label sets. Hashes the grouping labels without building them for every series.
+fn group_ids(m: &Option<LabelModifier>, cols: &[Col]) -> (Vec<usize>, Vec<Labels>) {
+    let mut gmap: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut glabels: Vec<Labels> = Vec::new();
+    let mut gid: Vec<usize> = Vec::with_capacity(cols.len());
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    for c in cols {
+        buf.clear();
+        for l in c.labels.iter().filter(|l| in_group(m, &l.name)) {
+            buf.extend_from_slice(l.name.as_bytes());
+            buf.push(0xff);
+            buf.extend_from_slice(l.value.as_bytes());
+            buf.push(0xff);
+        }
+        let cands = gmap.entry(xxhash_rust::xxh3::xxh3_64(&buf)).or_default();
+        let found = cands.iter().copied().find(|&g| {
+            c.labels
+                .iter()
+                .filter(|l| in_group(m, &l.name))
+                .eq(glabels[g].iter())
+        });
+        let id = match found {
+            Some(g) => g,
+            None => {
+                let g = glabels.len();
+                glabels.push(group_labels(m, &c.labels));
+                cands.push(g);
+                g
+            }
+        };
+        gid.push(id);
+    }
+    (gid, glabels)
+}
+
 /// Prometheus's `quantile` over a slice of values (sorted in place).
 pub(crate) fn quantile(q: f64, vals: &mut [f64]) -> f64 {
     if vals.is_empty() || q.is_nan() {
@@ -94,24 +141,7 @@ pub(crate) fn eval_aggregate(ev: &Ev, a: &AggregateExpr) -> Result<V, EvalError>
     }
     let cols = ev.eval_vector(&a.expr)?;
 
-    // Group ids per input series (computed once, not per step).
-    let mut gmap: HashMap<Labels, usize> = HashMap::new();
-    let mut glabels: Vec<Labels> = Vec::new();
-    let mut gid: Vec<usize> = Vec::with_capacity(cols.len());
-    for c in &cols {
-        let gl = group_labels(&a.modifier, &c.labels);
-        let id = match gmap.get(&gl) {
-            Some(&i) => i,
-            None => {
-                let i = glabels.len();
-                gmap.insert(gl.clone(), i);
-                glabels.push(gl);
-                i
-            }
-        };
-        gid.push(id);
-    }
-    drop(gmap);
+    let (gid, glabels) = group_ids(&a.modifier, &cols);
     let ng = glabels.len();
 
     match op.as_str() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
-use super::engine::{Col, Ev, V, merge_cols};
+use super::engine::{Col, Ev, V, drop_metric_names, merge_cols};
 use super::value::EvalError;
 use crate::model::Labels;
 use crate::model::labels::METRIC_NAME;
@@ -158,12 +158,13 @@ fn vector_scalar(
                 None
             };
         }
-        if drop_name {
-            c.labels = c.labels.without_metric_name();
-        }
     }
     cols.retain(|c| c.vals.iter().any(Option::is_some));
-    Ok(V::Vector(if drop_name { merge_cols(cols)? } else { cols }))
+    Ok(V::Vector(if drop_name {
+        drop_metric_names(cols)?
+    } else {
+        cols
+    }))
 }
 
 /// The matching rules of one vector/vector operation.

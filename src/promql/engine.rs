@@ -73,6 +73,7 @@ impl Engine {
         e: &Expr,
         t_ms: i64,
     ) -> Result<QueryResult, EvalError> {
+        check_ts(t_ms)?;
         let g = self.global(q, t_ms, t_ms, 0);
         let ev = Ev::new(&g, t_ms, t_ms, 1);
         let v = ev.eval(e)?;
@@ -143,6 +144,11 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
+        check_ts(start_ms)?;
+        check_ts(end_ms)?;
+        if (end_ms - start_ms) / step_ms >= self.opts.max_samples as i64 {
+            return Err(EvalError::TooManySamples);
+        }
         match e.value_type() {
             parser::value::ValueType::Vector | parser::value::ValueType::Scalar => {}
             t => {
@@ -200,7 +206,7 @@ impl Engine {
     fn global<'a>(&self, q: &'a dyn Queryable, start: i64, end: i64, step: i64) -> Global<'a> {
         Global {
             q,
-            lookback: self.opts.lookback_delta.as_millis() as i64,
+            lookback: dur_ms(self.opts.lookback_delta),
             started: Instant::now(),
             timeout: self.opts.timeout,
             max_samples: self.opts.max_samples,
@@ -209,10 +215,17 @@ impl Engine {
             qstart: start,
             qend: end,
             qstep: step,
-            sub_step: (self.opts.default_subquery_step.as_millis() as i64).max(1),
+            sub_step: dur_ms(self.opts.default_subquery_step).max(1),
             checks: Cell::new(0),
         }
     }
+}
+
+fn check_ts(t: i64) -> Result<(), EvalError> {
+    if t.abs() > MAX_ABS_MS {
+        return Err(EvalError::BadData(format!("timestamp {t} out of range")));
+    }
+    Ok(())
 }
 
 /// Parses a PromQL expression with the `promql-parser` crate.
@@ -331,7 +344,7 @@ impl V {
 }
 
 /// A series with the sample (if any) each step of an instant selector sees.
-pub(crate) type SeriesPoints = (Labels, Vec<Option<Sample>>);
+pub(crate) type SeriesPoints<T = Sample> = (Labels, Vec<Option<T>>);
 
 /// Samples of `s` (sorted) with `mint < t <= maxt`.
 pub(crate) fn window(s: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
@@ -348,18 +361,27 @@ pub(crate) struct Ev<'g, 'a> {
     pub n: usize,
 }
 
+/// Largest absolute timestamp/duration (ms) the engine works with (~31,700 years);
+/// larger values are clamped so that time arithmetic cannot overflow.
+pub(crate) const MAX_ABS_MS: i64 = 1_000_000_000_000_000;
+
+/// A duration in ms, clamped to [`MAX_ABS_MS`].
+pub(crate) fn dur_ms(d: Duration) -> i64 {
+    d.as_millis().min(MAX_ABS_MS as u128) as i64
+}
+
 fn system_time_ms(t: &SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+        Ok(d) => dur_ms(d),
+        Err(e) => -dur_ms(e.duration()),
     }
 }
 
 pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
         None => 0,
-        Some(Offset::Pos(d)) => d.as_millis() as i64,
-        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        Some(Offset::Pos(d)) => dur_ms(*d),
+        Some(Offset::Neg(d)) => -dur_ms(*d),
     }
 }
 
@@ -388,7 +410,7 @@ impl<'g, 'a> Ev<'g, 'a> {
         let c = self.g.checks.get().wrapping_add(1);
         self.g.checks.set(c);
         if c.is_multiple_of(64) && self.g.started.elapsed() > self.g.timeout {
-            return Err(EvalError::Timeout("query execution".into()));
+            return Err(EvalError::Timeout("expression evaluation".into()));
         }
         Ok(())
     }
@@ -419,11 +441,30 @@ impl<'g, 'a> Ev<'g, 'a> {
         }
     }
 
+    /// Evaluates a node over all steps. Sample accounting: while a node is evaluated,
+    /// its children's results count as held; once it returns, only its own result does
+    /// (like Prometheus's `currentSamples`).
     pub fn eval(&self, e: &Expr) -> Result<V, EvalError> {
-        self.check()?;
         if self.g.started.elapsed() > self.g.timeout {
-            return Err(EvalError::Timeout("query execution".into()));
+            return Err(EvalError::Timeout("expression evaluation".into()));
         }
+        let before = self.g.samples.get();
+        let v = self.eval_node(e)?;
+        let held = match &v {
+            V::Scalar(s) => s.len(),
+            V::Str(_) => 1,
+            V::Vector(cols) => cols
+                .iter()
+                .map(|c| c.vals.iter().filter(|x| x.is_some()).count())
+                .sum(),
+            V::Range(r) => r.series.iter().map(|s| s.samples.len()).sum(),
+        };
+        self.g.samples.set(before);
+        self.add_samples(held)?;
+        Ok(v)
+    }
+
+    fn eval_node(&self, e: &Expr) -> Result<V, EvalError> {
         match e {
             Expr::NumberLiteral(n) => Ok(V::Scalar(vec![n.val; self.n])),
             Expr::StringLiteral(s) => Ok(V::Str(s.val.clone())),
@@ -436,9 +477,8 @@ impl<'g, 'a> Ev<'g, 'a> {
                 V::Vector(mut cols) => {
                     for c in &mut cols {
                         c.vals.iter_mut().flatten().for_each(|v| *v = -*v);
-                        c.labels = c.labels.without_metric_name();
                     }
-                    Ok(V::Vector(merge_cols(cols)?))
+                    Ok(V::Vector(drop_metric_names(cols)?))
                 }
                 other => Err(EvalError::Execution(format!(
                     "unary expression only allowed on expressions of type scalar or instant vector, got \"{}\"",
@@ -448,7 +488,7 @@ impl<'g, 'a> Ev<'g, 'a> {
             Expr::VectorSelector(vs) => Ok(V::Vector(self.eval_vector_selector(vs, None)?)),
             Expr::MatrixSelector(ms) => Ok(V::Range(self.eval_matrix_selector(
                 &ms.vs,
-                ms.range.as_millis() as i64,
+                dur_ms(ms.range),
                 None,
             )?)),
             Expr::Subquery(sq) => Ok(V::Range(self.eval_subquery(sq)?)),
@@ -535,12 +575,9 @@ impl<'g, 'a> Ev<'g, 'a> {
         func: Option<&str>,
     ) -> Result<Vec<Col>, EvalError> {
         Ok(self
-            .eval_vector_selector_ts(vs, func)?
+            .eval_vs_with(vs, func, |s| s.v)?
             .into_iter()
-            .map(|(labels, vals)| Col {
-                labels,
-                vals: vals.into_iter().map(|o| o.map(|s| s.v)).collect(),
-            })
+            .map(|(labels, vals)| Col { labels, vals })
             .collect())
     }
 
@@ -550,6 +587,16 @@ impl<'g, 'a> Ev<'g, 'a> {
         vs: &VectorSelector,
         func: Option<&str>,
     ) -> Result<Vec<SeriesPoints>, EvalError> {
+        self.eval_vs_with(vs, func, |s| s)
+    }
+
+    /// Evaluates an instant selector at every step, mapping each visible sample with `f`.
+    fn eval_vs_with<T>(
+        &self,
+        vs: &VectorSelector,
+        func: Option<&str>,
+        f: impl Fn(Sample) -> T,
+    ) -> Result<Vec<SeriesPoints<T>>, EvalError> {
         if self.n == 0 {
             return Ok(Vec::new());
         }
@@ -558,11 +605,12 @@ impl<'g, 'a> Ev<'g, 'a> {
         let lb = self.g.lookback;
         let series = self.select(vs, mn - lb + 1, mx, 0, func)?;
         let mut out = Vec::with_capacity(series.len());
+        let mut total = 0usize;
         for s in series {
             self.check()?;
             let mut vals = Vec::with_capacity(self.n);
             let mut j = 0usize; // number of samples with t <= te[i]
-            let mut any = false;
+            let mut cnt = 0usize;
             for &t in &te {
                 if j > 0 && s.samples[j - 1].t > t {
                     // Evaluation times only go forward, but be safe.
@@ -577,14 +625,19 @@ impl<'g, 'a> Ev<'g, 'a> {
                 } else {
                     None
                 };
-                any |= p.is_some();
-                vals.push(p);
+                cnt += p.is_some() as usize;
+                vals.push(p.map(&f));
             }
-            if any {
-                self.add_samples(vals.iter().filter(|v| v.is_some()).count())?;
+            if cnt > 0 {
+                total += cnt;
+                if total > 4096 {
+                    self.add_samples(total)?;
+                    total = 0;
+                }
                 out.push((s.labels, vals));
             }
         }
+        self.add_samples(total)?;
         Ok(out)
     }
 
@@ -607,7 +660,9 @@ impl<'g, 'a> Ev<'g, 'a> {
         let mut out = Vec::with_capacity(series.len());
         for mut s in series {
             self.check()?;
-            s.samples.retain(|x| !is_stale_nan(x.v));
+            if s.samples.iter().any(|x| is_stale_nan(x.v)) {
+                s.samples.retain(|x| !is_stale_nan(x.v));
+            }
             if s.samples.is_empty() {
                 continue;
             }
@@ -626,9 +681,9 @@ impl<'g, 'a> Ev<'g, 'a> {
 
     pub fn eval_subquery(&self, sq: &parser::SubqueryExpr) -> Result<RangeVal, EvalError> {
         let te = self.sel_times(&sq.at, &sq.offset);
-        let range = sq.range.as_millis() as i64;
+        let range = dur_ms(sq.range);
         let step = match sq.step {
-            Some(s) if !s.is_zero() => s.as_millis() as i64,
+            Some(s) if !s.is_zero() => dur_ms(s),
             _ => self.g.sub_step,
         };
         if self.n == 0 {
@@ -643,6 +698,10 @@ impl<'g, 'a> Ev<'g, 'a> {
         let mut istart = lo.div_euclid(step) * step;
         if istart <= lo {
             istart += step;
+        }
+        let steps = (mx.saturating_sub(istart) / step).saturating_add(1);
+        if steps > self.g.max_samples as i64 {
+            return Err(EvalError::TooManySamples);
         }
         let inner = Ev::new(self.g, istart, mx, step);
         let v = inner.eval(&sq.expr)?;
@@ -729,6 +788,39 @@ pub(crate) fn convert_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, Eval
     Ok(out)
 }
 
+/// `labels` without `__name__`, reusing its allocation.
+pub(crate) fn strip_name(l: Labels) -> Labels {
+    if l.as_slice().iter().all(|x| x.name != METRIC_NAME) {
+        return l;
+    }
+    let mut v = l.into_vec();
+    v.retain(|x| x.name != METRIC_NAME);
+    Labels::from_sorted(v)
+}
+
+/// Drops `__name__` from every column in place; merges columns that then collide (only
+/// possible when the inputs had different metric names).
+pub(crate) fn drop_metric_names(mut cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
+    let may_collide = {
+        let mut it = cols.iter().map(|c| c.labels.metric_name());
+        match it.next() {
+            Some(first) => it.any(|n| n != first),
+            None => false,
+        }
+    };
+    for c in &mut cols {
+        c.labels = strip_name(std::mem::take(&mut c.labels));
+    }
+    if may_collide {
+        merge_cols(cols)
+    } else {
+        Ok(cols)
+    }
+}
+
+/// A fast (non-cryptographic, per-process) hasher for maps keyed by label sets.
+pub(crate) type FastHash = xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
 /// Merges columns with identical label sets; a step where two of them have a value is
 /// an error, as in Prometheus.
 pub(crate) fn merge_cols(cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
@@ -736,7 +828,8 @@ pub(crate) fn merge_cols(cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
         return Ok(cols);
     }
     // Fast path: distinct inputs stay distinct unless labels were rewritten to collide.
-    let mut idx: HashMap<&Labels, usize> = HashMap::with_capacity(cols.len());
+    let mut idx: HashMap<&Labels, usize, FastHash> =
+        HashMap::with_capacity_and_hasher(cols.len(), FastHash::default());
     let mut dup = false;
     for (i, c) in cols.iter().enumerate() {
         if idx.insert(&c.labels, i).is_some() {
@@ -748,7 +841,7 @@ pub(crate) fn merge_cols(cols: Vec<Col>) -> Result<Vec<Col>, EvalError> {
     if !dup {
         return Ok(cols);
     }
-    let mut map: HashMap<Labels, usize> = HashMap::new();
+    let mut map: HashMap<Labels, usize, FastHash> = HashMap::default();
     let mut out: Vec<Col> = Vec::new();
     for c in cols {
         match map.get(&c.labels) {
@@ -893,6 +986,44 @@ mod tests {
         let err = e.instant_query(&store(), "count_over_time(x[10m])", 135_000);
         assert_eq!(err.unwrap_err(), EvalError::TooManySamples);
         assert!(e.instant_query(&store(), "x{job=\"a\"}", 135_000).is_ok());
+    }
+
+    #[test]
+    fn sample_limit_counts_results_not_just_loaded_samples() {
+        let e = Engine::new(EngineOptions {
+            max_samples: 50,
+            ..Default::default()
+        });
+        let err = e.range_query(&store(), "vector(1)", 0, 100_000, 1_000);
+        assert_eq!(err.unwrap_err(), EvalError::TooManySamples);
+        assert!(
+            e.range_query(&store(), "vector(1)", 0, 40_000, 1_000)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn huge_step_counts_and_times_are_rejected_not_allocated() {
+        let e = Engine::new(EngineOptions::default());
+        assert_eq!(
+            e.range_query(&store(), "x", 0, 1_000_000_000_000, 1)
+                .unwrap_err(),
+            EvalError::TooManySamples
+        );
+        assert_eq!(
+            e.instant_query(&store(), "max_over_time(x[10000d:1ms])", 0)
+                .unwrap_err(),
+            EvalError::TooManySamples
+        );
+        assert!(e.instant_query(&store(), "x", i64::MAX).is_err());
+        assert!(e.instant_query(&store(), "x offset 1000000000y", 0).is_ok());
+    }
+
+    #[test]
+    fn engine_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Engine>();
+        check::<std::sync::Arc<Engine>>();
     }
 
     #[test]

@@ -8,7 +8,10 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use promql_parser::parser::{Call, Expr};
 
 use super::aggregation::{AccState, avg_step, quantile};
-use super::engine::{Col, Ev, RangeVal, V, convert_matchers, kahan_inc, merge_cols, window};
+use super::engine::{
+    Col, Ev, RangeVal, V, convert_matchers, drop_metric_names, dur_ms, kahan_inc, merge_cols,
+    window,
+};
 use super::value::{EvalError, format_value};
 use crate::model::labels::METRIC_NAME;
 use crate::model::{Labels, MatchOp, Sample};
@@ -23,9 +26,7 @@ fn arg(c: &Call, i: usize) -> Result<&Expr, EvalError> {
 
 fn eval_range(ev: &Ev, e: &Expr, func: &str) -> Result<RangeVal, EvalError> {
     match e {
-        Expr::MatrixSelector(ms) => {
-            ev.eval_matrix_selector(&ms.vs, ms.range.as_millis() as i64, Some(func))
-        }
+        Expr::MatrixSelector(ms) => ev.eval_matrix_selector(&ms.vs, dur_ms(ms.range), Some(func)),
         Expr::Subquery(sq) => ev.eval_subquery(sq),
         Expr::Paren(p) => eval_range(ev, &p.expr, func),
         other => match ev.eval(other)? {
@@ -53,10 +54,26 @@ fn over_range(
     ev: &Ev,
     r: RangeVal,
     keep_name: bool,
+    f: impl FnMut(&[Sample], usize, i64) -> Option<f64>,
+) -> Result<Vec<Col>, EvalError> {
+    over_range_opts(ev, r, keep_name, false, f)
+}
+
+/// [`over_range`], optionally adding Prometheus's "might not be a counter" info for
+/// `rate`/`increase`. Each series' labels are touched once: the metric name is removed
+/// in place, and merging is only needed when the inputs had different names.
+fn over_range_opts(
+    ev: &Ev,
+    r: RangeVal,
+    keep_name: bool,
+    counter_check: bool,
     mut f: impl FnMut(&[Sample], usize, i64) -> Option<f64>,
 ) -> Result<Vec<Col>, EvalError> {
     let mut out = Vec::with_capacity(r.series.len());
     let monotonic = r.te.windows(2).all(|w| w[0] <= w[1]);
+    let mut first_name: Option<Option<String>> = None;
+    let mut may_collide = false;
+    let mut last_noted: Option<String> = None;
     for s in r.series {
         ev.check()?;
         let mut vals = Vec::with_capacity(r.te.len());
@@ -79,16 +96,50 @@ fn over_range(
             any |= v.is_some();
             vals.push(v);
         }
-        if any {
-            let labels = if keep_name {
-                s.labels
-            } else {
-                s.labels.without_metric_name()
-            };
-            out.push(Col { labels, vals });
+        if !any {
+            continue;
         }
+        if keep_name {
+            out.push(Col {
+                labels: s.labels,
+                vals,
+            });
+            continue;
+        }
+        let mut v = s.labels.into_vec();
+        let name = v
+            .iter()
+            .position(|l| l.name == METRIC_NAME)
+            .map(|p| v.remove(p).value);
+        if counter_check {
+            let n = name.as_deref().unwrap_or("");
+            if last_noted.as_deref() != Some(n) {
+                if !n.is_empty()
+                    && !["_total", "_sum", "_count", "_bucket"]
+                        .iter()
+                        .any(|suf| n.ends_with(suf))
+                {
+                    ev.info(format!(
+                        "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"{n}\" (1:1)"
+                    ));
+                }
+                last_noted = Some(n.to_string());
+            }
+        }
+        match &first_name {
+            None => first_name = Some(name),
+            Some(f) => may_collide |= *f != name,
+        }
+        out.push(Col {
+            labels: Labels::from_sorted(v),
+            vals,
+        });
     }
-    merge_cols(out)
+    if may_collide {
+        merge_cols(out)
+    } else {
+        Ok(out)
+    }
 }
 
 /// Applies `f` to every value of an instant vector, dropping the metric name.
@@ -102,9 +153,8 @@ fn map_vector(
                 *x = f(*x, i);
             }
         }
-        c.labels = c.labels.without_metric_name();
     }
-    merge_cols(cols)
+    drop_metric_names(cols)
 }
 
 fn extrapolated_rate(
@@ -328,7 +378,8 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
             let r = eval_range(ev, arg(c, 0)?, name)?;
             let range = r.range;
             let keep = name == "last_over_time";
-            let cols = over_range(ev, r, keep, |w, _i, te| match name {
+            let counter_check = name == "rate" || name == "increase";
+            let cols = over_range_opts(ev, r, keep, counter_check, |w, _i, te| match name {
                 "rate" => extrapolated_rate(w, te, range, true, true),
                 "increase" => extrapolated_rate(w, te, range, true, false),
                 "delta" => extrapolated_rate(w, te, range, false, false),
@@ -463,14 +514,14 @@ pub(crate) fn eval_call(ev: &Ev, c: &Call) -> Result<V, EvalError> {
                 let cols = s
                     .into_iter()
                     .map(|(labels, vals)| Col {
-                        labels: labels.without_metric_name(),
+                        labels,
                         vals: vals
                             .into_iter()
                             .map(|o| o.map(|s| s.t as f64 / 1000.0))
                             .collect(),
                     })
                     .collect();
-                return Ok(V::Vector(merge_cols(cols)?));
+                return Ok(V::Vector(drop_metric_names(cols)?));
             }
             let cols = ev.eval_vector(e)?;
             Ok(V::Vector(map_vector(cols, |_, i| {

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use promql_parser::parser::{AtModifier, Expr};
 use regex::Regex;
 
 use super::engine::{Engine, EngineOptions};
@@ -666,8 +667,92 @@ pub fn almost_equal(a: f64, b: f64) -> bool {
     diff / sum.min(f64::MAX) < EPS
 }
 
+/// Functions whose result depends on the evaluation time even with pinned arguments.
+const AT_UNSAFE_FUNCS: &[&str] = &[
+    "time",
+    "timestamp",
+    "predict_linear",
+    "year",
+    "month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "days_in_month",
+    "hour",
+    "minute",
+    "start",
+    "end",
+    "range",
+    "step",
+];
+
+/// Pins every selector and subquery without `@` (and not inside a subquery with one)
+/// to `t`.
+fn pin_at(e: &mut Expr, t: std::time::SystemTime) {
+    match e {
+        Expr::VectorSelector(vs) => {
+            if vs.at.is_none() {
+                vs.at = Some(AtModifier::At(t));
+            }
+        }
+        Expr::MatrixSelector(ms) => {
+            if ms.vs.at.is_none() {
+                ms.vs.at = Some(AtModifier::At(t));
+            }
+        }
+        Expr::Subquery(sq) => {
+            if sq.at.is_none() {
+                sq.at = Some(AtModifier::At(t));
+            }
+        }
+        Expr::Aggregate(a) => {
+            pin_at(&mut a.expr, t);
+            if let Some(p) = a.param.as_mut() {
+                pin_at(p, t);
+            }
+        }
+        Expr::Unary(u) => pin_at(&mut u.expr, t),
+        Expr::Binary(b) => {
+            pin_at(&mut b.lhs, t);
+            pin_at(&mut b.rhs, t);
+        }
+        Expr::Paren(p) => pin_at(&mut p.expr, t),
+        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| pin_at(a, t)),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+fn ms_to_system_time(ms: i64) -> std::time::SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}
+
 fn run_eval(engine: &Engine, store: &MemStore, c: &EvalCase) -> Result<(), String> {
     run_eval_main(engine, store, c)?;
+    // Like the upstream runner: with every selector pinned to `@ t`, the result must not
+    // depend on the evaluation time.
+    if c.range.is_none()
+        && c.range_vector.is_none()
+        && !c.fail
+        && !AT_UNSAFE_FUNCS.iter().any(|f| calls(&c.expr, f))
+        && let Ok(mut e) = super::engine::parse_expr(&c.expr)
+    {
+        let t = c.start;
+        pin_at(&mut e, ms_to_system_time(t));
+        let times: Vec<i64> = if t == 0 {
+            vec![-1000, 0, 1000]
+        } else {
+            vec![-10 * t, 0, t / 5, t, 10 * t]
+        };
+        for tt in times {
+            let res = engine.instant_query_expr(store, &e, tt);
+            check_result(c, res, false).map_err(|m| format!("@-pinned check at {tt}ms: {m}"))?;
+        }
+    }
     // Like the upstream runner: an instant eval must also hold as a range query
     // `t-1m..t+1m` step 1m at its middle point.
     if c.range.is_none() && c.range_vector.is_none() && c.string.is_none() && !c.fail && !c.ordered
@@ -721,6 +806,16 @@ fn run_eval_main(engine: &Engine, store: &MemStore, c: &EvalCase) -> Result<(), 
         (None, Some((_, e, _))) => engine.instant_query(store, &c.expr, e),
         (None, None) => engine.instant_query(store, &c.expr, c.start),
     };
+    check_result(c, res, true)
+}
+
+/// Compares a query result with the case's expectations (annotations only when
+/// `annotations` is set).
+fn check_result(
+    c: &EvalCase,
+    res: Result<QueryResult, EvalError>,
+    annotations: bool,
+) -> Result<(), String> {
     if c.fail {
         return match res {
             Err(_) => Ok(()),
@@ -730,14 +825,14 @@ fn run_eval_main(engine: &Engine, store: &MemStore, c: &EvalCase) -> Result<(), 
     let r = res.map_err(|e| format!("unexpected error: {e}"))?;
     let warns = r.warns().count();
     let infos = r.infos().count();
-    match c.warn {
+    match c.warn.filter(|_| annotations) {
         Some(true) if warns == 0 => return Err("expected a warning, got none".into()),
         Some(false) if warns > 0 => {
             return Err(format!("expected no warnings, got {:?}", r.warnings));
         }
         _ => {}
     }
-    match c.info {
+    match c.info.filter(|_| annotations) {
         Some(true) if infos == 0 => return Err("expected an info annotation, got none".into()),
         Some(false) if infos > 0 => {
             return Err(format!(
