@@ -301,3 +301,55 @@ fn demo_runs_a_node_with_its_fleet_and_stops_on_ctrl_c() {
         "{stdout}"
     );
 }
+
+#[test]
+fn promql_test_command_reports_failures_and_exit_status() {
+    let dir = tempdir();
+    let scripts: Vec<std::path::PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/promql"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "test"))
+            .collect();
+    assert!(!scripts.is_empty());
+    let out = Command::new(shoal_bin())
+        .arg("promql-test")
+        .args(&scripts)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    let last = text.lines().last().unwrap_or("");
+    assert!(
+        last.ends_with(" failed") && last.contains(" passed, 0 failed"),
+        "{last}"
+    );
+
+    let bad = dir.path().join("bad.test");
+    std::fs::write(
+        &bad,
+        "load 1m\n  m 1 2 3\n\neval instant at 2m m\n  m 4\n\neval instant at 1m m\n  m 2\n",
+    )
+    .unwrap();
+    let out = Command::new(shoal_bin())
+        .arg("promql-test")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !out.status.success(),
+        "a failing case makes the exit status non-zero: {text}"
+    );
+    assert!(
+        text.contains("bad.test:4"),
+        "the failing case is named by file:line: {text}"
+    );
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with("1 passed, 1 failed"),
+        "{text}"
+    );
+}
