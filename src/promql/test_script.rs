@@ -195,6 +195,8 @@ pub fn run_file(path: &Path, out: &mut dyn Write) -> Summary {
         }
     };
     let store = MemStore::new();
+    // Skipped cases are summarised per file and reason (one line each, not one per case).
+    let mut skips: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     let engine = Engine::new(EngineOptions {
         lookback_delta: Duration::from_secs(300),
         timeout: Duration::from_secs(100),
@@ -218,8 +220,9 @@ pub fn run_file(path: &Path, out: &mut dyn Write) -> Summary {
                     e.histogram
                         .then(|| "expects native-histogram values".to_string())
                 });
-                if reason.is_some() {
+                if let Some(r) = reason {
                     sum.skipped += 1;
+                    *skips.entry(r).or_default() += 1;
                     continue;
                 }
                 match run_eval(&engine, &store, &e) {
@@ -231,6 +234,9 @@ pub fn run_file(path: &Path, out: &mut dyn Write) -> Summary {
                 }
             }
         }
+    }
+    for (reason, n) in skips {
+        let _ = writeln!(out, "{name}: {n} skipped: {reason}");
     }
     sum
 }
