@@ -353,3 +353,21 @@ fn promql_test_command_reports_failures_and_exit_status() {
         "{text}"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempdir();
+    let t = TargetServer::start();
+    t.set("/metrics", Reply::text("demo_counter 1\n"));
+    let mut node = Node::start(dir.path(), &one_job(&t.target()), &["--log.format", "json"]);
+    let st = node.terminate();
+    assert!(st.success());
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{log}");
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+}
