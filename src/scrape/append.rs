@@ -4,38 +4,72 @@
 //! thread.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::config::ScrapeConfig;
 use crate::model::relabel;
-use crate::model::textparse::{Entry, Format, Parser};
+use crate::model::textparse::{Entry, Format, Parser, SeriesEntry};
 use crate::model::{Labels, stale_nan};
 use crate::storage::{AppendError, Appendable, Appender, SeriesRef};
 
 use super::ScrapeError;
 
-/// What the cache knows about one exposed series (keyed by its raw text).
+/// Cache key: a 128-bit hash of the series' raw text as exposed (name and label block).
+/// At 128 bits a collision among one target's series is not a practical concern, and
+/// the cache stays small (no copy of the text per series).
+type Key = u128;
+
+fn key_of(raw: &[u8]) -> Key {
+    xxhash_rust::xxh3::xxh3_128(raw)
+}
+
+/// The key is already a good hash: use its low bits as the table hash.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+
+/// How the cache refers to one exposed series.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// Metric relabelling dropped the series.
+    Dropped,
+    /// The store's ref of the series.
+    Ref(SeriesRef),
+    /// Not in the store yet (its first sample was rejected): the labels to create it with.
+    Pending(Box<Labels>),
+}
+
+/// What the cache knows about one exposed series.
 #[derive(Debug, Clone)]
 struct CacheEntry {
-    /// `None` when metric relabelling dropped the series.
-    series: Option<CachedSeries>,
+    slot: Slot,
     /// Scrape iteration in which the series was last seen.
     last_iter: u64,
     /// Whether the last sample had an explicit timestamp (no staleness tracking then).
     explicit_ts: bool,
 }
 
-#[derive(Debug, Clone)]
-struct CachedSeries {
-    labels: Labels,
-    sref: Option<SeriesRef>,
-}
-
-/// The per-target cache: raw series text → final labels and storage ref. Known series
-/// skip label building and relabelling; it also tracks which series the previous scrape
-/// had, for staleness markers.
+/// The per-target cache: exposed series → storage ref. Known series skip label building
+/// and relabelling (the labels live in the store, not here); it also tracks which series
+/// the previous scrape had, for staleness markers.
 #[derive(Debug, Default)]
 pub struct ScrapeCache {
-    entries: HashMap<Box<[u8]>, CacheEntry>,
+    entries: KeyMap<CacheEntry>,
     iter: u64,
 }
 
@@ -118,26 +152,11 @@ fn check_label_limits(labels: &Labels, cfg: &ScrapeConfig) -> Result<(), ScrapeE
     Ok(())
 }
 
-/// Appends one sample, falling back from the cached ref to the labels when the store has
-/// forgotten the ref. Per-sample rejections are counted in `stats`, not returned.
-fn append_one(
-    app: &mut dyn Appender,
-    series: &mut CachedSeries,
-    t: i64,
-    v: f64,
+/// Counts a per-sample rejection; other errors fail the scrape.
+fn count_rejection(
+    res: Result<(), AppendError>,
     stats: &mut ScrapeStats,
 ) -> Result<(), ScrapeError> {
-    let res = match series.sref {
-        Some(r) => match app.append_ref(r, t, v) {
-            Err(AppendError::UnknownRef(_)) => app.append(&series.labels, t, v).map(|r| {
-                series.sref = Some(r);
-            }),
-            other => other,
-        },
-        None => app.append(&series.labels, t, v).map(|r| {
-            series.sref = Some(r);
-        }),
-    };
     match res {
         Ok(()) => Ok(()),
         Err(AppendError::OutOfOrder) => {
@@ -159,6 +178,83 @@ fn append_one(
     }
 }
 
+/// Appends by labels and remembers the new ref.
+fn append_labels(
+    app: &mut dyn Appender,
+    slot: &mut Slot,
+    labels: &Labels,
+    t: i64,
+    v: f64,
+) -> Result<(), AppendError> {
+    let r = app.append(labels, t, v)?;
+    *slot = Slot::Ref(r);
+    Ok(())
+}
+
+/// The final labels of a scraped series (target labels, metric relabelling, limits), or
+/// `None` when relabelling drops it.
+fn series_labels(
+    s: &SeriesEntry<'_>,
+    ctx: &ScrapeContext<'_>,
+) -> Result<Option<Labels>, ScrapeError> {
+    let labels = apply_target_labels(s.labels(), ctx.target_labels, ctx.cfg.honor_labels);
+    let Some(labels) = relabel::process(&labels, &ctx.cfg.metric_relabel_configs) else {
+        return Ok(None);
+    };
+    check_label_limits(&labels, ctx.cfg)?;
+    Ok(Some(labels))
+}
+
+/// Appends a scraped sample for a cached series. A ref the store has forgotten is
+/// rebuilt from the exposed series.
+fn append_scraped(
+    app: &mut dyn Appender,
+    slot: &mut Slot,
+    s: &SeriesEntry<'_>,
+    ctx: &ScrapeContext<'_>,
+    t: i64,
+    stats: &mut ScrapeStats,
+) -> Result<(), ScrapeError> {
+    let res = match slot {
+        Slot::Dropped => return Ok(()),
+        Slot::Ref(r) => match app.append_ref(*r, t, s.value) {
+            Err(AppendError::UnknownRef(_)) => match series_labels(s, ctx)? {
+                Some(l) => append_labels(app, slot, &l, t, s.value),
+                None => {
+                    *slot = Slot::Dropped;
+                    Ok(())
+                }
+            },
+            other => other,
+        },
+        Slot::Pending(l) => {
+            let l = l.clone();
+            append_labels(app, slot, &l, t, s.value)
+        }
+    };
+    count_rejection(res, stats)
+}
+
+/// Appends a staleness marker for a cached series. A series the store no longer knows
+/// needs none.
+fn append_stale(
+    app: &mut dyn Appender,
+    slot: &mut Slot,
+    t: i64,
+    stats: &mut ScrapeStats,
+) -> Result<bool, ScrapeError> {
+    let res = match slot {
+        Slot::Dropped => return Ok(false),
+        Slot::Ref(r) => match app.append_ref(*r, t, stale_nan()) {
+            Err(AppendError::UnknownRef(_)) => return Ok(false),
+            other => other,
+        },
+        Slot::Pending(_) => return Ok(false),
+    };
+    count_rejection(res, stats)?;
+    Ok(true)
+}
+
 impl ScrapeCache {
     /// Processes a scrape body taken at `t` (ms) into `storage`. On success the samples
     /// are committed and series that vanished since the previous scrape get a staleness
@@ -175,10 +271,11 @@ impl ScrapeCache {
         let mut app = storage.appender();
         let iter = self.iter + 1;
         let mut stats = ScrapeStats::default();
-        // New entries are staged so that a failed scrape leaves the cache untouched.
-        let mut staged: Vec<(Box<[u8]>, CacheEntry)> = Vec::new();
-        let mut touched: Vec<Box<[u8]>> = Vec::new();
-        let res = self.append_entries(
+        // New series are staged so that a failed scrape leaves the cache as it was.
+        let mut staged: KeyMap<CacheEntry> = KeyMap::default();
+        // Cached series seen by this scrape; marked seen only once the scrape succeeds.
+        let mut seen: Vec<Key> = Vec::new();
+        if let Err(e) = self.append_entries(
             app.as_mut(),
             ctx,
             body,
@@ -187,36 +284,33 @@ impl ScrapeCache {
             iter,
             &mut stats,
             &mut staged,
-            &mut touched,
-        );
-        if let Err(e) = res {
+            &mut seen,
+        ) {
             app.rollback();
             return Err(e);
         }
-        let prev_iter = self.iter;
-        for key in &touched {
-            if let Some(e) = self.entries.get_mut(key) {
+        for k in seen {
+            if let Some(e) = self.entries.get_mut(&k) {
                 e.last_iter = iter;
             }
         }
-        for (k, e) in staged {
-            self.entries.insert(k, e);
-        }
+        let prev_iter = self.iter;
         // Series seen by the previous scrape but not by this one get a staleness marker.
-        for e in self.entries.values_mut() {
-            if e.last_iter == prev_iter
-                && prev_iter > 0
-                && !e.explicit_ts
-                && let Some(s) = e.series.as_mut()
-            {
-                append_one(app.as_mut(), s, t, stale_nan(), &mut stats)?;
-                stats.stale_markers += 1;
+        if prev_iter > 0 {
+            for e in self.entries.values_mut() {
+                if e.last_iter == prev_iter
+                    && !e.explicit_ts
+                    && append_stale(app.as_mut(), &mut e.slot, t, &mut stats)?
+                {
+                    stats.stale_markers += 1;
+                }
             }
         }
         let commit = app
             .commit()
             .map_err(|e| ScrapeError::Storage(e.to_string()))?;
         stats.series_added = commit.series_created;
+        self.entries.extend(staged);
         self.iter = iter;
         // Forget series not seen for a while (they were marked stale already).
         self.entries.retain(|_, e| e.last_iter + 2 >= iter);
@@ -233,12 +327,11 @@ impl ScrapeCache {
         t: i64,
         iter: u64,
         stats: &mut ScrapeStats,
-        staged: &mut Vec<(Box<[u8]>, CacheEntry)>,
-        touched: &mut Vec<Box<[u8]>>,
+        staged: &mut KeyMap<CacheEntry>,
+        seen: &mut Vec<Key>,
     ) -> Result<(), ScrapeError> {
         let cfg = ctx.cfg;
         let mut parser = Parser::new(body, format);
-        let mut staged_index: HashMap<Box<[u8]>, usize> = HashMap::new();
         loop {
             let entry = match parser.next() {
                 Ok(Some(e)) => e,
@@ -251,74 +344,60 @@ impl ScrapeCache {
                 Some(ts) if cfg.honor_timestamps => (ts, true),
                 _ => (t, false),
             };
-            if let Some(e) = self.entries.get_mut(s.raw) {
-                if e.last_iter == iter {
-                    // The same series twice in one scrape: the store decides (equal
-                    // value is a no-op, another value a duplicate).
-                } else {
-                    touched.push(s.raw.into());
+            let key = key_of(s.raw);
+            let cached = match self.entries.get_mut(&key) {
+                Some(e) => {
+                    seen.push(key);
+                    Some(e)
                 }
-                e.explicit_ts = explicit;
-                let Some(series) = e.series.as_mut() else {
-                    continue;
-                };
-                stats.post_relabel += 1;
-                if cfg.sample_limit > 0 && stats.post_relabel > cfg.sample_limit {
-                    return Err(ScrapeError::SampleLimit);
-                }
-                append_one(app, series, ts, s.value, stats)?;
-                continue;
-            }
-            if let Some(&i) = staged_index.get(s.raw) {
-                let e = &mut staged[i].1;
-                let Some(series) = e.series.as_mut() else {
-                    continue;
-                };
-                stats.post_relabel += 1;
-                if cfg.sample_limit > 0 && stats.post_relabel > cfg.sample_limit {
-                    return Err(ScrapeError::SampleLimit);
-                }
-                append_one(app, series, ts, s.value, stats)?;
-                continue;
-            }
-            // A series new to this target: build its labels once.
-            let labels = apply_target_labels(s.labels(), ctx.target_labels, cfg.honor_labels);
-            let labels = relabel::process(&labels, &cfg.metric_relabel_configs);
-            let mut entry = CacheEntry {
-                series: None,
-                last_iter: iter,
-                explicit_ts: explicit,
+                // Seen twice in one scrape: the store decides (an equal value is a
+                // no-op, another value a duplicate).
+                None => staged.get_mut(&key),
             };
-            if let Some(labels) = labels {
-                check_label_limits(&labels, cfg)?;
-                stats.post_relabel += 1;
-                if cfg.sample_limit > 0 && stats.post_relabel > cfg.sample_limit {
-                    return Err(ScrapeError::SampleLimit);
+            let e = match cached {
+                Some(e) => {
+                    e.explicit_ts = explicit;
+                    e
                 }
-                let mut series = CachedSeries { labels, sref: None };
-                append_one(app, &mut series, ts, s.value, stats)?;
-                entry.series = Some(series);
+                None => {
+                    // A series new to this target: build its labels once.
+                    let slot = match series_labels(&s, ctx)? {
+                        Some(l) => Slot::Pending(Box::new(l)),
+                        None => Slot::Dropped,
+                    };
+                    staged.entry(key).or_insert(CacheEntry {
+                        slot,
+                        last_iter: iter,
+                        explicit_ts: explicit,
+                    })
+                }
+            };
+            if matches!(e.slot, Slot::Dropped) {
+                continue;
             }
-            staged_index.insert(s.raw.into(), staged.len());
-            staged.push((s.raw.into(), entry));
+            stats.post_relabel += 1;
+            if cfg.sample_limit > 0 && stats.post_relabel > cfg.sample_limit {
+                return Err(ScrapeError::SampleLimit);
+            }
+            append_scraped(app, &mut e.slot, &s, ctx, ts, stats)?;
         }
         Ok(())
     }
 
     /// Writes a staleness marker at `t` for every series of the previous scrape (a failed
-    /// scrape, or the target left discovery), and forgets them.
+    /// scrape, or the target left discovery).
     pub fn mark_all_stale(&mut self, storage: &dyn Appendable, t: i64) -> Result<u64, ScrapeError> {
         let mut app = storage.appender();
         let mut stats = ScrapeStats::default();
         let prev = self.iter;
-        for e in self.entries.values_mut() {
-            if e.last_iter == prev
-                && prev > 0
-                && !e.explicit_ts
-                && let Some(s) = e.series.as_mut()
-            {
-                append_one(app.as_mut(), s, t, stale_nan(), &mut stats)?;
-                stats.stale_markers += 1;
+        if prev > 0 {
+            for e in self.entries.values_mut() {
+                if e.last_iter == prev
+                    && !e.explicit_ts
+                    && append_stale(app.as_mut(), &mut e.slot, t, &mut stats)?
+                {
+                    stats.stale_markers += 1;
+                }
             }
         }
         app.commit()
@@ -346,10 +425,17 @@ pub const REPORT_SERIES: [&str; 5] = [
     "scrape_series_added",
 ];
 
+/// One report series: its labels and the store's ref once known.
+#[derive(Debug)]
+struct ReportSeries {
+    labels: Labels,
+    slot: Slot,
+}
+
 /// Report series with their cached refs.
 #[derive(Debug, Default)]
 pub struct ReportCache {
-    series: Vec<CachedSeries>,
+    series: Vec<ReportSeries>,
 }
 
 impl ReportCache {
@@ -362,9 +448,10 @@ impl ReportCache {
             .map(|name| {
                 let mut b = target_labels.builder();
                 b.set(crate::model::labels::METRIC_NAME, name);
-                CachedSeries {
-                    labels: b.build(),
-                    sref: None,
+                let labels = b.build();
+                ReportSeries {
+                    slot: Slot::Pending(Box::new(labels.clone())),
+                    labels,
                 }
             })
             .collect();
@@ -409,7 +496,16 @@ impl ReportCache {
         let mut app = storage.appender();
         let mut stats = ScrapeStats::default();
         for (s, v) in self.series.iter_mut().zip(values) {
-            append_one(app.as_mut(), s, t, *v, &mut stats)?;
+            let res = match s.slot {
+                Slot::Ref(r) => match app.append_ref(r, t, *v) {
+                    Err(AppendError::UnknownRef(_)) => {
+                        append_labels(app.as_mut(), &mut s.slot, &s.labels, t, *v)
+                    }
+                    other => other,
+                },
+                _ => append_labels(app.as_mut(), &mut s.slot, &s.labels, t, *v),
+            };
+            count_rejection(res, &mut stats)?;
         }
         app.commit()
             .map_err(|e| ScrapeError::Storage(e.to_string()))?;
