@@ -3,12 +3,12 @@
 //! Parts:
 //! - [`chunkenc`]: Prometheus-compatible XOR chunks;
 //! - [`head`]: one open chunk per series in memory, ordering rules, chunk cutting;
-//! - [`index`]: series, postings and label-value trees, matcher resolution;
+//! - [`index`]: the series tree and in-memory postings, matcher resolution;
 //! - [`wal`]: the write-ahead log's record format;
 //! - [`retention`]: the `chunks` tree layout and block retention;
 //! - [`codec`]: varints, sortable keys, the persisted label format.
 //!
-//! sled trees: `series`, `postings`, `label_values` (index), `chunks` (sealed chunks),
+//! sled trees: `series` (index), `chunks` (sealed chunks),
 //! `sealed` (per series: min time, last sealed sample), `wal`.
 //!
 //! # Durability
@@ -187,7 +187,7 @@ impl Tsdb {
             .mode(sled::Mode::LowSpace)
             .open()
             .map_err(|e| sled_err(&format!("open {}", dir.display()), e))?;
-        let index = Index::open(&db)?;
+        let (index, known) = Index::open(&db)?;
         let tree = |n: &str| db.open_tree(n).map_err(|e| sled_err("open tree", e));
         let (chunks, sealed, wal_tree) = (tree("chunks")?, tree("sealed")?, tree("wal")?);
         let block_range = i64::try_from(opts.block_range.as_millis())
@@ -196,9 +196,8 @@ impl Tsdb {
 
         let mut head = Head::new();
         let mut max_id = 0;
-        for r in index.all_series() {
-            let (id, labels) = r?;
-            head.insert(id, labels.stable_hash());
+        for (id, hash) in known {
+            head.insert(id, hash);
             max_id = max_id.max(id);
         }
         for r in sealed.iter() {
