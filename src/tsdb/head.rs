@@ -194,6 +194,12 @@ impl Head {
     pub fn insert(&mut self, id: u64, hash: u64) {
         let Ok(i) = usize::try_from(id) else { return };
         if self.series.len() <= i {
+            // Grow by ~1/8 rather than doubling: MemSeries is the bulk of head memory.
+            let need = i + 1 - self.series.len();
+            if self.series.capacity() < i + 1 {
+                self.series
+                    .reserve_exact(need.max(self.series.len() / 8).max(1024));
+            }
             self.series.resize_with(i + 1, || None);
         }
         if self.series[i].is_none() {

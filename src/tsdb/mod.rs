@@ -81,7 +81,7 @@ impl Default for TsdbOptions {
             block_range: Duration::from_secs(2 * 3600),
             maintenance_interval: Duration::from_secs(60),
             wal_segment_interval: Duration::from_secs(10 * 60),
-            cache_capacity: 64 << 20,
+            cache_capacity: 16 << 20,
         }
     }
 }
@@ -321,10 +321,11 @@ impl Tsdb {
         self.inner.closed.store(true, Relaxed);
         self.inner.stop_background();
         let handle = self.inner.thread.lock().map_err(lock_err)?.take();
-        if let Some(h) = handle {
-            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
-                tracing::error!("tsdb flush thread panicked");
-            }
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
+            && h.join().is_err()
+        {
+            tracing::error!("tsdb flush thread panicked");
         }
         self.inner.flush_wal()
     }
@@ -498,12 +499,11 @@ impl Inner {
             let min_valid = head.min_valid_time(r);
             let mut sealed = Vec::new();
             for (id, s) in head.series.iter_mut().enumerate() {
-                if let Some(ms) = s {
-                    if ms.open_samples() > 0
-                        && block_of(ms.chunk_min_t, r).saturating_add(r) <= min_valid
-                    {
-                        sealed.push(ms.seal(id as u64));
-                    }
+                if let Some(ms) = s
+                    && ms.open_samples() > 0
+                    && block_of(ms.chunk_min_t, r).saturating_add(r) <= min_valid
+                {
+                    sealed.push(ms.seal(id as u64));
                 }
             }
             self.write_sealed(&sealed)?;
