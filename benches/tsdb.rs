@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use shoal::model::Labels;
-use shoal::storage::{Appendable, SeriesRef};
+use shoal::model::{Labels, Matcher};
+use shoal::storage::{Appendable, Queryable, SelectHints, SeriesRef};
 use shoal::tsdb::{Tsdb, TsdbOptions};
 
 const SERIES_PER_TARGET: usize = 2000;
@@ -162,10 +162,12 @@ fn footprint(n: usize) {
         on_disk as f64 / samples as f64
     );
     println!(
-        "  RSS growth {} B ({:.0} B/series); stats {st:?}",
+        "  RSS growth {} B ({:.0} B/series); head estimate {:.0} B/series",
         rss1.saturating_sub(rss0),
-        rss1.saturating_sub(rss0) as f64 / n as f64
+        rss1.saturating_sub(rss0) as f64 / n as f64,
+        st.head_bytes as f64 / n as f64
     );
+    println!("  stats {st:?}");
     fleet.db.close().expect("close");
 }
 
@@ -185,6 +187,19 @@ fn bench(c: &mut Criterion) {
                 black_box(fleet.scrape_all());
             }
             start.elapsed()
+        })
+    });
+    // A selector over a quarter of the fleet, last 5 minutes (what a rate() needs).
+    let m = [Matcher::equal("__name__", "http_requests_total")];
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("select_quarter_of_fleet_5m", |b| {
+        b.iter(|| {
+            let h = SelectHints {
+                start: fleet.t - 300_000,
+                end: fleet.t,
+                ..SelectHints::default()
+            };
+            black_box(fleet.db.select(&h, &m).expect("select").series.len())
         })
     });
     g.finish();

@@ -215,6 +215,19 @@ impl Head {
         }
     }
 
+    /// Estimated heap and inline bytes of the head.
+    pub fn bytes(&self) -> u64 {
+        let slots = self.series.capacity() * std::mem::size_of::<Option<MemSeries>>();
+        let chunks: usize = self
+            .series
+            .iter()
+            .flatten()
+            .map(|s| s.chunk.capacity())
+            .sum();
+        let map = self.by_hash.capacity() * (std::mem::size_of::<(u64, u64)>() + 1);
+        (slots + chunks + map) as u64
+    }
+
     /// Ids whose labels hash to `hash` (usually one).
     pub fn ids_for_hash(&self, hash: u64) -> impl Iterator<Item = u64> + '_ {
         self.by_hash

@@ -108,6 +108,9 @@ pub struct TsdbStats {
     pub retention_blocks_dropped_total: u64,
     /// sled's `size_on_disk()` of the data dir.
     pub disk_size_bytes: u64,
+    /// Estimated bytes held by the head (series structs, open chunks, hash lookup),
+    /// without the in-memory postings and sled's cache.
+    pub head_bytes: u64,
 }
 
 #[derive(Default)]
@@ -265,7 +268,7 @@ impl Tsdb {
     /// Counters, head size and disk size.
     pub fn stats(&self) -> TsdbStats {
         let c = &self.inner.counters;
-        let (head_series, head_chunks) = match self.inner.head.read() {
+        let (head_series, head_chunks, head_bytes) = match self.inner.head.read() {
             Ok(h) => (
                 h.num_series as u64,
                 h.series
@@ -273,8 +276,9 @@ impl Tsdb {
                     .flatten()
                     .filter(|s| s.open_samples() > 0)
                     .count() as u64,
+                h.bytes(),
             ),
-            Err(_) => (0, 0),
+            Err(_) => (0, 0, 0),
         };
         TsdbStats {
             samples_appended_total: c.appended.load(Relaxed),
@@ -294,6 +298,7 @@ impl Tsdb {
             chunk_bytes_written_total: c.chunk_bytes.load(Relaxed),
             retention_blocks_dropped_total: c.blocks_dropped.load(Relaxed),
             disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0),
+            head_bytes,
         }
     }
 
