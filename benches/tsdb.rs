@@ -178,7 +178,7 @@ fn bench(c: &mut Criterion) {
     let mut fleet = Fleet::new(dir.path(), n);
     let mut g = c.benchmark_group("tsdb");
     g.sample_size(10)
-        .measurement_time(Duration::from_secs(20))
+        .measurement_time(Duration::from_secs(10))
         .throughput(Throughput::Elements(n as u64));
     g.bench_function(format!("append_scrape_{n}_series"), |b| {
         b.iter_custom(|iters| {

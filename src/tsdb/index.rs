@@ -83,6 +83,40 @@ impl Index {
         }
     }
 
+    /// Labels of many series (`ids` sorted ascending), in the same order. Dense id sets
+    /// are read with one ordered scan, which is far cheaper in sled than point reads.
+    pub fn labels_many(&self, ids: &[u64]) -> Result<Vec<Option<Labels>>, StorageError> {
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+            return Ok(Vec::new());
+        };
+        let span = last.saturating_sub(first).saturating_add(1);
+        if ids.len() < 64 || span / (ids.len() as u64) > 16 || ids.windows(2).any(|w| w[0] >= w[1])
+        {
+            return ids.iter().map(|&id| self.labels(id)).collect();
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        let mut want = ids.iter().copied().peekable();
+        for r in self.series.range(first.to_be_bytes()..=last.to_be_bytes()) {
+            let (k, v) = r.map_err(|e| sled_err("scan series", e))?;
+            let Some(id) = bytes8(&k, 0).map(u64::from_be_bytes) else {
+                continue;
+            };
+            while want.next_if(|&w| w < id).is_some() {
+                out.push(None);
+            }
+            if want.next_if_eq(&id).is_some() {
+                let l = decode_labels(&v)
+                    .map_err(|e| StorageError(format!("tsdb: series {id}: {e}")))?;
+                out.push(Some(l));
+            }
+            if want.peek().is_none() {
+                break;
+            }
+        }
+        out.extend(want.map(|_| None));
+        Ok(out)
+    }
+
     /// Sorted ids of series with `name="value"`.
     pub fn postings(&self, name: &str, value: &str) -> Result<Vec<u64>, StorageError> {
         let p = self.postings.read().map_err(poisoned)?;
@@ -268,6 +302,23 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn labels_many_matches_point_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (idx, _) = Index::open(&db).unwrap();
+        for id in (1..400u64).filter(|i| i % 5 != 0) {
+            idx.add_series(id, &Labels::from_pairs(&[("i", id.to_string())]))
+                .unwrap();
+        }
+        let ids: Vec<u64> = (0..420).filter(|i| i % 3 != 0).collect();
+        let many = idx.labels_many(&ids).unwrap();
+        assert_eq!(many.len(), ids.len());
+        for (id, l) in ids.iter().zip(many) {
+            assert_eq!(l, idx.labels(*id).unwrap(), "id {id}");
+        }
     }
 
     #[test]

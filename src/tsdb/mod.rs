@@ -745,11 +745,11 @@ impl Inner {
         }
         let cands = self.index.candidates(matchers)?;
         let snaps = self.snapshot(cands, start, end, with_chunks)?;
+        let ids: Vec<u64> = snaps.iter().map(|s| s.id).collect();
+        let labels = self.index.labels_many(&ids)?;
         let mut out = Vec::with_capacity(snaps.len());
-        for s in snaps {
-            let Some(labels) = self.index.labels(s.id)? else {
-                continue;
-            };
+        for (s, labels) in snaps.into_iter().zip(labels) {
+            let Some(labels) = labels else { continue };
             if Matcher::all_match(matchers, &labels) {
                 out.push((labels, s));
             }
