@@ -320,8 +320,10 @@ impl Tsdb {
         self.inner.maintain(true)
     }
 
-    /// Stops the background thread and flushes everything. Appends fail afterwards.
-    /// Idempotent.
+    /// Stops the background thread and flushes everything. Appends fail afterwards;
+    /// queries still work. Idempotent. sled's directory lock is released only when the
+    /// last clone of this `Tsdb` is dropped, so drop all clones before reopening the
+    /// same directory.
     pub fn close(&self) -> Result<(), StorageError> {
         self.inner.closed.store(true, Relaxed);
         self.inner.stop_background();
