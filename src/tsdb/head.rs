@@ -194,6 +194,12 @@ impl Head {
     pub fn insert(&mut self, id: u64, hash: u64) {
         let Ok(i) = usize::try_from(id) else { return };
         if self.series.len() <= i {
+            // Grow by ~1/8 rather than doubling: MemSeries is the bulk of head memory.
+            let need = i + 1 - self.series.len();
+            if self.series.capacity() < i + 1 {
+                self.series
+                    .reserve_exact(need.max(self.series.len() / 8).max(1024));
+            }
             self.series.resize_with(i + 1, || None);
         }
         if self.series[i].is_none() {
@@ -207,6 +213,19 @@ impl Head {
             Some(&other) if other != id => self.collisions.entry(hash).or_default().push(id),
             Some(_) => {}
         }
+    }
+
+    /// Estimated heap and inline bytes of the head.
+    pub fn bytes(&self) -> u64 {
+        let slots = self.series.capacity() * std::mem::size_of::<Option<MemSeries>>();
+        let chunks: usize = self
+            .series
+            .iter()
+            .flatten()
+            .map(|s| s.chunk.capacity())
+            .sum();
+        let map = self.by_hash.capacity() * (std::mem::size_of::<(u64, u64)>() + 1);
+        (slots + chunks + map) as u64
     }
 
     /// Ids whose labels hash to `hash` (usually one).

@@ -1,13 +1,16 @@
-//! The series index in sled trees:
+//! The series index. Labels are persisted in the sled tree `series`: id (BE u64) →
+//! encoded labels (with a version byte, see `codec`); ids are stable across restarts.
+//! Postings (label name → value → sorted ids) live in memory only, as Prometheus's head
+//! postings do, and are rebuilt from `series` on open: this keeps one sled write per
+//! new series and keeps the index small on disk.
 //!
-//! - `series`: id (BE u64) → encoded labels (with a version byte, see `codec`);
-//! - `postings`: `name 0x00 value 0x00 id(BE u64)` → empty;
-//! - `label_values`: `name 0x00 value` → empty (label names and values listings).
-//!
-//! Keys are big-endian so prefix scans come out sorted. Matchers resolve to sorted id
-//! lists: `=` through postings, the others by scanning that label's values. Matchers
-//! that match the empty string do not narrow the candidates; the caller checks every
-//! candidate's labels with all matchers (`{a=""}` matches series without `a`).
+//! Matchers resolve to sorted id lists: `=` through postings, the others by scanning
+//! that label's values. Matchers that match the empty string do not narrow the
+//! candidates; the caller checks every candidate's labels with all matchers
+//! (`{a=""}` matches series without `a`).
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
 
 use sled::Tree;
 
@@ -19,52 +22,51 @@ pub(crate) fn sled_err(what: &str, e: sled::Error) -> StorageError {
     StorageError(format!("tsdb: {what}: {e}"))
 }
 
-#[derive(Clone)]
+type Postings = BTreeMap<String, BTreeMap<String, Vec<u64>>>;
+
 pub struct Index {
     pub series: Tree,
-    pub postings: Tree,
-    pub values: Tree,
+    postings: RwLock<Postings>,
 }
 
-fn value_key(name: &str, value: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + value.len() + 1);
-    k.extend_from_slice(name.as_bytes());
-    k.push(0);
-    k.extend_from_slice(value.as_bytes());
-    k
+fn poisoned<T>(_: T) -> StorageError {
+    StorageError("tsdb: index lock poisoned".into())
 }
 
 impl Index {
-    pub fn open(db: &sled::Db) -> Result<Index, StorageError> {
-        let t = |n: &str| db.open_tree(n).map_err(|e| sled_err("open tree", e));
-        Ok(Index {
-            series: t("series")?,
-            postings: t("postings")?,
-            values: t("label_values")?,
-        })
+    /// Opens the index and rebuilds the postings. Returns every `(id, labels hash)`.
+    pub fn open(db: &sled::Db) -> Result<(Index, Vec<(u64, u64)>), StorageError> {
+        let series = db
+            .open_tree("series")
+            .map_err(|e| sled_err("open tree", e))?;
+        let mut postings = Postings::new();
+        let mut ids = Vec::new();
+        for r in series.iter() {
+            let (k, v) = r.map_err(|e| sled_err("scan series", e))?;
+            let id = bytes8(&k, 0)
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StorageError("tsdb: bad series key".into()))?;
+            let labels =
+                decode_labels(&v).map_err(|e| StorageError(format!("tsdb: series {id}: {e}")))?;
+            add_postings(&mut postings, id, &labels);
+            ids.push((id, labels.stable_hash()));
+        }
+        Ok((
+            Index {
+                series,
+                postings: RwLock::new(postings),
+            },
+            ids,
+        ))
     }
 
-    /// Writes a new series into every index tree.
+    /// Persists a new series and adds it to the postings. Ids must be added in
+    /// increasing order (postings lists stay sorted).
     pub fn add_series(&self, id: u64, labels: &Labels) -> Result<(), StorageError> {
-        let mut postings = sled::Batch::default();
-        let mut values = sled::Batch::default();
-        for l in labels {
-            let mut k = value_key(&l.name, &l.value);
-            values.insert(k.clone(), &[]);
-            k.push(0);
-            k.extend_from_slice(&id.to_be_bytes());
-            postings.insert(k, &[]);
-        }
-        self.postings
-            .apply_batch(postings)
-            .map_err(|e| sled_err("write postings", e))?;
-        self.values
-            .apply_batch(values)
-            .map_err(|e| sled_err("write label values", e))?;
-        // The series record last: on open, a series exists once its labels do.
         self.series
             .insert(id.to_be_bytes(), encode_labels(labels))
             .map_err(|e| sled_err("write series", e))?;
+        add_postings(&mut *self.postings.write().map_err(poisoned)?, id, labels);
         Ok(())
     }
 
@@ -81,79 +83,88 @@ impl Index {
         }
     }
 
-    /// Every `(id, labels)` in id order.
-    pub fn all_series(&self) -> impl Iterator<Item = Result<(u64, Labels), StorageError>> + '_ {
-        self.series.iter().map(|r| {
+    /// Labels of many series (`ids` sorted ascending), in the same order. Dense id sets
+    /// are read with one ordered scan, which is far cheaper in sled than point reads.
+    pub fn labels_many(&self, ids: &[u64]) -> Result<Vec<Option<Labels>>, StorageError> {
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+            return Ok(Vec::new());
+        };
+        let span = last.saturating_sub(first).saturating_add(1);
+        if ids.len() < 64 || span / (ids.len() as u64) > 16 || ids.windows(2).any(|w| w[0] >= w[1])
+        {
+            return ids.iter().map(|&id| self.labels(id)).collect();
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        let mut want = ids.iter().copied().peekable();
+        for r in self.series.range(first.to_be_bytes()..=last.to_be_bytes()) {
             let (k, v) = r.map_err(|e| sled_err("scan series", e))?;
-            let id = bytes8(&k, 0)
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StorageError("tsdb: bad series key".into()))?;
-            let l =
-                decode_labels(&v).map_err(|e| StorageError(format!("tsdb: series {id}: {e}")))?;
-            Ok((id, l))
-        })
+            let Some(id) = bytes8(&k, 0).map(u64::from_be_bytes) else {
+                continue;
+            };
+            while want.next_if(|&w| w < id).is_some() {
+                out.push(None);
+            }
+            if want.next_if_eq(&id).is_some() {
+                let l = decode_labels(&v)
+                    .map_err(|e| StorageError(format!("tsdb: series {id}: {e}")))?;
+                out.push(Some(l));
+            }
+            if want.peek().is_none() {
+                break;
+            }
+        }
+        out.extend(want.map(|_| None));
+        Ok(out)
     }
 
     /// Sorted ids of series with `name="value"`.
     pub fn postings(&self, name: &str, value: &str) -> Result<Vec<u64>, StorageError> {
-        let mut prefix = value_key(name, value);
-        prefix.push(0);
-        let mut out = Vec::new();
-        for r in self.postings.scan_prefix(&prefix) {
-            let (k, _) = r.map_err(|e| sled_err("scan postings", e))?;
-            // Values may contain 0x00: only keys of exactly this value count.
-            if k.len() == prefix.len() + 8 {
-                if let Some(b) = bytes8(&k, prefix.len()) {
-                    out.push(u64::from_be_bytes(b));
-                }
-            }
-        }
-        Ok(out)
+        let p = self.postings.read().map_err(poisoned)?;
+        Ok(p.get(name)
+            .and_then(|vs| vs.get(value))
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Sorted distinct values of label `name`.
     pub fn label_values(&self, name: &str) -> Result<Vec<String>, StorageError> {
-        let prefix = value_key(name, "");
-        let mut out = Vec::new();
-        for r in self.values.scan_prefix(&prefix) {
-            let (k, _) = r.map_err(|e| sled_err("scan label values", e))?;
-            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-        }
-        Ok(out)
+        let p = self.postings.read().map_err(poisoned)?;
+        Ok(p.get(name)
+            .map(|vs| vs.keys().cloned().collect())
+            .unwrap_or_default())
     }
 
-    /// Sorted distinct label names (skip-scan over `label_values`).
+    /// Sorted distinct label names.
     pub fn label_names(&self) -> Result<Vec<String>, StorageError> {
-        let mut out = Vec::new();
-        let mut from: Vec<u8> = Vec::new();
-        loop {
-            let next = self.values.range(from.clone()..).next();
-            let Some(r) = next else { break };
-            let (k, _) = r.map_err(|e| sled_err("scan label names", e))?;
-            let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
-            let name = &k[..end];
-            out.push(String::from_utf8_lossy(name).into_owned());
-            from = name.to_vec();
-            from.push(1);
-        }
-        Ok(out)
+        Ok(self
+            .postings
+            .read()
+            .map_err(poisoned)?
+            .keys()
+            .cloned()
+            .collect())
     }
 
     /// Sorted candidate ids for `matchers`, or `None` when no matcher narrows them (all
     /// series are candidates). The caller still checks labels against all matchers.
     pub fn candidates(&self, matchers: &[Matcher]) -> Result<Option<Vec<u64>>, StorageError> {
+        let p = self.postings.read().map_err(poisoned)?;
         let mut result: Option<Vec<u64>> = None;
         // Equality matchers first: they are the cheapest and most selective.
         let mut order: Vec<&Matcher> = matchers.iter().filter(|m| !m.matches_empty()).collect();
         order.sort_by_key(|m| m.op != MatchOp::Equal);
         for m in order {
+            let values = p.get(&m.name);
             let ids = match m.op {
-                MatchOp::Equal => self.postings(&m.name, &m.value)?,
+                MatchOp::Equal => values
+                    .and_then(|vs| vs.get(&m.value))
+                    .cloned()
+                    .unwrap_or_default(),
                 _ => {
                     let mut ids = Vec::new();
-                    for v in self.label_values(&m.name)? {
-                        if m.matches(&v) {
-                            ids.extend(self.postings(&m.name, &v)?);
+                    for (v, list) in values.into_iter().flatten() {
+                        if m.matches(v) {
+                            ids.extend_from_slice(list);
                         }
                     }
                     ids.sort_unstable();
@@ -171,6 +182,24 @@ impl Index {
             result = Some(next);
         }
         Ok(result)
+    }
+}
+
+fn add_postings(p: &mut Postings, id: u64, labels: &Labels) {
+    for l in labels {
+        let values = match p.get_mut(l.name.as_str()) {
+            Some(v) => v,
+            None => p.entry(l.name.clone()).or_default(),
+        };
+        let list = match values.get_mut(l.value.as_str()) {
+            Some(list) => list,
+            None => values.entry(l.value.clone()).or_default(),
+        };
+        if list.last().is_none_or(|&last| last < id) {
+            list.push(id);
+        } else if let Err(pos) = list.binary_search(&id) {
+            list.insert(pos, id);
+        }
     }
 }
 
@@ -199,7 +228,7 @@ mod tests {
     fn index() -> (tempfile::TempDir, Index) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let idx = Index::open(&db).unwrap();
+        let (idx, _) = Index::open(&db).unwrap();
         let series = [
             &[("__name__", "up"), ("job", "a"), ("instance", "1")][..],
             &[("__name__", "up"), ("job", "b"), ("instance", "2")],
@@ -276,6 +305,23 @@ mod tests {
     }
 
     #[test]
+    fn labels_many_matches_point_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (idx, _) = Index::open(&db).unwrap();
+        for id in (1..400u64).filter(|i| i % 5 != 0) {
+            idx.add_series(id, &Labels::from_pairs(&[("i", id.to_string())]))
+                .unwrap();
+        }
+        let ids: Vec<u64> = (0..420).filter(|i| i % 3 != 0).collect();
+        let many = idx.labels_many(&ids).unwrap();
+        assert_eq!(many.len(), ids.len());
+        for (id, l) in ids.iter().zip(many) {
+            assert_eq!(l, idx.labels(*id).unwrap(), "id {id}");
+        }
+    }
+
+    #[test]
     fn names_and_values_are_sorted_and_distinct() {
         let (_d, idx) = index();
         assert_eq!(
@@ -284,5 +330,20 @@ mod tests {
         );
         assert_eq!(idx.label_values("job").unwrap(), vec!["a", "a\0x", "b"]);
         assert_eq!(idx.postings("job", "a").unwrap(), vec![1, 4]);
+    }
+
+    #[test]
+    fn postings_are_rebuilt_on_open() {
+        let (dir, idx) = index();
+        drop(idx);
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (idx, ids) = Index::open(&db).unwrap();
+        assert_eq!(ids.len(), 4);
+        assert_eq!(
+            ids[0].1,
+            Labels::from_pairs(&[("__name__", "up"), ("job", "a"), ("instance", "1")])
+                .stable_hash()
+        );
+        assert_eq!(idx.postings("__name__", "up").unwrap(), vec![1, 2, 3]);
     }
 }

@@ -3,12 +3,12 @@
 //! Parts:
 //! - [`chunkenc`]: Prometheus-compatible XOR chunks;
 //! - [`head`]: one open chunk per series in memory, ordering rules, chunk cutting;
-//! - [`index`]: series, postings and label-value trees, matcher resolution;
+//! - [`index`]: the series tree and in-memory postings, matcher resolution;
 //! - [`wal`]: the write-ahead log's record format;
 //! - [`retention`]: the `chunks` tree layout and block retention;
 //! - [`codec`]: varints, sortable keys, the persisted label format.
 //!
-//! sled trees: `series`, `postings`, `label_values` (index), `chunks` (sealed chunks),
+//! sled trees: `series` (index), `chunks` (sealed chunks),
 //! `sealed` (per series: min time, last sealed sample), `wal`.
 //!
 //! # Durability
@@ -81,7 +81,7 @@ impl Default for TsdbOptions {
             block_range: Duration::from_secs(2 * 3600),
             maintenance_interval: Duration::from_secs(60),
             wal_segment_interval: Duration::from_secs(10 * 60),
-            cache_capacity: 64 << 20,
+            cache_capacity: 16 << 20,
         }
     }
 }
@@ -108,6 +108,9 @@ pub struct TsdbStats {
     pub retention_blocks_dropped_total: u64,
     /// sled's `size_on_disk()` of the data dir.
     pub disk_size_bytes: u64,
+    /// Estimated bytes held by the head (series structs, open chunks, hash lookup),
+    /// without the in-memory postings and sled's cache.
+    pub head_bytes: u64,
 }
 
 #[derive(Default)]
@@ -187,7 +190,7 @@ impl Tsdb {
             .mode(sled::Mode::LowSpace)
             .open()
             .map_err(|e| sled_err(&format!("open {}", dir.display()), e))?;
-        let index = Index::open(&db)?;
+        let (index, known) = Index::open(&db)?;
         let tree = |n: &str| db.open_tree(n).map_err(|e| sled_err("open tree", e));
         let (chunks, sealed, wal_tree) = (tree("chunks")?, tree("sealed")?, tree("wal")?);
         let block_range = i64::try_from(opts.block_range.as_millis())
@@ -196,9 +199,8 @@ impl Tsdb {
 
         let mut head = Head::new();
         let mut max_id = 0;
-        for r in index.all_series() {
-            let (id, labels) = r?;
-            head.insert(id, labels.stable_hash());
+        for (id, hash) in known {
+            head.insert(id, hash);
             max_id = max_id.max(id);
         }
         for r in sealed.iter() {
@@ -266,7 +268,7 @@ impl Tsdb {
     /// Counters, head size and disk size.
     pub fn stats(&self) -> TsdbStats {
         let c = &self.inner.counters;
-        let (head_series, head_chunks) = match self.inner.head.read() {
+        let (head_series, head_chunks, head_bytes) = match self.inner.head.read() {
             Ok(h) => (
                 h.num_series as u64,
                 h.series
@@ -274,8 +276,9 @@ impl Tsdb {
                     .flatten()
                     .filter(|s| s.open_samples() > 0)
                     .count() as u64,
+                h.bytes(),
             ),
-            Err(_) => (0, 0),
+            Err(_) => (0, 0, 0),
         };
         TsdbStats {
             samples_appended_total: c.appended.load(Relaxed),
@@ -295,6 +298,7 @@ impl Tsdb {
             chunk_bytes_written_total: c.chunk_bytes.load(Relaxed),
             retention_blocks_dropped_total: c.blocks_dropped.load(Relaxed),
             disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0),
+            head_bytes,
         }
     }
 
@@ -316,16 +320,19 @@ impl Tsdb {
         self.inner.maintain(true)
     }
 
-    /// Stops the background thread and flushes everything. Appends fail afterwards.
-    /// Idempotent.
+    /// Stops the background thread and flushes everything. Appends fail afterwards;
+    /// queries still work. Idempotent. sled's directory lock is released only when the
+    /// last clone of this `Tsdb` is dropped, so drop all clones before reopening the
+    /// same directory.
     pub fn close(&self) -> Result<(), StorageError> {
         self.inner.closed.store(true, Relaxed);
         self.inner.stop_background();
         let handle = self.inner.thread.lock().map_err(lock_err)?.take();
-        if let Some(h) = handle {
-            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
-                tracing::error!("tsdb flush thread panicked");
-            }
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
+            && h.join().is_err()
+        {
+            tracing::error!("tsdb flush thread panicked");
         }
         self.inner.flush_wal()
     }
@@ -499,12 +506,11 @@ impl Inner {
             let min_valid = head.min_valid_time(r);
             let mut sealed = Vec::new();
             for (id, s) in head.series.iter_mut().enumerate() {
-                if let Some(ms) = s {
-                    if ms.open_samples() > 0
-                        && block_of(ms.chunk_min_t, r).saturating_add(r) <= min_valid
-                    {
-                        sealed.push(ms.seal(id as u64));
-                    }
+                if let Some(ms) = s
+                    && ms.open_samples() > 0
+                    && block_of(ms.chunk_min_t, r).saturating_add(r) <= min_valid
+                {
+                    sealed.push(ms.seal(id as u64));
                 }
             }
             self.write_sealed(&sealed)?;
@@ -741,11 +747,11 @@ impl Inner {
         }
         let cands = self.index.candidates(matchers)?;
         let snaps = self.snapshot(cands, start, end, with_chunks)?;
+        let ids: Vec<u64> = snaps.iter().map(|s| s.id).collect();
+        let labels = self.index.labels_many(&ids)?;
         let mut out = Vec::with_capacity(snaps.len());
-        for s in snaps {
-            let Some(labels) = self.index.labels(s.id)? else {
-                continue;
-            };
+        for (s, labels) in snaps.into_iter().zip(labels) {
+            let Some(labels) = labels else { continue };
             if Matcher::all_match(matchers, &labels) {
                 out.push((labels, s));
             }

@@ -334,9 +334,9 @@ mod tests {
     use crate::model::stale_nan;
     use proptest::prelude::*;
 
-    fn round_trip(
-        batches: &[(Option<i64>, Vec<(u64, i64, f64)>)],
-    ) -> (Vec<(u64, i64, u64)>, usize) {
+    type Batch = (Option<i64>, Vec<(u64, i64, f64)>);
+
+    fn round_trip(batches: &[Batch]) -> (Vec<(u64, i64, u64)>, usize) {
         let mut enc: U64Map<WalCursor> = U64Map::default();
         let mut buf = Vec::new();
         for (shared, samples) in batches {
