@@ -237,7 +237,11 @@ impl Node {
         let _ = self.manager.send(StopAll).await;
         drop(self.discovery);
         let tsdb = self.tsdb.clone();
-        let _ = tokio::task::spawn_blocking(move || tsdb.close()).await;
+        match tokio::task::spawn_blocking(move || tsdb.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "closing the TSDB failed"),
+            Err(e) => tracing::error!(error = %e, "closing the TSDB failed"),
+        }
         tracing::info!("shoal stopped");
     }
 }
