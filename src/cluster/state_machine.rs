@@ -1,0 +1,277 @@
+//! The cluster state machine on sled ([`StateMachine`], openraft's `RaftStateMachine`).
+//!
+//! State: last applied log id, last membership, the set of members marked down and the
+//! index at which the [`MembershipView`] last changed. The whole state is small, so it
+//! is kept in memory, written as one value to the `cluster.sm` tree after every applied
+//! batch (flushed), and a snapshot is simply that value encoded. Every change of the
+//! view is published on a `tokio::sync::watch` channel.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::codec;
+use super::types::{
+    ClusterCommand, ClusterResponse, Entry, LogId, MembershipView, NodeId, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig, io_err,
+};
+
+pub(crate) const SM_TREE: &str = "cluster.sm";
+const KEY_STATE: &[u8] = b"state";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// The replicated state (also the snapshot payload).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SmData {
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+    pub down: BTreeSet<NodeId>,
+    pub view_index: u64,
+}
+
+impl SmData {
+    pub(crate) fn view(&self) -> MembershipView {
+        MembershipView {
+            index: self.view_index,
+            up: self
+                .last_membership
+                .nodes()
+                .filter(|(id, _)| !self.down.contains(id))
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect(),
+        }
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        self.last_membership.nodes().any(|(n, _)| *n == id)
+    }
+
+    /// Applies one entry; returns whether the view changed.
+    fn apply_entry(&mut self, entry: &Entry) -> bool {
+        let before = self.view().up;
+        self.last_applied = Some(entry.log_id);
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Normal(ClusterCommand::MarkDown { node }) => {
+                if self.is_member(*node) {
+                    self.down.insert(*node);
+                }
+            }
+            EntryPayload::Normal(ClusterCommand::MarkUp { node }) => {
+                self.down.remove(node);
+            }
+            EntryPayload::Normal(ClusterCommand::Noop) => {}
+            EntryPayload::Membership(m) => {
+                self.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                let members: BTreeSet<NodeId> = m.nodes().map(|(id, _)| *id).collect();
+                self.down.retain(|id| members.contains(id));
+            }
+        }
+        let changed = self.view().up != before;
+        if changed {
+            self.view_index = entry.log_id.index;
+        }
+        changed
+    }
+}
+
+/// Stored snapshot: its metadata and the encoded [`SmData`].
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// sled-backed cluster state machine. Clones share the same state.
+#[derive(Clone)]
+pub struct StateMachine {
+    tree: sled::Tree,
+    data: Arc<Mutex<SmData>>,
+    view_tx: Arc<watch::Sender<MembershipView>>,
+}
+
+impl StateMachine {
+    /// Opens the state machine tree in `db` and loads the persisted state.
+    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        let tree = db
+            .open_tree(SM_TREE)
+            .map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
+        let data: SmData = match tree
+            .get(KEY_STATE)
+            .map_err(|e| io_err(StorageIOError::read_state_machine, e))?
+        {
+            Some(bytes) => {
+                codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_state_machine, e))?
+            }
+            None => SmData::default(),
+        };
+        let (view_tx, _) = watch::channel(data.view());
+        Ok(Self {
+            tree,
+            data: Arc::new(Mutex::new(data)),
+            view_tx: Arc::new(view_tx),
+        })
+    }
+
+    /// A receiver of the membership view (current value immediately available).
+    pub fn subscribe(&self) -> watch::Receiver<MembershipView> {
+        self.view_tx.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SmData> {
+        // A poisoned lock only means another thread panicked mid-update of plain data;
+        // the value is still a valid SmData.
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the current state.
+    pub(crate) fn state(&self) -> SmData {
+        self.lock().clone()
+    }
+
+    async fn persist(&self, data: &SmData) -> Result<(), StorageError> {
+        let bytes =
+            codec::encode(data).map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
+        self.tree
+            .insert(KEY_STATE, bytes)
+            .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
+        self.tree
+            .flush_async()
+            .await
+            .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
+        Ok(())
+    }
+
+    fn publish(&self, data: &SmData) {
+        let view = data.view();
+        self.view_tx.send_if_modified(|cur| {
+            if *cur == view {
+                false
+            } else {
+                *cur = view;
+                true
+            }
+        });
+    }
+
+    fn store_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
+        let bytes = codec::encode(snap)
+            .map_err(|e| io_err(|a| StorageIOError::write_snapshot(None, a), e))?;
+        self.tree
+            .insert(KEY_SNAPSHOT, bytes)
+            .map_err(|e| io_err(|a| StorageIOError::write_snapshot(None, a), e))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let data = self.state();
+        let bytes = codec::encode(&data)
+            .map_err(|e| io_err(|a| StorageIOError::read_snapshot(None, a), e))?;
+        let snapshot_id = match data.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, now_nanos()),
+            None => format!("none-{}", now_nanos()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: data.last_applied,
+            last_membership: data.last_membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes.clone(),
+        };
+        self.store_snapshot(&stored)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let data = self.lock();
+        Ok((data.last_applied, data.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ClusterResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let (responses, snapshot) = {
+            let mut data = self.lock();
+            let responses: Vec<ClusterResponse> = entries
+                .into_iter()
+                .map(|entry| ClusterResponse {
+                    changed: data.apply_entry(&entry),
+                })
+                .collect();
+            (responses, data.clone())
+        };
+        self.persist(&snapshot).await?;
+        self.publish(&snapshot);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let mut data: SmData = codec::decode(&bytes)
+            .map_err(|e| io_err(|a| StorageIOError::read_snapshot(None, a), e))?;
+        // The metadata is authoritative for what the snapshot covers.
+        data.last_applied = meta.last_log_id;
+        data.last_membership = meta.last_membership.clone();
+        self.store_snapshot(&StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        })?;
+        self.persist(&data).await?;
+        *self.lock() = data.clone();
+        self.publish(&data);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(bytes) = self
+            .tree
+            .get(KEY_SNAPSHOT)
+            .map_err(|e| io_err(|a| StorageIOError::read_snapshot(None, a), e))?
+        else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = codec::decode(&bytes)
+            .map_err(|e| io_err(|a| StorageIOError::read_snapshot(None, a), e))?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
