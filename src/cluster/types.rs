@@ -76,7 +76,6 @@ pub(crate) type Snapshot = openraft::Snapshot<TypeConfig>;
 pub(crate) type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
 pub(crate) type RpcError<E = openraft::error::Infallible> =
     openraft::error::RPCError<NodeId, NodeInfo, RaftError<E>>;
-pub(crate) type ClientWriteError = openraft::error::ClientWriteError<NodeId, NodeInfo>;
 pub(crate) type AppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
 pub(crate) type AppendResponse = openraft::raft::AppendEntriesResponse<NodeId>;
 pub(crate) type VoteRequest = openraft::raft::VoteRequest<NodeId>;
