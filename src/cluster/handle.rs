@@ -727,13 +727,13 @@ impl ClusterHandle {
             .learner_ids()
             .filter(|id| !sm.down.contains(id) && self.answers_now(*id))
             .collect();
-        let max = if self.inner.max_voters % 2 == 0 {
+        let max = if self.inner.max_voters.is_multiple_of(2) {
             self.inner.max_voters - 1
         } else {
             self.inner.max_voters
         };
         let mut target = (voters + candidates.len()).min(max);
-        if target % 2 == 0 {
+        if target.is_multiple_of(2) {
             target -= 1;
         }
         if target <= voters {

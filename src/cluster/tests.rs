@@ -230,3 +230,124 @@ async fn three_nodes_form_one_cluster_and_survive_leader_loss() {
         stop_node(n).await;
     }
 }
+
+/// Starts a node on `addr` (reusing `dir`, i.e. a restart) and returns it.
+async fn restart_node(addr: &str, dir: tempfile::TempDir, seeds: &[String]) -> TestNode {
+    let listener = wait_for("rebind", Duration::from_secs(10), || async {
+        TcpListener::bind(addr).ok()
+    })
+    .await;
+    let handle = ClusterHandle::start(options(dir.path(), addr, seeds))
+        .await
+        .expect("cluster restart");
+    let h = handle.clone();
+    let server = HttpServer::new(move || {
+        let h = h.clone();
+        App::new().configure(move |cfg| configure(cfg, h.clone()))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    let server_handle = server.handle();
+    actix_web::rt::spawn(server);
+    TestNode {
+        handle,
+        server: server_handle,
+        addr: addr.to_owned(),
+        _dir: dir,
+    }
+}
+
+#[actix_web::test]
+async fn late_join_leave_and_restart() {
+    let (ls, seeds) = listeners(3);
+    let mut nodes = Vec::new();
+    for l in ls {
+        nodes.push(start_node(l, &seeds).await);
+    }
+    let (leader, _) = converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    wait_for("three voters", Duration::from_secs(15), || async {
+        let st = nodes[0].handle.status().await;
+        (st.members
+            .iter()
+            .filter(|m| m.role == MemberRole::Voter)
+            .count()
+            == 3)
+            .then_some(())
+    })
+    .await;
+
+    // A fourth node seeded with a single follower joins through it (forwarded to the
+    // leader) and stays a learner: four voters would tolerate no more failures than three.
+    let follower = nodes
+        .iter()
+        .find(|n| n.handle.node_id() != leader)
+        .expect("a follower");
+    let (mut l4, _) = listeners(1);
+    let late = start_node(l4.remove(0), std::slice::from_ref(&follower.addr)).await;
+    let four: Vec<&TestNode> = nodes.iter().chain([&late]).collect();
+    let (_, view) = converged(&four, 4).await;
+    assert_eq!(view.up.get(&late.handle.node_id()), Some(&late.addr));
+    let st = wait_for(
+        "three voters and a learner",
+        Duration::from_secs(10),
+        || async {
+            let st = late.handle.status().await;
+            let voters = st
+                .members
+                .iter()
+                .filter(|m| m.role == MemberRole::Voter)
+                .count();
+            (st.members.len() == 4 && voters == 3).then_some(st)
+        },
+    )
+    .await;
+    let me = st
+        .members
+        .iter()
+        .find(|m| m.id == late.handle.node_id())
+        .expect("late node listed");
+    assert_eq!(me.role, MemberRole::Learner);
+
+    // Graceful leave of the late node: gone from every view.
+    late.handle.leave().await.expect("leave");
+    let (_, view) = converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    assert!(!view.up.contains_key(&late.handle.node_id()));
+    stop_node(&late).await;
+
+    // Restart a follower from its data dir: same id, no manual step, down then up again.
+    let idx = nodes
+        .iter()
+        .position(|n| n.handle.node_id() != leader)
+        .expect("a follower");
+    let victim = nodes.remove(idx);
+    let victim_id = victim.handle.node_id();
+    stop_node(&victim).await;
+    let (_, view) = converged(&nodes.iter().collect::<Vec<_>>(), 2).await;
+    assert!(!view.up.contains_key(&victim_id));
+    let TestNode {
+        handle,
+        addr,
+        _dir: dir,
+        ..
+    } = victim;
+    drop(handle);
+    // Let the old actix workers release their clones of the handle (and the sled lock).
+    wait_for("reopen data dir", Duration::from_secs(10), || async {
+        sled::open(dir.path().join("cluster"))
+            .err()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let restarted = restart_node(&addr, dir, &seeds).await;
+    assert_eq!(restarted.handle.node_id(), victim_id);
+    nodes.push(restarted);
+    let (_, view) = converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    assert!(view.up.contains_key(&victim_id));
+    for n in &nodes {
+        stop_node(n).await;
+    }
+}
