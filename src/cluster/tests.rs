@@ -317,10 +317,38 @@ async fn late_join_leave_and_restart() {
     assert!(!view.up.contains_key(&late.handle.node_id()));
     stop_node(&late).await;
 
+    // The leader leaves: the others elect a new leader, which promotes a fresh learner so
+    // that there are three voters again.
+    let (mut l5, _) = listeners(1);
+    let spare = start_node(l5.remove(0), &seeds).await;
+    let four: Vec<&TestNode> = nodes.iter().chain([&spare]).collect();
+    converged(&four, 4).await;
+    let leader_idx = nodes
+        .iter()
+        .position(|n| n.handle.node_id() == leader)
+        .expect("leader present");
+    let old_leader = nodes.remove(leader_idx);
+    old_leader.handle.leave().await.expect("leader leaves");
+    stop_node(&old_leader).await;
+    nodes.push(spare);
+    let (new_leader, view) = converged(&nodes.iter().collect::<Vec<_>>(), 3).await;
+    assert_ne!(new_leader, leader);
+    assert!(!view.up.contains_key(&leader));
+    wait_for("spare promoted", Duration::from_secs(10), || async {
+        let st = nodes[0].handle.status().await;
+        let voters = st
+            .members
+            .iter()
+            .filter(|m| m.role == MemberRole::Voter)
+            .count();
+        (st.members.len() == 3 && voters == 3).then_some(())
+    })
+    .await;
+
     // Restart a follower from its data dir: same id, no manual step, down then up again.
     let idx = nodes
         .iter()
-        .position(|n| n.handle.node_id() != leader)
+        .position(|n| n.handle.node_id() != new_leader)
         .expect("a follower");
     let victim = nodes.remove(idx);
     let victim_id = victim.handle.node_id();
