@@ -130,6 +130,8 @@ pub struct MemberStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatus {
     pub node_id: NodeId,
+    /// See [`ClusterHandle::cluster_id`].
+    pub cluster_id: Option<NodeId>,
     pub addr: String,
     pub leader_id: Option<NodeId>,
     /// `"leader" | "follower" | "candidate" | "learner" | "shutdown"`.
@@ -253,6 +255,7 @@ impl ClusterHandle {
             client,
             secret: opts.secret.clone(),
             contacts: PeerContacts::default(),
+            sm: sm.clone(),
         });
         let raft = Raft::new(
             id,
@@ -329,6 +332,12 @@ impl ClusterHandle {
         Some((leader, addr))
     }
 
+    /// Id of the cluster this node belongs to (the id of the node that founded it),
+    /// once known.
+    pub fn cluster_id(&self) -> Option<NodeId> {
+        self.inner.sm.cluster_id()
+    }
+
     pub(crate) fn raft(&self) -> &Raft {
         &self.inner.raft
     }
@@ -376,6 +385,7 @@ impl ClusterHandle {
             .collect();
         ClusterStatus {
             node_id: self.inner.id,
+            cluster_id: sm.cluster_id,
             addr: self.inner.advertise.clone(),
             leader_id: m.current_leader,
             raft_state: state_name(m.state),

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::codec;
+use super::state_machine::StateMachine;
 use super::types::{
     AppendRequest, AppendResponse, NodeId, NodeInfo, RaftError, RpcError, SnapshotRequest,
     SnapshotResponse, TypeConfig, VoteRequest, VoteResponse,
@@ -33,6 +34,8 @@ pub(crate) const PATH_SNAPSHOT: &str = "/internal/raft/snapshot";
 #[derive(Serialize, Deserialize)]
 pub(crate) struct RaftRpc<T> {
     pub target: NodeId,
+    /// The sender's cluster id, when it knows it.
+    pub cluster: Option<NodeId>,
     pub req: T,
 }
 
@@ -88,9 +91,15 @@ pub(crate) struct NetShared {
     pub client: reqwest::Client,
     pub secret: Option<String>,
     pub contacts: PeerContacts,
+    /// The local state machine (for the cluster id sent with every RPC).
+    pub sm: StateMachine,
 }
 
 impl NetShared {
+    pub fn cluster_id(&self) -> Option<NodeId> {
+        self.sm.cluster_id()
+    }
+
     /// POSTs (or GETs, when `body` is `None`) `path` on `addr`; returns the body of a 200
     /// answer. Bounded by `timeout`.
     pub async fn call(
@@ -189,6 +198,7 @@ impl PeerClient {
     {
         let body = codec::encode(&RaftRpc {
             target: self.target,
+            cluster: self.shared.cluster_id(),
             req,
         })
         .map_err(|e| RpcError::Network(NetworkError::new(&e)))?;

@@ -35,6 +35,8 @@ pub enum RpcError {
     BadRequest(String),
     #[error("request is for node {expected}, this is node {actual}")]
     WrongTarget { expected: NodeId, actual: NodeId },
+    #[error("request comes from cluster {theirs}, this node is in cluster {ours}")]
+    WrongCluster { theirs: NodeId, ours: NodeId },
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -47,7 +49,7 @@ impl RpcError {
         match self {
             RpcError::Unauthorized => 401,
             RpcError::BadRequest(_) => 400,
-            RpcError::WrongTarget { .. } => 409,
+            RpcError::WrongTarget { .. } | RpcError::WrongCluster { .. } => 409,
             RpcError::Unavailable(_) => 503,
             RpcError::Internal(_) => 500,
         }
@@ -121,6 +123,17 @@ fn decode_rpc<T: DeserializeOwned>(
             expected: rpc.target,
             actual: handle.node_id(),
         });
+    }
+    if let (Some(theirs), Some(ours)) = (rpc.cluster, handle.cluster_id())
+        && theirs != ours
+    {
+        tracing::warn!(
+            route,
+            their_cluster = theirs,
+            our_cluster = ours,
+            "rejected raft rpc from a peer of a different cluster"
+        );
+        return Err(RpcError::WrongCluster { theirs, ours });
     }
     Ok(rpc.req)
 }

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::RaftStateMachine;
@@ -35,6 +36,9 @@ pub(crate) struct SmData {
     pub last_membership: StoredMembership,
     pub down: BTreeSet<NodeId>,
     pub view_index: u64,
+    /// Id of the cluster: the id of the node that initialized it (from the membership
+    /// entry at log index 0). `None` until that entry or a snapshot is applied.
+    pub cluster_id: Option<NodeId>,
 }
 
 impl SmData {
@@ -71,6 +75,9 @@ impl SmData {
             EntryPayload::Normal(ClusterCommand::Noop) => {}
             EntryPayload::Membership(m) => {
                 self.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                if entry.log_id.index == 0 && self.cluster_id.is_none() {
+                    self.cluster_id = m.voter_ids().min();
+                }
                 let members: BTreeSet<NodeId> = m.nodes().map(|(id, _)| *id).collect();
                 self.down.retain(|id| members.contains(id));
             }
@@ -96,6 +103,8 @@ pub struct StateMachine {
     tree: sled::Tree,
     data: Arc<Mutex<SmData>>,
     view_tx: Arc<watch::Sender<MembershipView>>,
+    /// `SmData::cluster_id` for lock-free reads by the network layer (0 = unknown).
+    cluster_id: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -114,7 +123,9 @@ impl StateMachine {
             None => SmData::default(),
         };
         let (view_tx, _) = watch::channel(data.view());
+        let cluster_id = Arc::new(AtomicU64::new(data.cluster_id.unwrap_or(0)));
         Ok(Self {
+            cluster_id,
             tree,
             data: Arc::new(Mutex::new(data)),
             view_tx: Arc::new(view_tx),
@@ -124,6 +135,11 @@ impl StateMachine {
     /// A receiver of the membership view (current value immediately available).
     pub fn subscribe(&self) -> watch::Receiver<MembershipView> {
         self.view_tx.subscribe()
+    }
+
+    /// The cluster id once known (see `SmData::cluster_id`).
+    pub fn cluster_id(&self) -> Option<NodeId> {
+        Some(self.cluster_id.load(Ordering::Relaxed)).filter(|id| *id != 0)
     }
 
     fn lock(&self) -> MutexGuard<'_, SmData> {
@@ -151,6 +167,8 @@ impl StateMachine {
     }
 
     fn publish(&self, data: &SmData) {
+        self.cluster_id
+            .store(data.cluster_id.unwrap_or(0), Ordering::Relaxed);
         let view = data.view();
         self.view_tx.send_if_modified(|cur| {
             if *cur == view {

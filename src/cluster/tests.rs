@@ -184,6 +184,7 @@ async fn three_nodes_form_one_cluster_and_survive_leader_loss() {
     // A well-formed RPC for another node id is refused with 409.
     let wrong_target = codec::encode(&network::RaftRpc {
         target: nodes[0].handle.node_id().wrapping_add(1),
+        cluster: None,
         req: openraft::raft::VoteRequest::<NodeId>::new(openraft::Vote::new(999, 1), None),
     })
     .expect("encode");
@@ -191,6 +192,23 @@ async fn three_nodes_form_one_cluster_and_survive_leader_loss() {
         .post(&url)
         .header("authorization", format!("Bearer {SECRET}"))
         .body(wrong_target)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 409);
+    // ... and so is one from a peer of another cluster.
+    let cluster = nodes[0].handle.cluster_id().expect("cluster id known");
+    assert!(nodes.iter().all(|n| n.handle.cluster_id() == Some(cluster)));
+    let other_cluster = codec::encode(&network::RaftRpc {
+        target: nodes[0].handle.node_id(),
+        cluster: Some(cluster.wrapping_add(1)),
+        req: openraft::raft::VoteRequest::<NodeId>::new(openraft::Vote::new(999, 1), None),
+    })
+    .expect("encode");
+    let r = client
+        .post(&url)
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body(other_cluster)
         .send()
         .await
         .expect("post");
