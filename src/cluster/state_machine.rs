@@ -296,3 +296,138 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::cluster::types::NodeInfo;
+
+    fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload,
+        }
+    }
+
+    fn membership(voters: &[NodeId], learners: &[NodeId]) -> EntryPayload<TypeConfig> {
+        let nodes: BTreeMap<NodeId, NodeInfo> = voters
+            .iter()
+            .chain(learners)
+            .map(|id| {
+                (
+                    *id,
+                    NodeInfo {
+                        addr: format!("n{id}:9090"),
+                    },
+                )
+            })
+            .collect();
+        EntryPayload::Membership(Membership::new(
+            vec![voters.iter().copied().collect()],
+            nodes,
+        ))
+    }
+
+    #[test]
+    fn view_follows_membership_and_liveness() {
+        let mut sm = SmData::default();
+        assert!(sm.apply_entry(&entry(0, membership(&[7], &[]))));
+        assert_eq!(sm.cluster_id, Some(7));
+        assert_eq!(sm.view().index, 0);
+        assert!(!sm.apply_entry(&entry(1, EntryPayload::Blank)));
+        assert!(sm.apply_entry(&entry(2, membership(&[7], &[3, 9]))));
+        let v = sm.view();
+        assert_eq!(v.index, 2);
+        assert_eq!(v.up.keys().copied().collect::<Vec<_>>(), vec![3, 7, 9]);
+        assert_eq!(v.up[&3], "n3:9090");
+
+        // Down for a non-member is ignored; for a member it changes the view.
+        assert!(!sm.apply_entry(&entry(
+            3,
+            EntryPayload::Normal(ClusterCommand::MarkDown { node: 4 })
+        )));
+        assert!(sm.apply_entry(&entry(
+            4,
+            EntryPayload::Normal(ClusterCommand::MarkDown { node: 9 })
+        )));
+        assert_eq!(sm.view().index, 4);
+        assert!(!sm.view().up.contains_key(&9));
+        // Repeating it changes nothing, not even the index.
+        assert!(!sm.apply_entry(&entry(
+            5,
+            EntryPayload::Normal(ClusterCommand::MarkDown { node: 9 })
+        )));
+        assert_eq!(sm.view().index, 4);
+        assert!(sm.apply_entry(&entry(
+            6,
+            EntryPayload::Normal(ClusterCommand::MarkUp { node: 9 })
+        )));
+        assert_eq!(sm.view().index, 6);
+
+        // Removing a down member forgets that it was down (the up set is unchanged).
+        assert!(sm.apply_entry(&entry(
+            7,
+            EntryPayload::Normal(ClusterCommand::MarkDown { node: 3 })
+        )));
+        assert!(!sm.apply_entry(&entry(8, membership(&[7], &[9]))));
+        assert_eq!(sm.view().index, 7);
+        assert!(sm.down.is_empty());
+        assert_eq!(sm.last_applied.map(|l| l.index), Some(8));
+        // The cluster id is fixed by index 0 only.
+        sm.apply_entry(&entry(9, membership(&[1], &[7])));
+        assert_eq!(sm.cluster_id, Some(7));
+    }
+
+    #[tokio::test]
+    async fn state_and_view_survive_reopen_and_snapshot_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db).unwrap();
+        let mut rx = sm.subscribe();
+        sm.apply([
+            entry(0, membership(&[7], &[3])),
+            entry(
+                1,
+                EntryPayload::Normal(ClusterCommand::MarkDown { node: 3 }),
+            ),
+        ])
+        .await
+        .unwrap();
+        assert!(rx.has_changed().unwrap());
+        let v = rx.borrow_and_update().clone();
+        assert_eq!((v.index, v.up.len()), (1, 1));
+        let snap = sm.build_snapshot().await.unwrap();
+        drop(sm);
+        drop(db);
+
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db).unwrap();
+        assert_eq!(sm.subscribe().borrow().clone(), v);
+        assert_eq!(sm.cluster_id(), Some(7));
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("snapshot kept");
+        assert_eq!(current.meta, snap.meta);
+
+        // A fresh state machine installing the snapshot ends up with the same view.
+        let dir2 = tempfile::tempdir().unwrap();
+        let db2 = sled::open(dir2.path()).unwrap();
+        let mut other = StateMachine::open(&db2).unwrap();
+        other
+            .install_snapshot(&current.meta, current.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other.subscribe().borrow().clone(), v);
+        assert_eq!(other.cluster_id(), Some(7));
+        assert_eq!(
+            other.applied_state().await.unwrap().0.map(|l| l.index),
+            Some(1)
+        );
+    }
+}
