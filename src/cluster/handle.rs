@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,6 +138,9 @@ pub struct ClusterStatus {
     /// `"leader" | "follower" | "candidate" | "learner" | "shutdown"`.
     pub raft_state: &'static str,
     pub term: u64,
+    /// Leader changes this node has seen since it started.
+    pub leader_changes: u64,
+    pub last_log_index: Option<u64>,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub view_index: u64,
@@ -157,6 +161,8 @@ struct Inner {
     /// Serialises membership changes made by this node as leader.
     change_lock: tokio::sync::Mutex<()>,
     shutdown_tx: watch::Sender<bool>,
+    /// Times this node saw the leader change (to a known leader).
+    leader_changes: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -285,17 +291,19 @@ impl ClusterHandle {
                 bootstrap_grace: opts.bootstrap_grace,
                 change_lock: tokio::sync::Mutex::new(()),
                 shutdown_tx,
+                leader_changes: AtomicU64::new(0),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
         let bootstrap = tokio::spawn(handle.clone().bootstrap_loop());
         let duties = tokio::spawn(handle.clone().leader_loop());
+        let watcher = tokio::spawn(handle.clone().count_leader_changes());
         handle
             .inner
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([bootstrap, duties]);
+            .extend([bootstrap, duties, watcher]);
         Ok(handle)
     }
 
@@ -390,6 +398,8 @@ impl ClusterHandle {
             leader_id: m.current_leader,
             raft_state: state_name(m.state),
             term: m.current_term,
+            leader_changes: self.inner.leader_changes.load(Ordering::Relaxed),
+            last_log_index: m.last_log_index,
             commit_index,
             applied_index: m.last_applied.map(|l| l.index),
             view_index: sm.view_index,
@@ -641,6 +651,22 @@ impl ClusterHandle {
                 }
             }
             if self.wait_or_shutdown(retry).await {
+                return;
+            }
+        }
+    }
+
+    /// Counts changes of the known leader (for the `leader changes` metric).
+    async fn count_leader_changes(self) {
+        let mut rx = self.inner.raft.server_metrics();
+        let mut last = None;
+        loop {
+            let leader = rx.borrow_and_update().current_leader;
+            if leader.is_some() && leader != last {
+                self.inner.leader_changes.fetch_add(1, Ordering::Relaxed);
+                last = leader;
+            }
+            if rx.changed().await.is_err() {
                 return;
             }
         }

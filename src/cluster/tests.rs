@@ -233,6 +233,8 @@ async fn three_nodes_form_one_cluster_and_survive_leader_loss() {
     assert_ne!(new_leader, leader);
     assert!(!view.up.contains_key(&leader));
     let st = rest[0].handle.status().await;
+    assert!(st.leader_changes >= 2, "{st:?}");
+    assert!(st.commit_index >= Some(view.index));
     let dead_member = st
         .members
         .iter()
