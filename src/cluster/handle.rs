@@ -439,11 +439,23 @@ impl ClusterHandle {
         &self,
         node_id: NodeId,
         addr: String,
+        forwarded: bool,
     ) -> Result<(), ClusterError> {
+        if addr.is_empty() {
+            return Err(ClusterError::Refused("join without an address".into()));
+        }
         if !self.is_leader() {
-            return self
-                .forward(PATH_JOIN, &JoinRequest { node_id, addr })
-                .await;
+            if forwarded {
+                return Err(ClusterError::Refused(
+                    "not the leader (already forwarded)".into(),
+                ));
+            }
+            let req = JoinRequest {
+                node_id,
+                addr,
+                forwarded: true,
+            };
+            return self.forward(PATH_JOIN, &req).await;
         }
         let _guard = self.inner.change_lock.lock().await;
         let membership = self.inner.raft.metrics().borrow().membership_config.clone();
@@ -476,14 +488,29 @@ impl ClusterHandle {
         Ok(())
     }
 
-    /// Removes `node` from the membership (voter or learner). Forwarded to the leader
-    /// when this node is not it. The leader refuses to remove itself; call `leave` on it
-    /// after leadership moved, or remove the other nodes first.
+    /// Removes `node` from the membership (voter or learner; for a node that is gone for
+    /// good). Forwarded to the leader when this node is not it. A removed node must not
+    /// come back with its old data: wipe it, it rejoins under a new id.
     pub async fn remove(&self, node: NodeId) -> Result<(), ClusterError> {
+        self.remove_member(node, false).await
+    }
+
+    pub(crate) async fn remove_member(
+        &self,
+        node: NodeId,
+        forwarded: bool,
+    ) -> Result<(), ClusterError> {
         if !self.is_leader() {
-            return self
-                .forward(PATH_REMOVE, &RemoveRequest { node_id: node })
-                .await;
+            if forwarded {
+                return Err(ClusterError::Refused(
+                    "not the leader (already forwarded)".into(),
+                ));
+            }
+            let req = RemoveRequest {
+                node_id: node,
+                forwarded: true,
+            };
+            return self.forward(PATH_REMOVE, &req).await;
         }
         let _guard = self.inner.change_lock.lock().await;
         let membership = self.inner.raft.metrics().borrow().membership_config.clone();
@@ -509,7 +536,9 @@ impl ClusterHandle {
         Ok(())
     }
 
-    /// Leaves the cluster gracefully: asks the leader to remove this node.
+    /// Leaves the cluster gracefully: asks the leader to remove this node (a leader
+    /// removes itself; the remaining voters elect a new leader, which promotes a learner
+    /// if one is available).
     pub async fn leave(&self) -> Result<(), ClusterError> {
         self.remove(self.inner.id).await
     }
@@ -611,6 +640,7 @@ impl ClusterHandle {
                 let body = JoinRequest {
                     node_id: self.inner.id,
                     addr: self.inner.advertise.clone(),
+                    forwarded: false,
                 };
                 match codec::encode(&body) {
                     Ok(bytes) => match self

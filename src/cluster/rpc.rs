@@ -70,12 +70,16 @@ pub(crate) struct ClusterInfo {
 pub(crate) struct JoinRequest {
     pub node_id: NodeId,
     pub addr: String,
+    /// Set by a non-leader that passes the request on; never forwarded twice.
+    pub forwarded: bool,
 }
 
 /// `POST /internal/cluster/remove` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RemoveRequest {
     pub node_id: NodeId,
+    /// Set by a non-leader that passes the request on; never forwarded twice.
+    pub forwarded: bool,
 }
 
 /// Checks an `Authorization` header value against the configured secret
@@ -169,7 +173,7 @@ pub async fn handle_info(handle: &ClusterHandle) -> Result<Vec<u8>, RpcError> {
 pub async fn handle_join(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
     let req: JoinRequest = decode_body(PATH_JOIN, body)?;
     handle
-        .join_member(req.node_id, req.addr)
+        .join_member(req.node_id, req.addr, req.forwarded)
         .await
         .map_err(|e| RpcError::Unavailable(e.to_string()))?;
     encode(&())
@@ -179,7 +183,7 @@ pub async fn handle_join(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8>,
 pub async fn handle_remove(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
     let req: RemoveRequest = decode_body(PATH_REMOVE, body)?;
     handle
-        .remove(req.node_id)
+        .remove_member(req.node_id, req.forwarded)
         .await
         .map_err(|e| RpcError::Unavailable(e.to_string()))?;
     encode(&())
