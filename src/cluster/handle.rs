@@ -322,6 +322,21 @@ impl ClusterHandle {
         self.inner.sm.subscribe()
     }
 
+    /// Waits until this node appears as up in the committed membership view (it formed
+    /// or joined a cluster), or `timeout` passes.
+    pub async fn wait_member(&self, timeout: Duration) -> Result<MembershipView, ClusterError> {
+        let mut rx = self.membership_view();
+        let id = self.inner.id;
+        let wait = rx.wait_for(|v| v.up.contains_key(&id));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(view)) => Ok(view.clone()),
+            Ok(Err(_)) => Err(ClusterError::Raft("state machine closed".into())),
+            Err(_) => Err(ClusterError::Refused(format!(
+                "not a cluster member after {timeout:?}"
+            ))),
+        }
+    }
+
     /// Whether this node is currently the Raft leader.
     pub fn is_leader(&self) -> bool {
         self.inner.raft.metrics().borrow().state == ServerState::Leader

@@ -430,3 +430,22 @@ async fn five_nodes_have_five_voters_and_agree() {
         stop_node(n).await;
     }
 }
+
+#[actix_web::test]
+async fn lone_node_without_seeds_forms_its_own_cluster() {
+    let (mut ls, _) = listeners(1);
+    let node = start_node(ls.remove(0), &[]).await;
+    let view = node
+        .handle
+        .wait_member(Duration::from_secs(10))
+        .await
+        .expect("member");
+    assert_eq!(view.up.len(), 1);
+    assert_eq!(view.up.get(&node.handle.node_id()), Some(&node.addr));
+    let (leader, _) = converged(&[&node], 1).await;
+    assert_eq!(leader, node.handle.node_id());
+    assert_eq!(node.handle.cluster_id(), Some(node.handle.node_id()));
+    // The only voter may not remove itself.
+    assert!(node.handle.leave().await.is_err());
+    stop_node(&node).await;
+}
