@@ -49,7 +49,8 @@ pub struct ClusterResponse {
 /// computes the same view at the same index, so it is the input of sharding.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MembershipView {
-    /// Log index of the entry that last changed `up` (0 before the first one).
+    /// Log index of the entry that last changed `up`. The founding membership entry is
+    /// at index 0, so a view with index 0 and an empty `up` means "not in a cluster yet".
     pub index: u64,
     /// Up members: node id → advertised address.
     pub up: BTreeMap<NodeId, String>,
