@@ -25,7 +25,7 @@ use super::network::{NetShared, NetworkFactory, PeerContacts};
 use super::rpc::{
     ADMIN_TIMEOUT, ClusterInfo, JoinRequest, PATH_INFO, PATH_JOIN, PATH_REMOVE, RemoveRequest,
 };
-use super::state_machine::StateMachine;
+use super::state_machine::{SM_TREE, StateMachine};
 use super::types::{ClusterCommand, MembershipView, NodeId, NodeInfo, Raft};
 
 const KEY_NODE_ID: &[u8] = b"node_id";
@@ -574,6 +574,30 @@ impl ClusterHandle {
         }
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Deletes all cluster state in `data` (log, vote, state machine, node id), so the
+    /// next start joins as a brand-new node under a new id. Only for a node that has left
+    /// or been removed; call after [`ClusterHandle::shutdown`] and after dropping every
+    /// clone of the handle (and the HTTP server holding one).
+    pub fn wipe_state(data: &ClusterData) -> Result<(), ClusterError> {
+        match data {
+            ClusterData::Db(db) => {
+                for tree in [LOG_TREE, META_TREE, SM_TREE] {
+                    db.drop_tree(tree).map_err(storage_err)?;
+                }
+                db.flush().map_err(storage_err)?;
+                Ok(())
+            }
+            ClusterData::Dir(dir) => match std::fs::remove_dir_all(dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(ClusterError::Storage(format!(
+                    "cannot remove {}: {e}",
+                    dir.display()
+                ))),
+            },
         }
     }
 

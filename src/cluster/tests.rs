@@ -449,3 +449,24 @@ async fn lone_node_without_seeds_forms_its_own_cluster() {
     assert!(node.handle.leave().await.is_err());
     stop_node(&node).await;
 }
+
+#[tokio::test]
+async fn wipe_state_gives_a_new_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sled::open(dir.path()).expect("db");
+    let data = ClusterData::Db(db.clone());
+    let mut o = ClusterOptions::new(data.clone(), "127.0.0.1:1");
+    o.bootstrap_grace = Duration::from_millis(10);
+    let first = ClusterHandle::start(o.clone()).await.expect("start");
+    let id = first.node_id();
+    first.shutdown().await;
+    drop(first);
+    let again = ClusterHandle::start(o.clone()).await.expect("restart");
+    assert_eq!(again.node_id(), id, "node id is persisted");
+    again.shutdown().await;
+    drop(again);
+    ClusterHandle::wipe_state(&data).expect("wipe");
+    let fresh = ClusterHandle::start(o).await.expect("fresh start");
+    assert_ne!(fresh.node_id(), id);
+    fresh.shutdown().await;
+}
