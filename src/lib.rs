@@ -11,6 +11,7 @@
 //!   WAL, index, retention).
 //! - [`promql`]: the PromQL engine (over `storage::Queryable`) and the test-script runner.
 //! - [`scrape`]: the actix actors that scrape targets.
+//! - [`cluster`]: Raft membership (openraft): who is in the cluster and who is up.
 //! - [`web`]: the HTTP API (the only module that names actix-web).
 //! - [`telemetry`]: logging set-up and shoal's own metrics.
 //! - [`app`]: the composition root that wires the parts of a node together.
@@ -19,6 +20,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod discovery;

@@ -1,0 +1,93 @@
+//! Raft type configuration and the cluster's replicated data types: the node metadata
+//! stored in every membership entry ([`NodeInfo`]), the commands of the state machine
+//! ([`ClusterCommand`]) and their reply ([`ClusterResponse`]), plus aliases that tame
+//! openraft's generic error types inside this module.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's Raft id: random, generated once and persisted in the node's data dir.
+pub type NodeId = u64;
+
+/// Per-node metadata replicated in every membership entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `host:port` on which the node serves HTTP (API and the internal routes).
+    pub addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// A command committed through the Raft log and applied by the state machine.
+///
+/// New variants must be appended at the end (bincode encodes the variant index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterCommand {
+    /// The leader has not heard from `node` for `down_after`.
+    MarkDown { node: NodeId },
+    /// `node` answers again.
+    MarkUp { node: NodeId },
+    /// Does nothing; lets a caller wait for the log to be applied up to "now".
+    Noop,
+}
+
+/// Reply to an applied [`ClusterCommand`] (and to blank / membership entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterResponse {
+    /// Whether the command changed the membership view.
+    pub changed: bool,
+}
+
+/// The set of up members and the log index that set was committed at. Every node
+/// computes the same view at the same index, so it is the input of sharding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Log index of the entry that last changed `up`. The founding membership entry is
+    /// at index 0, so a view with index 0 and an empty `up` means "not in a cluster yet".
+    pub index: u64,
+    /// Up members: node id → advertised address.
+    pub up: BTreeMap<NodeId, String>,
+}
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of a shoal cluster.
+    pub TypeConfig:
+        D = ClusterCommand,
+        R = ClusterResponse,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+pub(crate) type StorageError = openraft::StorageError<NodeId>;
+pub(crate) type LogId = openraft::LogId<NodeId>;
+pub(crate) type Vote = openraft::Vote<NodeId>;
+pub(crate) type Entry = openraft::Entry<TypeConfig>;
+pub(crate) type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+pub(crate) type Snapshot = openraft::Snapshot<TypeConfig>;
+pub(crate) type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
+pub(crate) type RpcError<E = openraft::error::Infallible> =
+    openraft::error::RPCError<NodeId, NodeInfo, RaftError<E>>;
+pub(crate) type AppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub(crate) type AppendResponse = openraft::raft::AppendEntriesResponse<NodeId>;
+pub(crate) type VoteRequest = openraft::raft::VoteRequest<NodeId>;
+pub(crate) type VoteResponse = openraft::raft::VoteResponse<NodeId>;
+pub(crate) type SnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
+pub(crate) type SnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
+
+/// Maps any error into openraft's storage-IO error for the given subject.
+pub(crate) fn io_err(
+    make: fn(openraft::AnyError) -> openraft::StorageIOError<NodeId>,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    make(openraft::AnyError::new(&e)).into()
+}
