@@ -1,6 +1,12 @@
-//! The composition root: opens the TSDB, starts discovery, the scrape manager and the
-//! HTTP server, wires reloads and signals, and shuts everything down in order
-//! (HTTP → scrapes → TSDB flush). Also the small CLI commands (`check`, `promql-test`).
+//! The composition root: opens the TSDB, starts discovery, the scrape manager, the
+//! cluster member and the HTTP server, wires reloads and signals, and shuts everything
+//! down in order (HTTP → cluster → scrapes → TSDB flush). Also the small CLI commands
+//! (`check`, `promql-test`, `cluster status|leave|remove`).
+//!
+//! Signals: SIGINT stops the node and keeps its cluster identity (a restart rejoins
+//! with the same id and log, like a crash). SIGTERM is a graceful leave: the node
+//! leaves the membership, stops, and wipes its cluster state (not its samples), so a
+//! restart joins as a new member. `POST /api/v1/cluster/leave` does the same as SIGTERM.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +19,7 @@ use actix::prelude::*;
 use anyhow::Context as _;
 
 use crate::cli::{CheckCommand, Cli, Command, RunArgs};
+use crate::cluster::{ClusterData, ClusterHandle, ClusterOptions};
 use crate::config::{self, Config};
 use crate::discovery::DiscoveryManager;
 use crate::promql::EngineOptions;
@@ -35,6 +42,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check {
             what: CheckCommand::Config { files },
         } => Ok(check_config(&files)),
+        Command::Cluster { what } => crate::cluster::admin::run(what),
         Command::PromqlTest { files } => {
             let mut out = std::io::stdout();
             let summary = crate::promql::test_script::run_files(&files, &mut out);
@@ -66,31 +74,84 @@ fn check_config(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-/// Runs a node in a new actix system until SIGINT or SIGTERM.
+/// Runs a node in a new actix system until SIGINT, SIGTERM or a leave request.
 pub fn run_until_signal(args: RunArgs) -> anyhow::Result<()> {
     actix::System::new().block_on(async move {
         let node = Node::start(args).await?;
-        wait_for_shutdown_signal().await;
-        node.stop().await;
+        let left = node.left.clone();
+        tokio::select! {
+            sig = wait_for_shutdown_signal() => match sig {
+                ShutdownSignal::Interrupt => node.stop().await,
+                ShutdownSignal::Terminate => node.leave_and_stop().await,
+            },
+            _ = left.notified() => {
+                tracing::info!("this node left the cluster; shutting down");
+                node.stop_after_leave().await;
+            }
+        }
         Ok(())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_shutdown_signal() {
+/// Which signal asked the node to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownSignal {
+    /// SIGINT (Ctrl-C): stop, keep the cluster identity.
+    Interrupt,
+    /// SIGTERM: leave the cluster gracefully, then stop.
+    Terminate,
+}
+
+/// Resolves on SIGINT or SIGTERM, telling which.
+pub async fn wait_for_shutdown_signal() -> ShutdownSignal {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGTERM");
             let _ = tokio::signal::ctrl_c().await;
-            return;
+            return ShutdownSignal::Interrupt;
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT, shutting down"),
-        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("received SIGINT, shutting down");
+            ShutdownSignal::Interrupt
+        }
+        _ = term.recv() => {
+            tracing::info!("received SIGTERM, leaving the cluster and shutting down");
+            ShutdownSignal::Terminate
+        }
     }
+}
+
+/// The address this node advertises to the cluster: `--cluster.advertise`, else the
+/// bound listen address, else (listen host unspecified: 0.0.0.0 or [::]) this
+/// machine's hostname with the bound port.
+pub fn advertise_address(flag: Option<&str>, bound: SocketAddr) -> anyhow::Result<String> {
+    if let Some(a) = flag {
+        let a = a.trim();
+        let port_ok = a
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+        anyhow::ensure!(
+            port_ok,
+            "--cluster.advertise must be host:port with a non-zero port, got {a:?}"
+        );
+        return Ok(a.to_owned());
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .context(
+            "the listen host is unspecified (0.0.0.0) and the hostname is unknown: set --cluster.advertise",
+        )?;
+    Ok(format!("{host}:{}", bound.port()))
 }
 
 /// A running node.
@@ -100,6 +161,11 @@ pub struct Node {
     manager: Addr<ScrapeManager>,
     discovery: Arc<DiscoveryManager>,
     tsdb: Tsdb,
+    cluster: ClusterHandle,
+    cluster_data: ClusterData,
+    cluster_metrics: tokio::task::JoinHandle<()>,
+    /// Notified when this node has left the cluster through the HTTP API.
+    pub left: Arc<tokio::sync::Notify>,
 }
 
 fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
@@ -130,7 +196,58 @@ fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
         "query.max-concurrency".into(),
         args.query_max_concurrency.to_string(),
     );
+    m.insert("cluster.seeds".into(), args.cluster.seeds.join(","));
+    m.insert(
+        "cluster.advertise".into(),
+        args.cluster.advertise.clone().unwrap_or_default(),
+    );
+    m.insert(
+        "cluster.max-voters".into(),
+        args.cluster.max_voters.to_string(),
+    );
+    m.insert(
+        "cluster.down-after".into(),
+        crate::model::duration::format(args.cluster.down_after),
+    );
     m
+}
+
+/// Cluster options from the flags; `advertise` already resolved.
+fn cluster_options(args: &RunArgs, advertise: String) -> anyhow::Result<ClusterOptions> {
+    let c = &args.cluster;
+    anyhow::ensure!(
+        !c.max_voters.is_multiple_of(2),
+        "--cluster.max-voters must be odd, got {}",
+        c.max_voters
+    );
+    anyhow::ensure!(
+        !c.down_after.is_zero(),
+        "--cluster.down-after must be positive"
+    );
+    anyhow::ensure!(
+        c.heartbeat_interval < c.election_timeout,
+        "--cluster.heartbeat-interval must be shorter than --cluster.election-timeout"
+    );
+    let mut o = ClusterOptions::new(ClusterData::Dir(args.data_dir.join("cluster")), advertise);
+    o.seeds = c
+        .seeds
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    o.secret = match &c.secret_file {
+        Some(p) => Some(crate::cli::read_secret_file(p).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    o.max_voters = c.max_voters;
+    o.down_after = c.down_after;
+    o.heartbeat_interval = c.heartbeat_interval;
+    o.election_timeout_min = c.election_timeout;
+    o.election_timeout_max = c.election_timeout * 2;
+    // Nodes started together wait this long for every seed before the first one
+    // bootstraps alone.
+    o.bootstrap_grace = (c.election_timeout * 2).max(std::time::Duration::from_secs(3));
+    Ok(o)
 }
 
 impl Node {
@@ -192,6 +309,37 @@ impl Node {
         };
         metrics.config_last_reload_successful.set(1);
 
+        let bound =
+            web::bind(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
+        let first = *bound
+            .addrs
+            .first()
+            .context("the listen address resolved to nothing")?;
+        let advertise = advertise_address(args.cluster.advertise.as_deref(), first)?;
+        let opts = cluster_options(&args, advertise)?;
+        let cluster_data = opts.data.clone();
+        let cluster = ClusterHandle::start(opts)
+            .await
+            .context("starting the cluster member")?;
+        let status_cache = telemetry::ClusterStatusCache::default();
+        metrics.register_collector(Box::new(telemetry::RaftCollector::new(
+            status_cache.clone(),
+        )));
+        let cluster_metrics = {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                loop {
+                    status_cache.set(cluster.status().await);
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            })
+        };
+        let left = Arc::new(tokio::sync::Notify::new());
+        let exit_after_leave: Arc<dyn Fn() + Send + Sync> = {
+            let left = left.clone();
+            Arc::new(move || left.notify_one())
+        };
+
         let ready = Arc::new(AtomicBool::new(false));
         let state = AppState {
             storage: queryable,
@@ -210,9 +358,14 @@ impl Node {
             metrics,
             flags: flags_map(&args),
             ready: ready.clone(),
+            cluster: Some(web::cluster::ClusterWeb {
+                handle: cluster.clone(),
+                exit_after_leave,
+            }),
         };
-        let (server, addrs) = web::serve(state, &args.listen)
-            .with_context(|| format!("listening on {}", args.listen))?;
+        let addrs = bound.addrs.clone();
+        let server =
+            web::serve(state, bound).with_context(|| format!("serving on {}", args.listen))?;
         let handle = server.handle();
         actix::spawn(async move {
             if let Err(e) = server.await {
@@ -221,19 +374,82 @@ impl Node {
         });
         spawn_sighup_reloader(reload);
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(listen = ?addrs, "shoal is ready");
+        tracing::info!(listen = ?addrs, node_id = cluster.node_id(), advertise = cluster.advertise(), "shoal is ready");
         Ok(Node {
             addrs,
             server: handle,
             manager,
             discovery,
             tsdb,
+            cluster,
+            cluster_data,
+            cluster_metrics,
+            left,
         })
     }
 
-    /// Stops serving and scraping, then flushes the TSDB.
+    /// The node's cluster member.
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.cluster
+    }
+
+    /// Graceful leave (SIGTERM): leaves the membership when there is anyone to leave,
+    /// stops, and wipes the cluster state when the leave went through. When the leave
+    /// fails (no leader reachable, last voter) the node keeps its identity, as after
+    /// SIGINT, and the others mark it down.
+    pub async fn leave_and_stop(self) {
+        let others = self
+            .cluster
+            .status()
+            .await
+            .members
+            .iter()
+            .any(|m| m.id != self.cluster.node_id());
+        let left = if others {
+            match tokio::time::timeout(std::time::Duration::from_secs(20), self.cluster.leave())
+                .await
+            {
+                Ok(Ok(())) => {
+                    tracing::info!(node_id = self.cluster.node_id(), "left the cluster");
+                    true
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot leave the cluster; keeping this node's identity");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("leaving the cluster timed out; keeping this node's identity");
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        if left {
+            self.stop_after_leave().await;
+        } else {
+            self.stop().await;
+        }
+    }
+
+    /// Stops a node that has left the cluster and wipes its cluster state, so that a
+    /// restart joins as a new member (the samples in the TSDB stay).
+    pub async fn stop_after_leave(self) {
+        let data = self.cluster_data.clone();
+        self.stop().await;
+        match ClusterHandle::wipe_state(&data) {
+            Ok(()) => tracing::info!("cluster state wiped; a restart joins as a new member"),
+            Err(e) => tracing::error!(error = %e, "cannot wipe the cluster state"),
+        }
+    }
+
+    /// Stops serving, the cluster member and scraping, then flushes the TSDB. Keeps the
+    /// cluster state: a restart rejoins with the same id.
     pub async fn stop(self) {
         self.server.stop(true).await;
+        self.cluster_metrics.abort();
+        self.cluster.shutdown().await;
+        drop(self.cluster);
         let _ = self.manager.send(StopAll).await;
         drop(self.discovery);
         let tsdb = self.tsdb.clone();

@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         what: CheckCommand,
     },
+    /// Inspect or change the cluster membership through a node's HTTP API.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
     /// Run PromQL test scripts (Prometheus's promqltest format).
     #[command(name = "promql-test")]
     PromqlTest {
@@ -103,6 +108,102 @@ pub struct RunArgs {
     /// Maximum number of queries evaluated at once.
     #[arg(long = "query.max-concurrency", default_value_t = 20)]
     pub query_max_concurrency: usize,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Cluster flags of `shoal run`. Without `--cluster.seeds` the node is a one-node
+/// cluster of its own.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Seed nodes, `host:port,...`; a host may be a DNS name resolving to several nodes.
+    #[arg(long = "cluster.seeds", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// `host:port` other nodes reach this node at. Default: the listen address; when
+    /// the listen host is unspecified (0.0.0.0, [::]), this machine's hostname.
+    #[arg(long = "cluster.advertise")]
+    pub advertise: Option<String>,
+    /// File holding the shared cluster secret (same file on every node). When set,
+    /// internal and admin cluster routes require it.
+    #[arg(long = "cluster.secret-file")]
+    pub secret_file: Option<PathBuf>,
+    /// Most voters in the Raft group (odd); further nodes join as learners.
+    #[arg(long = "cluster.max-voters", default_value_t = 5, value_parser = parse_max_voters)]
+    pub max_voters: usize,
+    /// A member silent this long is committed as down.
+    #[arg(long = "cluster.down-after", default_value = "10s", value_parser = parse_duration)]
+    pub down_after: Duration,
+    /// Raft heartbeat interval (advanced).
+    #[arg(long = "cluster.heartbeat-interval", default_value = "500ms", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Minimum Raft election timeout; the maximum is twice this (advanced).
+    #[arg(long = "cluster.election-timeout", default_value = "1500ms", value_parser = parse_duration)]
+    pub election_timeout: Duration,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        ClusterArgs {
+            seeds: Vec::new(),
+            advertise: None,
+            secret_file: None,
+            max_voters: 5,
+            down_after: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_millis(500),
+            election_timeout: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// `shoal cluster ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Print a node's view of the cluster as a table.
+    Status(ClusterTarget),
+    /// Make a node leave the cluster gracefully (it leaves, then exits).
+    Leave(ClusterTarget),
+    /// Remove a member that is gone for good (sent to any node; forwarded to the leader).
+    Remove {
+        /// Id of the member to remove (as shown by `shoal cluster status`).
+        node_id: String,
+        #[command(flatten)]
+        target: ClusterTarget,
+    },
+}
+
+/// Which node a `shoal cluster` command talks to.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterTarget {
+    /// `host:port` (or `http://host:port`) of a node's HTTP API.
+    #[arg(long = "node", default_value = "127.0.0.1:9090")]
+    pub node: String,
+    /// File holding the cluster secret, for the admin routes (leave, remove).
+    #[arg(long = "cluster.secret-file")]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Validates `--cluster.max-voters`: a positive odd number.
+pub fn parse_max_voters(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("not a positive integer: {e}"))?;
+    if n == 0 || n.is_multiple_of(2) {
+        return Err(format!(
+            "must be odd and at least 1 (an even number of voters tolerates no more failures than one less), got {n}"
+        ));
+    }
+    Ok(n)
+}
+
+/// Reads a secret file: its content without surrounding whitespace, never empty.
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(format!("secret file {} is empty", path.display()));
+    }
+    Ok(s.to_owned())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -127,4 +228,51 @@ pub struct DemoArgs {
 /// Parses a Prometheus duration for a flag.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::model::duration::parse(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_voters_must_be_odd() {
+        assert_eq!(parse_max_voters("5"), Ok(5));
+        assert_eq!(parse_max_voters("1"), Ok(1));
+        assert!(parse_max_voters("4").is_err());
+        assert!(parse_max_voters("0").is_err());
+        assert!(parse_max_voters("x").is_err());
+    }
+
+    #[test]
+    fn cluster_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "run",
+            "--cluster.seeds",
+            "a:1,b:2",
+            "--cluster.down-after",
+            "3s",
+        ])
+        .expect("parse");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(args.cluster.seeds, vec!["a:1", "b:2"]);
+        assert_eq!(args.cluster.down_after, Duration::from_secs(3));
+        assert_eq!(args.cluster.max_voters, 5);
+        assert!(
+            Cli::try_parse_from(["shoal", "run", "--cluster.max-voters", "4"]).is_err(),
+            "even max-voters accepted"
+        );
+        let cli = Cli::try_parse_from(["shoal", "cluster", "remove", "42", "--node", "h:1"])
+            .expect("parse remove");
+        let Command::Cluster {
+            what: ClusterCommand::Remove { node_id, target },
+        } = cli.command
+        else {
+            panic!("not cluster remove");
+        };
+        assert_eq!(node_id, "42");
+        assert_eq!(target.node, "h:1");
+    }
 }

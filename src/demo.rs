@@ -233,6 +233,7 @@ pub fn run(args: crate::cli::DemoArgs) -> anyhow::Result<std::process::ExitCode>
             query_max_samples: 50_000_000,
             query_lookback_delta: std::time::Duration::from_secs(300),
             query_max_concurrency: 20,
+            cluster: Default::default(),
         };
         let node = crate::app::Node::start(run_args).await?;
         let url = format!("http://{}", node.addrs.first().map(|a| a.to_string()).unwrap_or_default());

@@ -182,3 +182,138 @@ impl Metrics {
         out
     }
 }
+
+/// The latest [`crate::cluster::ClusterStatus`], refreshed by the node (about every
+/// second) and read by [`RaftCollector`] (collectors are synchronous; the status is not).
+#[derive(Clone, Default)]
+pub struct ClusterStatusCache(Arc<std::sync::Mutex<Option<crate::cluster::ClusterStatus>>>);
+
+impl ClusterStatusCache {
+    pub fn set(&self, st: crate::cluster::ClusterStatus) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(st);
+    }
+
+    pub fn get(&self) -> Option<crate::cluster::ClusterStatus> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Raft and membership metrics on `/metrics` (`shoal_cluster_*`): term, leader
+/// changes, commit and applied index, apply lag, leadership, members by state.
+#[derive(Debug)]
+pub struct RaftCollector {
+    cache: ClusterStatusCache,
+}
+
+impl std::fmt::Debug for ClusterStatusCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterStatusCache")
+    }
+}
+
+impl RaftCollector {
+    pub fn new(cache: ClusterStatusCache) -> RaftCollector {
+        RaftCollector { cache }
+    }
+}
+
+/// Labels of the members gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    state: String,
+    role: String,
+}
+
+impl prometheus_client::collector::Collector for RaftCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::cluster::{MemberRole, MemberState};
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(st) = self.cache.get() else {
+            return Ok(());
+        };
+        let commit = st.commit_index.unwrap_or(0);
+        let applied = st.applied_index.unwrap_or(0);
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let gauges: [(&str, &str, i64); 7] = [
+            ("cluster_raft_term", "Current Raft term", as_i64(st.term)),
+            (
+                "cluster_raft_commit_index",
+                "Highest Raft log index known committed",
+                as_i64(commit),
+            ),
+            (
+                "cluster_raft_applied_index",
+                "Highest Raft log index applied to the state machine",
+                as_i64(applied),
+            ),
+            (
+                "cluster_raft_apply_lag",
+                "Committed Raft entries not yet applied",
+                as_i64(commit.saturating_sub(applied)),
+            ),
+            (
+                "cluster_raft_is_leader",
+                "1 when this node is the Raft leader",
+                i64::from(st.leader_id == Some(st.node_id)),
+            ),
+            (
+                "cluster_raft_has_leader",
+                "1 when this node knows a leader",
+                i64::from(st.leader_id.is_some()),
+            ),
+            (
+                "cluster_membership_view_index",
+                "Raft log index of the committed membership view",
+                as_i64(st.view_index),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let g = ConstGauge::new(v);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let c = ConstCounter::new(st.leader_changes);
+        c.encode(enc.encode_descriptor(
+            "cluster_raft_leader_changes",
+            "Leader changes this node has seen since it started",
+            None,
+            c.metric_type(),
+        )?)?;
+        let mut family = enc.encode_descriptor(
+            "cluster_members",
+            "Cluster members by committed state and role",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for state in [MemberState::Up, MemberState::Down] {
+            for role in [MemberRole::Voter, MemberRole::Learner] {
+                let n = st
+                    .members
+                    .iter()
+                    .filter(|m| m.state == state && m.role == role)
+                    .count();
+                let labels = MemberLabels {
+                    state: if state == MemberState::Up {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                    .into(),
+                    role: if role == MemberRole::Voter {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                };
+                let g = ConstGauge::new(n as i64);
+                g.encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

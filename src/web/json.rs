@@ -20,6 +20,7 @@ pub enum ErrorType {
     Internal,
     Unavailable,
     NotFound,
+    Unauthorized,
 }
 
 impl ErrorType {
@@ -32,6 +33,7 @@ impl ErrorType {
             ErrorType::Internal => "internal",
             ErrorType::Unavailable => "unavailable",
             ErrorType::NotFound => "not_found",
+            ErrorType::Unauthorized => "unauthorized",
         }
     }
 
@@ -44,6 +46,7 @@ impl ErrorType {
             }
             ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorType::NotFound => StatusCode::NOT_FOUND,
+            ErrorType::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The HTTP API (actix-web). The only module that names actix-web types and decides
 //! JSON shapes; everything it serves comes from the storage traits, the PromQL engine,
-//! the scrape manager's [`TargetsView`] and the telemetry registry.
+//! the scrape manager's [`TargetsView`], the telemetry registry and the node's
+//! [`crate::cluster::ClusterHandle`] (whose internal routes it mounts).
 
 pub mod api;
+pub mod cluster;
 pub mod json;
 pub mod params;
 
@@ -34,6 +36,8 @@ pub struct AppState {
     /// Command-line flags for `/api/v1/status/flags`.
     pub flags: BTreeMap<String, String>,
     pub ready: Arc<AtomicBool>,
+    /// The node's cluster member (`/api/v1/cluster` and the internal cluster routes).
+    pub cluster: Option<cluster::ClusterWeb>,
 }
 
 impl AppState {
@@ -70,6 +74,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/status/buildinfo", web::get().to(api::buildinfo))
                 .route("/status/config", web::get().to(api::status_config))
                 .route("/status/flags", web::get().to(api::status_flags))
+                .configure(cluster::routes)
                 .default_service(web::to(api::not_found)),
         );
 }
@@ -105,16 +110,49 @@ async fn index() -> HttpResponse {
         )
 }
 
-/// Binds `listen` and starts serving. The returned server runs on the current actix
-/// system; stop it with its handle.
-pub fn serve(
-    state: AppState,
-    listen: &str,
-) -> std::io::Result<(Server, Vec<std::net::SocketAddr>)> {
+/// Listening sockets bound before the server starts (so that the actual addresses are
+/// known, e.g. with port 0, before the cluster member that advertises them starts).
+pub struct Bound {
+    listeners: Vec<std::net::TcpListener>,
+    pub addrs: Vec<std::net::SocketAddr>,
+}
+
+/// Binds every address `listen` resolves to.
+pub fn bind(listen: &str) -> std::io::Result<Bound> {
+    use std::net::ToSocketAddrs as _;
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    let mut last_err = None;
+    for addr in listen.to_socket_addrs()? {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                addrs.push(l.local_addr()?);
+                listeners.push(l);
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    if listeners.is_empty() {
+        return Err(last_err.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{listen} resolves to no address"),
+            )
+        }));
+    }
+    Ok(Bound { listeners, addrs })
+}
+
+/// Starts serving on `bound`. The returned server runs on the current actix system;
+/// stop it with its handle. With a cluster member in `state`, the internal cluster
+/// routes are mounted too.
+pub fn serve(state: AppState, bound: Bound) -> std::io::Result<Server> {
     let metrics = state.metrics.clone();
+    let cluster_handle = state.cluster.as_ref().map(|c| c.handle.clone());
     let data = web::Data::new(state);
-    let server = HttpServer::new(move || {
+    let mut server = HttpServer::new(move || {
         let metrics = metrics.clone();
+        let cluster_handle = cluster_handle.clone();
         App::new()
             .wrap_fn(move |req, srv| {
                 use actix_web::dev::Service as _;
@@ -136,12 +174,18 @@ pub fn serve(
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
             .wrap(actix_web::middleware::Compress::default())
-            .configure(routes)
+            .configure(move |cfg| {
+                if let Some(h) = cluster_handle {
+                    crate::cluster::configure(cfg, h);
+                }
+                routes(cfg);
+            })
     })
     .workers(2)
     .shutdown_timeout(5)
-    .disable_signals()
-    .bind(listen)?;
-    let addrs = server.addrs();
-    Ok((server.run(), addrs))
+    .disable_signals();
+    for l in bound.listeners {
+        server = server.listen(l)?;
+    }
+    Ok(server.run())
 }
