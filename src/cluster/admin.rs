@@ -174,7 +174,7 @@ mod tests {
             lines[0].contains("leader 11") && lines[0].contains("view 5"),
             "{t}"
         );
-        assert!(lines[2].starts_with("11  a:1   voter"), "{t}");
+        assert!(lines[2].starts_with("11  a:1      voter    up"), "{t}");
         assert!(lines[2].ends_with("leader,self"), "{t}");
         assert!(lines[3].contains("learner  down"), "{t}");
         assert_eq!(base_url("h:1/"), "http://h:1");
