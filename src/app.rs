@@ -316,7 +316,11 @@ impl Node {
             .first()
             .context("the listen address resolved to nothing")?;
         let advertise = advertise_address(args.cluster.advertise.as_deref(), first)?;
-        let opts = cluster_options(&args, advertise)?;
+        let mut opts = cluster_options(&args, advertise)?;
+        if first.ip().is_loopback() {
+            // Several nodes on one host (tests, demos) are told apart by source address.
+            opts.local_address = Some(first.ip());
+        }
         let cluster_data = opts.data.clone();
         let cluster = ClusterHandle::start(opts)
             .await

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs shoal's whole test suite on a fresh machine: installs what the tests need
-# (promtool from Debian's `prometheus` package, cargo-nextest), checks formatting and
+# (promtool from Debian's `prometheus` package, iptables, cargo-nextest), checks formatting and
 # lints, then runs every test. Used by README.md and .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,13 @@ if ! command -v promtool >/dev/null 2>&1; then
   # The package may start its own server on :9090; the tests start what they need.
   sudo_if_needed systemctl stop prometheus >/dev/null 2>&1 || true
   sudo_if_needed pkill -x prometheus >/dev/null 2>&1 || true
+fi
+if ! command -v iptables >/dev/null 2>&1; then
+  # The cluster partition test (tests/it/cluster.rs) cuts nodes off with iptables.
+  echo "== installing Debian package iptables (cluster partition test)"
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed apt-get install -y -qq --no-install-recommends iptables >/dev/null
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"

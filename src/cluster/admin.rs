@@ -72,7 +72,10 @@ async fn call(t: &ClusterTarget, method: reqwest::Method, path: &str) -> anyhow:
         let secret = crate::cli::read_secret_file(p).map_err(anyhow::Error::msg)?;
         req = req.header("authorization", format!("Bearer {secret}"));
     }
-    let resp = req.send().await.with_context(|| format!("request to {url} failed"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("request to {url} failed"))?;
     let status = resp.status();
     let body = resp
         .text()

@@ -63,6 +63,10 @@ pub struct ClusterOptions {
     pub bootstrap_grace: Duration,
     /// Raft cluster name (informational, in openraft's logs).
     pub cluster_name: String,
+    /// Local address outgoing cluster connections are made from (None: the OS picks).
+    /// Set for nodes listening on a loopback address other than 127.0.0.1, so that
+    /// several nodes on one host stay distinguishable by source address.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl ClusterOptions {
@@ -80,6 +84,7 @@ impl ClusterOptions {
             election_timeout_max: Duration::from_millis(3000),
             bootstrap_grace: Duration::from_secs(5),
             cluster_name: "shoal".to_owned(),
+            local_address: None,
         }
     }
 }
@@ -163,6 +168,9 @@ struct Inner {
     shutdown_tx: watch::Sender<bool>,
     /// Times this node saw the leader change (to a known leader).
     leader_changes: AtomicU64,
+    /// The leader this node last got an AppendEntries from, and when (a follower's view
+    /// of the leader's liveness; see [`ClusterHandle::last_seen`]).
+    heard_leader: Mutex<Option<(NodeId, Instant)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -254,6 +262,7 @@ impl ClusterHandle {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
+            .local_address(opts.local_address)
             .build()
             .map_err(|e| ClusterError::Config(format!("http client: {e}")))?;
         let net = Arc::new(NetShared {
@@ -292,6 +301,7 @@ impl ClusterHandle {
                 change_lock: tokio::sync::Mutex::new(()),
                 shutdown_tx,
                 leader_changes: AtomicU64::new(0),
+                heard_leader: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -363,6 +373,17 @@ impl ClusterHandle {
 
     pub(crate) fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// Notes an AppendEntries from `leader` (called by the RPC handler).
+    pub(crate) fn note_append_from(&self, leader: NodeId) {
+        if leader != self.inner.id {
+            *self
+                .inner
+                .heard_leader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((leader, Instant::now()));
+        }
     }
 
     pub(crate) fn secret(&self) -> Option<&str> {
@@ -763,10 +784,22 @@ impl ClusterHandle {
     }
 
     /// Last time `node` answered, counting leadership start as a contact (a new leader
-    /// gives everyone `down_after` before judging them).
+    /// gives everyone `down_after` before judging them) — except for the previous leader,
+    /// whose silence started with its last AppendEntries to this node, so that a dead
+    /// leader is marked down `down_after` after it died, not after the election.
     fn last_seen(&self, node: NodeId, leader_since: Instant) -> Instant {
-        match self.inner.net.contacts.get(node) {
-            Some(t) if t > leader_since => t,
+        if let Some(t) = self.inner.net.contacts.get(node)
+            && t > leader_since
+        {
+            return t;
+        }
+        let heard = *self
+            .inner
+            .heard_leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match heard {
+            Some((leader, t)) if leader == node => t.min(leader_since),
             _ => leader_since,
         }
     }

@@ -149,6 +149,9 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {
 /// Handles an AppendEntries RPC body; returns the encoded `Result` of the Raft call.
 pub async fn handle_append(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
     let req: AppendRequest = decode_rpc(handle, PATH_APPEND, body)?;
+    if let Some(leader) = req.vote.leader_id().voted_for() {
+        handle.note_append_from(leader);
+    }
     encode(&handle.raft().append_entries(req).await)
 }
 

@@ -152,6 +152,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<
 /// A `shoal run` child process, killed on drop.
 pub struct Node {
     pub child: Child,
+    /// Host the node listens on (127.0.0.1 unless started with [`Node::spawn_on`]).
+    pub host: String,
     pub port: u16,
     pub data_dir: PathBuf,
     pub config: PathBuf,
@@ -177,7 +179,26 @@ impl Node {
         port: u16,
         extra: &[&str],
     ) -> Node {
-        let log = dir.join(format!("shoal-{port}.log"));
+        let mut node = Node::spawn_on(dir, config, data_dir, "127.0.0.1", port, extra);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts `shoal run` listening on `host:port` without waiting for it to be ready
+    /// (call [`Node::wait_ready`]). The log goes to `dir/shoal-<host>-<port>.log`.
+    pub fn spawn_on(
+        dir: &Path,
+        config: &Path,
+        data_dir: &Path,
+        host: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Node {
+        let log = if host == "127.0.0.1" {
+            dir.join(format!("shoal-{port}.log"))
+        } else {
+            dir.join(format!("shoal-{host}-{port}.log"))
+        };
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -190,28 +211,34 @@ impl Node {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{host}:{port}"))
             .args(extra)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
             .expect("spawn shoal");
-        let mut node = Node {
+        Node {
             child,
+            host: host.to_owned(),
             port,
             data_dir: data_dir.to_path_buf(),
             config: config.to_path_buf(),
             log,
-        };
-        node.wait_ready();
-        node
+        }
+    }
+
+    /// `host:port` of the node's HTTP server.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("http://{}:{}{}", self.host, self.port, path)
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until `/-/ready` answers 200; panics with the log if the process exits.
+    pub fn wait_ready(&mut self) {
         let url = self.url("/-/ready");
         let log = self.log.clone();
         let child = &mut self.child;

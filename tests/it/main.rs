@@ -4,8 +4,11 @@
 //! - `scrape`: scraping end to end, bad targets, staleness.
 //! - `api`: the HTTP API shapes and errors.
 //! - `lifecycle`: config reloads, crash recovery, CLI commands.
+//! - `cluster`: membership with several processes: formation, failover, join, leave,
+//!   partitions (iptables), bad internal requests.
 
 mod api;
+mod cluster;
 mod harness;
 mod lifecycle;
 mod promtool;

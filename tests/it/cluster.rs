@@ -1,0 +1,709 @@
+//! Cluster membership end to end: real `shoal run` processes forming one Raft group
+//! over real sockets, observed only through each node's own `GET /api/v1/cluster`.
+//!
+//! Timings: heartbeat 150 ms, election timeout 0.6–1.2 s, down-after 3 s (flags), so
+//! "a new leader within 2× the election timeout" is 2.4 s and "marked down within
+//! down-after + 2 s" is 5 s, both measured from the `kill -9`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const DOWN_AFTER: Duration = Duration::from_secs(3);
+const ELECTION_MAX: Duration = Duration::from_millis(1200);
+const CONVERGE: Duration = Duration::from_secs(30);
+const SECRET: &str = "it-cluster-secret";
+
+/// A set of `shoal run` processes sharing one seed list.
+struct TestCluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    flags: Vec<String>,
+    nodes: Vec<Node>,
+}
+
+fn base_flags(seeds: &str) -> Vec<String> {
+    [
+        "--cluster.seeds",
+        seeds,
+        "--cluster.down-after",
+        "3s",
+        "--cluster.heartbeat-interval",
+        "150ms",
+        "--cluster.election-timeout",
+        "600ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl TestCluster {
+    /// Starts one node per host at the same moment (all spawned before any is
+    /// waited on), every one with every node as seed.
+    fn start(hosts: &[&str], extra: &[&str]) -> TestCluster {
+        let dir = tempdir();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
+        )
+        .unwrap();
+        let addrs: Vec<(String, u16)> =
+            hosts.iter().map(|h| (h.to_string(), free_port())).collect();
+        let seeds = addrs
+            .iter()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut flags = base_flags(&seeds);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let mut c = TestCluster {
+            dir,
+            config,
+            flags,
+            nodes: Vec::new(),
+        };
+        for (i, (h, p)) in addrs.iter().enumerate() {
+            let node = c.spawn(&format!("node{i}"), h, *p);
+            c.nodes.push(node);
+        }
+        for n in &mut c.nodes {
+            n.wait_ready();
+        }
+        c
+    }
+
+    fn spawn(&self, name: &str, host: &str, port: u16) -> Node {
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        Node::spawn_on(
+            self.dir.path(),
+            &self.config,
+            &self.dir.path().join(name),
+            host,
+            port,
+            &flags,
+        )
+    }
+
+    /// Starts an extra node (seeded with the original seed list) and waits until ready.
+    fn add(&mut self, name: &str, host: &str) -> usize {
+        let mut n = self.spawn(name, host, free_port());
+        n.wait_ready();
+        self.nodes.push(n);
+        self.nodes.len() - 1
+    }
+
+    /// Restarts node `i` on its old address and data dir (after a kill or exit).
+    fn restart(&mut self, i: usize) {
+        let (host, port, data) = {
+            let n = &self.nodes[i];
+            (n.host.clone(), n.port, n.data_dir.clone())
+        };
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        let mut n = Node::spawn_on(self.dir.path(), &self.config, &data, &host, port, &flags);
+        n.wait_ready();
+        self.nodes[i] = n;
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {} ---\n", n.addr()));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The `data` of a node's `GET /api/v1/cluster`, or why not.
+fn view(node: &Node) -> Result<Value, String> {
+    let (code, body) = http_get(&node.url("/api/v1/cluster"))?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{code}: {e}: {body}"))?;
+    if code != 200 || v["status"] != "success" {
+        return Err(format!("{} answered {code}: {body}", node.addr()));
+    }
+    Ok(v["data"].clone())
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().map(str::to_owned).unwrap_or_default()
+}
+
+/// Members as (id → (address, role, state)).
+fn members(v: &Value) -> BTreeMap<String, (String, String, String)> {
+    v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                str_of(&m["id"]),
+                (
+                    str_of(&m["address"]),
+                    str_of(&m["role"]),
+                    str_of(&m["state"]),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Whether every node in `nodes` reports the same leader (known), the same view index
+/// and the same members (ids, roles, states), with `n_members` members of which `n_up`
+/// are up and `n_voters` are voters. Returns the agreed view.
+fn agreed(
+    nodes: &[&Node],
+    n_members: usize,
+    n_up: usize,
+    n_voters: usize,
+) -> Result<Value, String> {
+    let views: Vec<Value> = nodes.iter().map(|n| view(n)).collect::<Result<_, _>>()?;
+    let first = &views[0];
+    if first["leaderId"].is_null() {
+        return Err(format!("no leader known: {first}"));
+    }
+    for (n, v) in nodes.iter().zip(&views) {
+        if v["leaderId"] != first["leaderId"]
+            || v["viewIndex"] != first["viewIndex"]
+            || members(v) != members(first)
+        {
+            return Err(format!(
+                "disagreement: {} says {v}; {} says {first}",
+                n.addr(),
+                nodes[0].addr()
+            ));
+        }
+        if !members(v).contains_key(&str_of(&v["nodeId"])) {
+            return Err(format!("{} is not a member: {v}", n.addr()));
+        }
+    }
+    let m = members(first);
+    let up = m.values().filter(|(_, _, s)| s == "up").count();
+    let voters = m.values().filter(|(_, r, _)| r == "voter").count();
+    if m.len() != n_members || up != n_up || voters != n_voters {
+        return Err(format!(
+            "want {n_members} members ({n_up} up, {n_voters} voters), have {} ({up} up, {voters} voters): {first}",
+            m.len()
+        ));
+    }
+    Ok(first.clone())
+}
+
+fn wait_agreed(
+    c: &TestCluster,
+    idx: &[usize],
+    n_members: usize,
+    n_up: usize,
+    n_voters: usize,
+) -> Value {
+    wait_agreed_with(c, idx, (n_members, n_up, n_voters), |_| Ok(()))
+}
+
+/// [`wait_agreed`] plus a condition on the agreed view.
+fn wait_agreed_with(
+    c: &TestCluster,
+    idx: &[usize],
+    (n_members, n_up, n_voters): (usize, usize, usize),
+    cond: impl Fn(&Value) -> Result<(), String>,
+) -> Value {
+    let nodes: Vec<&Node> = idx.iter().map(|&i| &c.nodes[i]).collect();
+    let deadline = Instant::now() + CONVERGE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match agreed(&nodes, n_members, n_up, n_voters).and_then(|v| cond(&v).map(|()| v)) {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "nodes {idx:?} did not agree on {n_members} members ({n_up} up, {n_voters} voters) within {CONVERGE:?}; last: {last}\n{}",
+        c.logs()
+    );
+}
+
+fn leader_index(c: &TestCluster, v: &Value) -> usize {
+    let addr = str_of(&v["leaderAddress"]);
+    c.nodes
+        .iter()
+        .position(|n| n.addr() == addr)
+        .unwrap_or_else(|| panic!("leader address {addr} is none of the nodes: {v}"))
+}
+
+fn node_id(n: &Node) -> String {
+    str_of(&view(n).expect("cluster view")["nodeId"])
+}
+
+fn write_secret(dir: &Path) -> PathBuf {
+    let p = dir.join("cluster.secret");
+    std::fs::write(&p, format!("{SECRET}\n")).unwrap();
+    p
+}
+
+fn shoal(args: &[&str]) -> std::process::Output {
+    Command::new(shoal_bin())
+        .args(args)
+        .output()
+        .expect("run shoal")
+}
+
+#[test]
+fn three_nodes_form_one_cluster_fail_over_and_rejoin() {
+    let mut c = TestCluster::start(&["127.0.0.1"; 3], &[]);
+    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    // One cluster: every node has the same founder.
+    let ids: BTreeSet<String> = c
+        .nodes
+        .iter()
+        .map(|n| str_of(&view(n).unwrap()["clusterId"]))
+        .collect();
+    assert_eq!(ids.len(), 1, "several clusters: {ids:?}");
+    let roles: BTreeSet<String> = members(&v).values().map(|m| m.1.clone()).collect();
+    assert_eq!(roles, BTreeSet::from(["voter".to_owned()]), "{v}");
+
+    // kill -9 the leader.
+    let li = leader_index(&c, &v);
+    let old_id = str_of(&v["leaderId"]);
+    let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
+    c.nodes[li].kill9();
+    let killed = Instant::now();
+    let new_leader = wait_for("a new leader", Duration::from_secs(20), || {
+        let vs: Vec<Value> = others
+            .iter()
+            .map(|&i| view(&c.nodes[i]))
+            .collect::<Result<_, _>>()?;
+        let l = &vs[0]["leaderId"];
+        if l.is_null() || *l == Value::String(old_id.clone()) || vs[1]["leaderId"] != *l {
+            return Err(format!("{vs:?}"));
+        }
+        Ok(str_of(l))
+    });
+    let to_leader = killed.elapsed();
+    assert!(
+        to_leader <= ELECTION_MAX * 2,
+        "new leader {new_leader} after {to_leader:?}, want <= {:?}",
+        ELECTION_MAX * 2
+    );
+    wait_for(
+        "the dead leader marked down",
+        Duration::from_secs(20),
+        || {
+            for &i in &others {
+                let v = view(&c.nodes[i])?;
+                match members(&v).get(&old_id) {
+                    Some((_, _, s)) if s == "down" => {}
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+            Ok(())
+        },
+    );
+    let to_down = killed.elapsed();
+    assert!(
+        to_down <= DOWN_AFTER + Duration::from_secs(2),
+        "marked down after {to_down:?}"
+    );
+    let v = wait_agreed(&c, &others, 3, 2, 3);
+    assert_eq!(members(&v)[&old_id].2, "down");
+
+    // Restart it on the same address and data dir: same id, marked up again.
+    c.restart(li);
+    assert_eq!(node_id(&c.nodes[li]), old_id, "restart changed the node id");
+    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    assert_eq!(members(&v)[&old_id].2, "up");
+    // Raft metrics are exported.
+    let (_, metrics) = http_get(&c.nodes[0].url("/metrics")).unwrap();
+    for m in [
+        "shoal_cluster_raft_term ",
+        "shoal_cluster_raft_leader_changes_total ",
+        "shoal_cluster_raft_commit_index ",
+        "shoal_cluster_raft_apply_lag ",
+        "shoal_cluster_raft_is_leader ",
+        "shoal_cluster_members{state=\"up\",role=\"voter\"} 3",
+    ] {
+        assert!(metrics.contains(m), "missing {m:?} in /metrics");
+    }
+}
+
+#[test]
+fn late_join_and_graceful_leaves_are_seen_everywhere() {
+    let dir = tempdir();
+    let secret = write_secret(dir.path());
+    let secret = secret.to_str().unwrap();
+    let mut c = TestCluster::start(
+        &["127.0.0.1"; 3],
+        &["--cluster.max-voters", "3", "--cluster.secret-file", secret],
+    );
+    wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+
+    // A 4th node joins later, as a learner (max voters 3), seen by everyone.
+    let late = c.add("late", "127.0.0.1");
+    let late_id = node_id(&c.nodes[late]);
+    let v = wait_agreed(&c, &[0, 1, 2, 3], 4, 4, 3);
+    assert_eq!(members(&v)[&late_id].1, "learner", "{v}");
+
+    // `shoal cluster leave` without the secret is refused and changes nothing.
+    let out = shoal(&["cluster", "leave", "--node", &c.nodes[late].addr()]);
+    assert!(!out.status.success(), "leave without secret succeeded");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("secret"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_agreed(&c, &[0, 1, 2, 3], 4, 4, 3);
+
+    // With the secret: it leaves, exits, and every node drops it.
+    let out = shoal(&[
+        "cluster",
+        "leave",
+        "--node",
+        &c.nodes[late].addr(),
+        "--cluster.secret-file",
+        secret,
+    ]);
+    assert!(
+        out.status.success(),
+        "cluster leave failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let late_node = &mut c.nodes[late];
+    let status = wait_for("the leaver to exit", Duration::from_secs(30), || {
+        late_node
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_owned())
+    });
+    assert!(status.success(), "leaver exited with {status}");
+    assert!(
+        !c.nodes[late].data_dir.join("cluster").exists(),
+        "cluster state kept after leaving"
+    );
+    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    assert!(!members(&v).contains_key(&late_id));
+
+    // SIGTERM the leader: it leaves, the other two agree on a new leader and on two
+    // members.
+    let li = leader_index(&c, &v);
+    let old_id = str_of(&v["leaderId"]);
+    let status = c.nodes[li].terminate();
+    assert!(status.success(), "SIGTERM exit status {status}");
+    assert!(!c.nodes[li].data_dir.join("cluster").exists());
+    let rest: Vec<usize> = (0..3).filter(|&i| i != li).collect();
+    let v = wait_agreed_with(&c, &rest, (2, 2, 2), |v| {
+        if str_of(&v["leaderId"]) == old_id {
+            return Err("still following the node that left".into());
+        }
+        Ok(())
+    });
+    assert!(!members(&v).contains_key(&old_id));
+
+    // `docker compose restart` semantics: the same data dir comes back as a new member.
+    c.restart(li);
+    let new_id = node_id(&c.nodes[li]);
+    assert_ne!(
+        new_id, old_id,
+        "a node that left must rejoin under a new id"
+    );
+    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    assert!(members(&v).contains_key(&new_id));
+
+    // `shoal cluster status` prints the table; `remove` of a running learner-free
+    // cluster member works through any node (forwarded to the leader).
+    let out = shoal(&["cluster", "status", "--node", &c.nodes[0].addr()]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 5, "{table}");
+    assert!(
+        table.contains(&new_id) && table.contains("voter"),
+        "{table}"
+    );
+}
+
+#[test]
+fn remove_takes_a_dead_node_out() {
+    let mut c = TestCluster::start(&["127.0.0.1"; 3], &[]);
+    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    // Kill a follower for good, then remove it through another follower.
+    let li = leader_index(&c, &v);
+    let victim = (0..3).find(|&i| i != li).unwrap();
+    let via = (0..3).find(|&i| i != li && i != victim).unwrap();
+    let victim_id = node_id(&c.nodes[victim]);
+    c.nodes[victim].kill9();
+    let rest: Vec<usize> = vec![li, via];
+    wait_agreed(&c, &rest, 3, 2, 3);
+    let out = shoal(&[
+        "cluster",
+        "remove",
+        &victim_id,
+        "--node",
+        &c.nodes[via].addr(),
+    ]);
+    assert!(
+        out.status.success(),
+        "cluster remove failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = wait_agreed(&c, &rest, 2, 2, 2);
+    assert!(!members(&v).contains_key(&victim_id));
+    // A bad id is a clear error.
+    let out = shoal(&["cluster", "remove", "x1", "--node", &c.nodes[via].addr()]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn bad_requests_to_internal_routes_are_rejected_and_change_nothing() {
+    let dir = tempdir();
+    let secret = write_secret(dir.path());
+    let mut c = TestCluster::start(
+        &["127.0.0.1"; 3],
+        &["--cluster.secret-file", secret.to_str().unwrap()],
+    );
+    let before = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    let target = &c.nodes[(leader_index(&c, &before) + 1) % 3];
+    let post = |path: &str, auth: Option<&str>, body: &[u8]| -> u16 {
+        let url = target.url(path);
+        let rest = url.strip_prefix("http://").unwrap();
+        let (hostport, p) = rest.split_at(rest.find('/').unwrap());
+        let mut s = std::net::TcpStream::connect(hostport).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!(
+            "POST {p} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(a) = auth {
+            req.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        req.push_str("\r\n");
+        use std::io::{Read, Write};
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    let good = format!("Bearer {SECRET}");
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    for path in [
+        "/internal/raft/append",
+        "/internal/raft/vote",
+        "/internal/raft/snapshot",
+        "/internal/cluster/join",
+        "/internal/cluster/remove",
+    ] {
+        assert_eq!(post(path, None, &garbage), 401, "{path} without secret");
+        assert_eq!(
+            post(path, Some("Bearer wrong"), &garbage),
+            401,
+            "{path} wrong secret"
+        );
+        assert_eq!(
+            post(path, Some(&good), &garbage),
+            400,
+            "{path} garbage body"
+        );
+        assert_eq!(post(path, Some(&good), b""), 400, "{path} empty body");
+        let mut versioned = vec![1u8];
+        versioned.extend(std::iter::repeat_n(0xffu8, 64));
+        assert_eq!(
+            post(path, Some(&good), &versioned),
+            400,
+            "{path} malformed bincode"
+        );
+    }
+    let victim = str_of(&before["leaderId"]);
+    assert_eq!(
+        post(&format!("/api/v1/cluster/remove/{victim}"), None, b""),
+        401
+    );
+    assert_eq!(
+        post("/api/v1/cluster/leave", Some("Bearer wrong"), b""),
+        401
+    );
+    let (code, _) = http_get(&target.url("/internal/cluster/info")).unwrap();
+    assert_eq!(code, 401, "info without secret");
+    // Nothing changed: same leader, same members, same term.
+    let after = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    assert_eq!(after["leaderId"], before["leaderId"]);
+    assert_eq!(after["term"], before["term"]);
+    assert_eq!(members(&after), members(&before));
+    let log = std::fs::read_to_string(&target.log).unwrap();
+    for n in &mut c.nodes {
+        assert!(n.child.try_wait().unwrap().is_none(), "{} died", n.addr());
+    }
+    assert!(
+        log.contains("rejected malformed cluster request"),
+        "no log line for malformed bodies"
+    );
+    assert!(
+        log.contains("without the right secret"),
+        "no log line for a wrong secret"
+    );
+}
+
+/// iptables rules that cut `cut` off from `others` (both directions), removed on drop
+/// even when the test fails.
+struct Partition {
+    rules: Vec<[String; 4]>,
+}
+
+fn iptables(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("iptables")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run iptables: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl Partition {
+    fn cut(cut: &str, others: &[&str]) -> Partition {
+        let mut p = Partition { rules: Vec::new() };
+        for o in others {
+            for (s, d) in [(cut, *o), (*o, cut)] {
+                let rule = ["-s".to_owned(), s.to_owned(), "-d".to_owned(), d.to_owned()];
+                let mut args = vec!["-I", "INPUT"];
+                args.extend(rule.iter().map(String::as_str));
+                args.extend(["-j", "DROP"]);
+                iptables(&args).unwrap_or_else(|e| panic!("cannot partition: {e}"));
+                p.rules.push(rule);
+            }
+        }
+        p
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in self.rules.drain(..) {
+            let mut args = vec!["-D", "INPUT"];
+            args.extend(rule.iter().map(String::as_str));
+            args.extend(["-j", "DROP"]);
+            if let Err(e) = iptables(&args) {
+                eprintln!("WARNING: could not remove iptables rule: {e}");
+            }
+        }
+    }
+}
+
+/// Records every (term → leader) claim the nodes make; fails on two leaders in a term.
+#[derive(Default)]
+struct LeaderLog {
+    by_term: BTreeMap<u64, BTreeSet<String>>,
+}
+
+impl LeaderLog {
+    fn observe(&mut self, nodes: &[&Node]) {
+        for n in nodes {
+            let Ok(v) = view(n) else { continue };
+            let Some(term) = v["term"].as_u64() else {
+                continue;
+            };
+            if let Some(l) = v["leaderId"].as_str() {
+                self.by_term.entry(term).or_default().insert(l.to_owned());
+            }
+            if v["raftState"] == "leader" {
+                self.by_term
+                    .entry(term)
+                    .or_default()
+                    .insert(str_of(&v["nodeId"]));
+            }
+        }
+        for (term, leaders) in &self.by_term {
+            assert!(
+                leaders.len() <= 1,
+                "split brain: leaders {leaders:?} in term {term}"
+            );
+        }
+    }
+}
+
+#[test]
+fn partition_keeps_majority_leader_and_heals() {
+    if let Err(e) = iptables(&["-L", "INPUT", "-n"]) {
+        panic!(
+            "the partition test needs a working `iptables` (root, Debian package iptables; tests/run.sh installs it): {e}"
+        );
+    }
+    let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let c = TestCluster::start(&hosts, &[]);
+    let nodes: Vec<&Node> = c.nodes.iter().collect();
+    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    let mut log = LeaderLog::default();
+    log.observe(&nodes);
+
+    // Cut the leader off: the worst case for split brain.
+    let li = leader_index(&c, &v);
+    let cut_id = str_of(&v["leaderId"]);
+    let rest: Vec<usize> = (0..3).filter(|&i| i != li).collect();
+    let cut_host = c.nodes[li].host.clone();
+    let other_hosts: Vec<&str> = rest.iter().map(|&i| c.nodes[i].host.as_str()).collect();
+    {
+        let _partition = Partition::cut(&cut_host, &other_hosts);
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            log.observe(&nodes);
+            let majority: Vec<&Node> = rest.iter().map(|&i| &c.nodes[i]).collect();
+            if let Ok(v) = agreed(&majority, 3, 2, 3)
+                && str_of(&v["leaderId"]) != cut_id
+                && members(&v)[&cut_id].2 == "down"
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "majority did not elect a leader and mark the cut node down\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The majority stays stable for a while; no two leaders in any term.
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            log.observe(&nodes);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Healed: the cut node rejoins with its id and is marked up; all agree.
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        log.observe(&nodes);
+        if let Ok(v) = agreed(&nodes, 3, 3, 3)
+            && members(&v).contains_key(&cut_id)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster did not heal\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(node_id(&c.nodes[li]), cut_id);
+    assert!(
+        log.by_term.len() >= 2,
+        "no new term observed: {:?}",
+        log.by_term
+    );
+}
