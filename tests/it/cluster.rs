@@ -258,24 +258,13 @@ fn shoal(args: &[&str]) -> std::process::Output {
         .expect("run shoal")
 }
 
-#[test]
-fn three_nodes_form_one_cluster_fail_over_and_rejoin() {
-    let mut c = TestCluster::start(&["127.0.0.1"; 3], &[]);
-    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
-    // One cluster: every node has the same founder.
-    let ids: BTreeSet<String> = c
-        .nodes
-        .iter()
-        .map(|n| str_of(&view(n).unwrap()["clusterId"]))
-        .collect();
-    assert_eq!(ids.len(), 1, "several clusters: {ids:?}");
-    let roles: BTreeSet<String> = members(&v).values().map(|m| m.1.clone()).collect();
-    assert_eq!(roles, BTreeSet::from(["voter".to_owned()]), "{v}");
-
-    // kill -9 the leader.
-    let li = leader_index(&c, &v);
+/// kill -9 the leader of agreed view `v`; asserts a new leader within 2× the
+/// election timeout and the dead node marked down within down-after + 2 s on every
+/// other node. Returns the killed node's index and id.
+fn kill_leader_and_fail_over(c: &mut TestCluster, v: &Value) -> (usize, String) {
+    let li = leader_index(c, v);
     let old_id = str_of(&v["leaderId"]);
-    let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
+    let others: Vec<usize> = (0..c.nodes.len()).filter(|&i| i != li).collect();
     c.nodes[li].kill9();
     let killed = Instant::now();
     let new_leader = wait_for("a new leader", Duration::from_secs(20), || {
@@ -284,7 +273,7 @@ fn three_nodes_form_one_cluster_fail_over_and_rejoin() {
             .map(|&i| view(&c.nodes[i]))
             .collect::<Result<_, _>>()?;
         let l = &vs[0]["leaderId"];
-        if l.is_null() || *l == Value::String(old_id.clone()) || vs[1]["leaderId"] != *l {
+        if l.is_null() || str_of(l) == old_id || vs.iter().any(|v| v["leaderId"] != *l) {
             return Err(format!("{vs:?}"));
         }
         Ok(str_of(l))
@@ -314,6 +303,25 @@ fn three_nodes_form_one_cluster_fail_over_and_rejoin() {
         to_down <= DOWN_AFTER + Duration::from_secs(2),
         "marked down after {to_down:?}"
     );
+    (li, old_id)
+}
+
+#[test]
+fn three_nodes_form_one_cluster_fail_over_and_rejoin() {
+    let mut c = TestCluster::start(&["127.0.0.1"; 3], &[]);
+    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    // One cluster: every node has the same founder.
+    let ids: BTreeSet<String> = c
+        .nodes
+        .iter()
+        .map(|n| str_of(&view(n).unwrap()["clusterId"]))
+        .collect();
+    assert_eq!(ids.len(), 1, "several clusters: {ids:?}");
+    let roles: BTreeSet<String> = members(&v).values().map(|m| m.1.clone()).collect();
+    assert_eq!(roles, BTreeSet::from(["voter".to_owned()]), "{v}");
+
+    let (li, old_id) = kill_leader_and_fail_over(&mut c, &v);
+    let others: Vec<usize> = (0..3).filter(|&i| i != li).collect();
     let v = wait_agreed(&c, &others, 3, 2, 3);
     assert_eq!(members(&v)[&old_id].2, "down");
 
@@ -334,6 +342,17 @@ fn three_nodes_form_one_cluster_fail_over_and_rejoin() {
     ] {
         assert!(metrics.contains(m), "missing {m:?} in /metrics");
     }
+}
+
+#[test]
+fn five_nodes_have_five_voters_and_fail_over() {
+    let mut c = TestCluster::start(&["127.0.0.1"; 5], &[]);
+    let all: Vec<usize> = (0..5).collect();
+    let v = wait_agreed(&c, &all, 5, 5, 5);
+    let (li, old_id) = kill_leader_and_fail_over(&mut c, &v);
+    let rest: Vec<usize> = all.iter().copied().filter(|&i| i != li).collect();
+    let v = wait_agreed(&c, &rest, 5, 4, 5);
+    assert_eq!(members(&v)[&old_id].2, "down");
 }
 
 #[test]
