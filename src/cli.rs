@@ -134,10 +134,12 @@ pub struct ClusterArgs {
     #[arg(long = "cluster.down-after", default_value = "10s", value_parser = parse_duration)]
     pub down_after: Duration,
     /// Raft heartbeat interval (advanced).
-    #[arg(long = "cluster.heartbeat-interval", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long = "cluster.heartbeat-interval", default_value = "200ms", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
-    /// Minimum Raft election timeout; the maximum is twice this (advanced).
-    #[arg(long = "cluster.election-timeout", default_value = "1500ms", value_parser = parse_duration)]
+    /// Minimum Raft election timeout; the maximum is twice this (advanced). A follower
+    /// campaigns after the leader has been silent for the maximum plus a random
+    /// timeout in [minimum, maximum] (openraft's leader lease), i.e. 1.8–2.4 s by default.
+    #[arg(long = "cluster.election-timeout", default_value = "600ms", value_parser = parse_duration)]
     pub election_timeout: Duration,
 }
 
@@ -149,8 +151,8 @@ impl Default for ClusterArgs {
             secret_file: None,
             max_voters: 5,
             down_after: Duration::from_secs(10),
-            heartbeat_interval: Duration::from_millis(500),
-            election_timeout: Duration::from_millis(1500),
+            heartbeat_interval: Duration::from_millis(200),
+            election_timeout: Duration::from_millis(600),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! Cluster membership end to end: real `shoal run` processes forming one Raft group
 //! over real sockets, observed only through each node's own `GET /api/v1/cluster`.
 //!
-//! Timings: heartbeat 150 ms, election timeout 0.6–1.2 s, down-after 3 s (flags), so
-//! "a new leader within 2× the election timeout" is 2.4 s and "marked down within
-//! down-after + 2 s" is 5 s, both measured from the `kill -9`.
+//! Timings: the default heartbeat (200 ms) and election timeout (0.6–1.2 s), spelled
+//! out as flags, and down-after 3 s. An openraft 0.9 follower campaigns once the leader
+//! has been silent for the maximum election timeout (its leader lease) plus a random
+//! timeout, so the worst case is 2× the maximum election timeout: "a new leader within
+//! 2× the election timeout" is asserted as 2.4 s plus 0.5 s for the vote round and the
+//! 100 ms polling; "marked down within down-after + 2 s" is 5 s. Both from the kill.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,8 @@ use crate::harness::*;
 
 const DOWN_AFTER: Duration = Duration::from_secs(3);
 const ELECTION_MAX: Duration = Duration::from_millis(1200);
+/// Vote round and polling on top of 2× the maximum election timeout.
+const ELECTION_SLACK: Duration = Duration::from_millis(500);
 const CONVERGE: Duration = Duration::from_secs(30);
 const SECRET: &str = "it-cluster-secret";
 
@@ -34,7 +39,7 @@ fn base_flags(seeds: &str) -> Vec<String> {
         "--cluster.down-after",
         "3s",
         "--cluster.heartbeat-interval",
-        "150ms",
+        "200ms",
         "--cluster.election-timeout",
         "600ms",
     ]
@@ -280,9 +285,9 @@ fn kill_leader_and_fail_over(c: &mut TestCluster, v: &Value) -> (usize, String) 
     });
     let to_leader = killed.elapsed();
     assert!(
-        to_leader <= ELECTION_MAX * 2,
+        to_leader <= ELECTION_MAX * 2 + ELECTION_SLACK,
         "new leader {new_leader} after {to_leader:?}, want <= {:?}",
-        ELECTION_MAX * 2
+        ELECTION_MAX * 2 + ELECTION_SLACK
     );
     wait_for(
         "the dead leader marked down",
