@@ -335,18 +335,26 @@ fn three_nodes_form_one_cluster_fail_over_and_rejoin() {
     assert_eq!(node_id(&c.nodes[li]), old_id, "restart changed the node id");
     let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
     assert_eq!(members(&v)[&old_id].2, "up");
-    // Raft metrics are exported.
-    let (_, metrics) = http_get(&c.nodes[0].url("/metrics")).unwrap();
-    for m in [
-        "shoal_cluster_raft_term ",
-        "shoal_cluster_raft_leader_changes_total ",
-        "shoal_cluster_raft_commit_index ",
-        "shoal_cluster_raft_apply_lag ",
-        "shoal_cluster_raft_is_leader ",
-        "shoal_cluster_members{state=\"up\",role=\"voter\"} 3",
-    ] {
-        assert!(metrics.contains(m), "missing {m:?} in /metrics");
-    }
+    // Raft metrics are exported (from a status snapshot refreshed every second).
+    let node = &c.nodes[0];
+    wait_for("raft metrics", Duration::from_secs(10), || {
+        let (_, metrics) = http_get(&node.url("/metrics"))?;
+        for m in [
+            "shoal_cluster_raft_term ",
+            "shoal_cluster_raft_leader_changes_total ",
+            "shoal_cluster_raft_commit_index ",
+            "shoal_cluster_raft_apply_lag ",
+            "shoal_cluster_raft_is_leader ",
+            "shoal_cluster_raft_has_leader 1",
+            "shoal_cluster_members{state=\"up\",role=\"voter\"} 3",
+            "shoal_cluster_members{state=\"down\",role=\"voter\"} 0",
+        ] {
+            if !metrics.contains(m) {
+                return Err(format!("missing {m:?} in /metrics"));
+            }
+        }
+        Ok(())
+    });
 }
 
 #[test]
