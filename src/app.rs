@@ -410,7 +410,8 @@ impl Node {
             .iter()
             .any(|m| m.id != self.cluster.node_id());
         let left = if others {
-            match tokio::time::timeout(std::time::Duration::from_secs(20), self.cluster.leave())
+            // Bounded so that the whole stop fits in `docker stop`'s 10 s grace period.
+            match tokio::time::timeout(std::time::Duration::from_secs(6), self.cluster.leave())
                 .await
             {
                 Ok(Ok(())) => {

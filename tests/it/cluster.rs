@@ -464,6 +464,36 @@ fn late_join_and_graceful_leaves_are_seen_everywhere() {
 }
 
 #[test]
+fn bad_cluster_flags_are_rejected_at_start() {
+    let dir = tempdir();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, "scrape_configs: []\n").unwrap();
+    let data = dir.path().join("data");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let out = shoal(&args);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--cluster.max-voters", "4"]);
+    assert!(err.contains("must be odd"), "{err}");
+    let err = run(&["--cluster.advertise", "nohost"]);
+    assert!(err.contains("--cluster.advertise"), "{err}");
+    let missing = dir.path().join("no-such-secret");
+    let err = run(&["--cluster.secret-file", missing.to_str().unwrap()]);
+    assert!(err.contains("secret file"), "{err}");
+}
+
+#[test]
 fn remove_takes_a_dead_node_out() {
     let mut c = TestCluster::start(&["127.0.0.1"; 3], &[]);
     let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
@@ -677,7 +707,15 @@ fn partition_keeps_majority_leader_and_heals() {
             "the partition test needs a working `iptables` (root, Debian package iptables; tests/run.sh installs it): {e}"
         );
     }
-    let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    // A loopback /24 of its own (127.X.Y.2-4, any 127/8 address works on Linux), so
+    // that concurrent runs of this test never cut each other's nodes off.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let net = format!("127.{}.{}", 10 + std::process::id() % 240, 1 + nanos % 250);
+    let hosts: Vec<String> = (2..5).map(|i| format!("{net}.{i}")).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let c = TestCluster::start(&hosts, &[]);
     let nodes: Vec<&Node> = c.nodes.iter().collect();
     let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
