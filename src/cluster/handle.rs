@@ -501,10 +501,17 @@ impl ClusterHandle {
             if existing.addr == addr {
                 return Ok(());
             }
-            return Err(ClusterError::Refused(format!(
-                "node {node_id} is already a member at {}; remove it first",
-                existing.addr
-            )));
+            // The member restarted elsewhere (it keeps its id and log): update its
+            // address. Only the node itself knows its id, and the route needs the
+            // cluster secret when one is set.
+            tracing::info!(node_id, old = %existing.addr, new = %addr, "member moved: updating its address");
+            let change = ChangeMembers::SetNodes(BTreeMap::from([(node_id, NodeInfo { addr })]));
+            let fut = self.inner.raft.change_membership(change, false);
+            tokio::time::timeout(ADMIN_TIMEOUT * 2, fut)
+                .await
+                .map_err(|_| ClusterError::Raft("address update timed out".into()))?
+                .map_err(raft_err)?;
+            return Ok(());
         }
         if let Some((other, _)) = membership.nodes().find(|(_, n)| n.addr == addr) {
             tracing::warn!(
@@ -674,6 +681,7 @@ impl ClusterHandle {
             match self.inner.raft.is_initialized().await {
                 Ok(true) => {
                     tracing::info!(node_id = self.inner.id, "node is part of a cluster");
+                    self.readvertise(retry).await;
                     return;
                 }
                 Ok(false) => {}
@@ -740,6 +748,79 @@ impl ClusterHandle {
                     }
                 } else {
                     first_since = None;
+                }
+            }
+            if self.wait_or_shutdown(retry).await {
+                return;
+            }
+        }
+    }
+
+    /// The address of this node in the membership, when it is a member.
+    fn member_addr(&self) -> Option<String> {
+        let m = self.inner.raft.metrics().borrow().membership_config.clone();
+        m.membership()
+            .get_node(&self.inner.id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// A member restarted on another address (new port, new container IP): until the
+    /// membership carries the new address, send join requests with it to the seeds and
+    /// the known members (a non-leader forwards to the leader, which updates the
+    /// address).
+    async fn readvertise(&self, retry: Duration) {
+        let mut logged = false;
+        loop {
+            let Some(addr) = self.member_addr() else {
+                return;
+            };
+            if addr == self.inner.advertise {
+                return;
+            }
+            if !logged {
+                tracing::info!(old = %addr, new = %self.inner.advertise, "this node moved: asking the leader to update its address");
+                logged = true;
+            }
+            if self.is_leader() {
+                if let Err(e) = self
+                    .join_member(self.inner.id, self.inner.advertise.clone(), false)
+                    .await
+                {
+                    tracing::debug!(error = %e, "address update");
+                }
+                if self.wait_or_shutdown(retry).await {
+                    return;
+                }
+                continue;
+            }
+            let mut targets = self.resolve_seeds().await;
+            let m = self.inner.raft.metrics().borrow().membership_config.clone();
+            targets.extend(
+                m.membership()
+                    .nodes()
+                    .filter(|(id, _)| **id != self.inner.id)
+                    .map(|(_, n)| n.addr.clone()),
+            );
+            targets.remove(&self.inner.advertise);
+            let body = JoinRequest {
+                node_id: self.inner.id,
+                addr: self.inner.advertise.clone(),
+                forwarded: false,
+            };
+            if let Ok(bytes) = codec::encode(&body) {
+                for target in &targets {
+                    match self
+                        .inner
+                        .net
+                        .call(target, PATH_JOIN, Some(bytes.clone()), ADMIN_TIMEOUT)
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(%target, "address update accepted");
+                            break;
+                        }
+                        Err(e) => tracing::debug!(%target, error = %e, "address update"),
+                    }
                 }
             }
             if self.wait_or_shutdown(retry).await {

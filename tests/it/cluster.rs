@@ -106,9 +106,15 @@ impl TestCluster {
 
     /// Restarts node `i` on its old address and data dir (after a kill or exit).
     fn restart(&mut self, i: usize) {
-        let (host, port, data) = {
+        let port = self.nodes[i].port;
+        self.restart_on(i, port);
+    }
+
+    /// Restarts node `i` with its data dir on `port`.
+    fn restart_on(&mut self, i: usize, port: u16) {
+        let (host, data) = {
             let n = &self.nodes[i];
-            (n.host.clone(), n.port, n.data_dir.clone())
+            (n.host.clone(), n.data_dir.clone())
         };
         let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
         let mut n = Node::spawn_on(self.dir.path(), &self.config, &data, &host, port, &flags);
@@ -461,6 +467,41 @@ fn late_join_and_graceful_leaves_are_seen_everywhere() {
         table.contains(&new_id) && table.contains("voter"),
         "{table}"
     );
+}
+
+#[test]
+fn sigint_keeps_the_identity_and_a_moved_node_updates_its_address() {
+    let mut c = TestCluster::start(&["127.0.0.1"; 3], &[]);
+    let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    let li = leader_index(&c, &v);
+    let i = (li + 1) % 3;
+    let id = node_id(&c.nodes[i]);
+    // SIGINT: a plain stop, no leave; the others mark it down.
+    c.nodes[i].signal("INT");
+    let node = &mut c.nodes[i];
+    let status = wait_for("exit after SIGINT", Duration::from_secs(30), || {
+        node.child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "running".to_owned())
+    });
+    assert!(status.success(), "{status}");
+    assert!(c.nodes[i].data_dir.join("cluster").exists());
+    let rest: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+    wait_agreed(&c, &rest, 3, 2, 3);
+    // Back on another port: same id, the membership carries the new address.
+    let port = free_port();
+    c.restart_on(i, port);
+    assert_eq!(node_id(&c.nodes[i]), id);
+    let want = c.nodes[i].addr();
+    let v = wait_agreed_with(&c, &[0, 1, 2], (3, 3, 3), |v| {
+        let m = members(v);
+        match m.get(&id) {
+            Some((addr, _, _)) if *addr == want => Ok(()),
+            other => Err(format!("member {id} is {other:?}, want address {want}")),
+        }
+    });
+    assert_eq!(members(&v).len(), 3);
 }
 
 #[test]
