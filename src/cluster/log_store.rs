@@ -240,7 +240,18 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        // sled releases its file lock when its flusher thread lets go of the dropped
+        // database, which may be a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let mut store = LogStore::open(&db).unwrap();
         assert_eq!(store.read_vote().await.unwrap(), Some(vote));
         assert_eq!(
