@@ -9,9 +9,7 @@
 //! - [`log_store`] / [`state_machine`]: sled-backed Raft storage.
 //! - [`types`]: Raft type configuration, node metadata, commands, [`MembershipView`].
 //! - [`codec`]: the versioned bincode format of everything persisted or sent.
-//! - [`admin`]: the client side of `shoal cluster status|leave|remove` (HTTP API).
 
-pub mod admin;
 pub mod codec;
 pub mod handle;
 pub mod log_store;
