@@ -317,9 +317,14 @@ impl Node {
             .context("the listen address resolved to nothing")?;
         let advertise = advertise_address(args.cluster.advertise.as_deref(), first)?;
         let mut opts = cluster_options(&args, advertise)?;
-        if first.ip().is_loopback() {
-            // Several nodes on one host (tests, demos) are told apart by source address.
-            opts.local_address = Some(first.ip());
+        let ip = first.ip();
+        if ip.is_loopback()
+            && ip != std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+            && ip != std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        {
+            // Several nodes on one host (tests) are told apart by source address; the
+            // OS would send from 127.0.0.1 otherwise.
+            opts.local_address = Some(ip);
         }
         let cluster_data = opts.data.clone();
         let cluster = ClusterHandle::start(opts)
