@@ -8,7 +8,7 @@ Starts real `shoal run` processes on loopback with the default cluster settings
   - start of a fresh 4th process -> every node lists it as an up member.
 Prints each run and the medians. Only the standard library is used.
 
-Usage: bench/cluster_failover.py [--bin target/release/shoal] [--runs 5]
+Usage: cluster/failover_bench.py [--bin target/release/shoal] [--runs 5]
 """
 import argparse
 import json
