@@ -27,6 +27,7 @@ pub mod discovery;
 pub mod model;
 pub mod promql;
 pub mod scrape;
+pub mod shard;
 pub mod storage;
 pub mod telemetry;
 pub mod tsdb;
