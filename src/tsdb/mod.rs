@@ -469,6 +469,8 @@ impl Inner {
     fn flush_wal(&self) -> Result<(), StorageError> {
         {
             let mut w = self.wal.lock().map_err(lock_err)?;
+            // Series before the records that refer to them (both under the wal lock).
+            self.index.flush_pending()?;
             self.write_wal_buf(&mut w)?;
         }
         self.db.flush().map_err(|e| sled_err("flush", e))?;
@@ -597,7 +599,7 @@ impl Inner {
 
     fn find(&self, head: &Head, hash: u64, labels: &Labels) -> Result<Option<u64>, StorageError> {
         for id in head.ids_for_hash(hash) {
-            if self.index.labels(id)?.as_ref() == Some(labels) {
+            if self.index.has_labels(id, labels)? {
                 return Ok(Some(id));
             }
         }
@@ -734,7 +736,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Matching series (labels checked against every matcher) overlapping the range.
+    /// Matching series (labels checked against every matcher) overlapping the range,
+    /// sorted by labels.
     fn matching(
         &self,
         start: i64,
@@ -748,15 +751,12 @@ impl Inner {
         let cands = self.index.candidates(matchers)?;
         let snaps = self.snapshot(cands, start, end, with_chunks)?;
         let ids: Vec<u64> = snaps.iter().map(|s| s.id).collect();
-        let labels = self.index.labels_many(&ids)?;
-        let mut out = Vec::with_capacity(snaps.len());
-        for (s, labels) in snaps.into_iter().zip(labels) {
-            let Some(labels) = labels else { continue };
-            if Matcher::all_match(matchers, &labels) {
-                out.push((labels, s));
-            }
-        }
-        Ok(out)
+        let resolved = self.index.resolve(&ids, matchers)?;
+        let mut snaps: Vec<Option<HeadSnap>> = snaps.into_iter().map(Some).collect();
+        Ok(resolved
+            .into_iter()
+            .filter_map(|(pos, labels)| Some((labels, snaps.get_mut(pos)?.take()?)))
+            .collect())
     }
 }
 
@@ -785,7 +785,6 @@ impl Queryable for Tsdb {
                 series.push(Series { labels, samples });
             }
         }
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(SeriesSet {
             series,
             warnings: Vec::new(),
@@ -798,14 +797,12 @@ impl Queryable for Tsdb {
         maxt: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<Labels>, StorageError> {
-        let mut out: Vec<Labels> = self
+        Ok(self
             .inner
             .matching(mint, maxt, matchers, false)?
             .into_iter()
             .map(|(l, _)| l)
-            .collect();
-        out.sort();
-        Ok(out)
+            .collect())
     }
 
     fn label_names(
