@@ -377,8 +377,8 @@ struct HeadSnap {
     id: u64,
     min_t: i64,
     last_t: i64,
-    /// Open chunk (min time, bytes) when it overlaps the range.
-    open: Option<(i64, Vec<u8>)>,
+    /// Open chunk (min time, its samples within the range) when it overlaps the range.
+    open: Option<(i64, Vec<Sample>)>,
 }
 
 impl Inner {
@@ -669,6 +669,8 @@ impl Inner {
         let head = self.head.read().map_err(lock_err)?;
         let cutoff = self.retention_from.load(Relaxed);
         let mut out = Vec::new();
+        let mut scratch: Vec<Sample> = Vec::new();
+        let mut err = None;
         let mut take = |id: u64, ms: &MemSeries| {
             let last_t = if ms.open_samples() > 0 {
                 ms.xor.t.max(ms.wal.t)
@@ -678,8 +680,18 @@ impl Inner {
             if !ms.has_samples() || ms.min_t > end || last_t < start || last_t < cutoff {
                 return;
             }
-            let open = (with_chunks && ms.open_samples() > 0 && ms.chunk_min_t <= end)
-                .then(|| (ms.chunk_min_t, ms.chunk.clone()));
+            let open = if with_chunks && ms.open_samples() > 0 && ms.chunk_min_t <= end {
+                // Decode in place (no copy of the chunk); one exact-size allocation.
+                scratch.clear();
+                if let Err(e) = chunkenc::decode_range(&ms.chunk, start, end, &mut scratch) {
+                    err.get_or_insert_with(|| {
+                        StorageError(format!("tsdb: series {id} head chunk: {e}"))
+                    });
+                }
+                Some((ms.chunk_min_t, scratch.as_slice().to_vec()))
+            } else {
+                None
+            };
             out.push(HeadSnap {
                 id,
                 min_t: ms.min_t.max(cutoff),
@@ -703,7 +715,10 @@ impl Inner {
                 }
             }
         }
-        Ok(out)
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Sealed-chunk samples of `id` within `[lo, hi]`.
@@ -766,21 +781,21 @@ impl Queryable for Tsdb {
         let inner = &self.inner;
         let mut series = Vec::new();
         for (labels, snap) in inner.matching(start, end, matchers, true)? {
-            let mut samples = Vec::new();
             let sealed_hi = snap
                 .open
                 .as_ref()
                 .map_or(snap.last_t, |(m, _)| m.saturating_sub(1))
                 .min(end);
             let lo = snap.min_t.max(start);
-            if lo <= sealed_hi {
+            let head_samples = snap.open.map(|(_, s)| s).unwrap_or_default();
+            let samples = if lo <= sealed_hi {
+                let mut samples = Vec::new();
                 inner.sealed_samples(snap.id, lo, sealed_hi, &mut samples)?;
-            }
-            if let Some((_, bytes)) = &snap.open {
-                chunkenc::decode_range(bytes, start, end, &mut samples).map_err(|e| {
-                    StorageError(format!("tsdb: series {} head chunk: {e}", snap.id))
-                })?;
-            }
+                samples.extend_from_slice(&head_samples);
+                samples
+            } else {
+                head_samples
+            };
             if !samples.is_empty() {
                 series.push(Series { labels, samples });
             }
