@@ -7,6 +7,35 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// Version byte in front of every persisted value whose layout this module defines.
 pub const FORMAT_V1: u8 = 1;
 
+/// Version byte of a value whose body is [`deflate`]d (WAL values).
+pub const FORMAT_DEFLATE: u8 = 2;
+
+/// Largest body [`inflate`] accepts (guards against corrupt or hostile input).
+const MAX_INFLATED: u64 = 1 << 30;
+
+/// Raw deflate at the fastest level (the WAL flush runs once a second, off the append
+/// path).
+pub fn deflate(prefix: u8, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(data.len() / 2 + 16);
+    out.push(prefix);
+    let mut enc = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// Inverse of [`deflate`] (without the prefix byte).
+pub fn inflate(data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(data.len() * 2);
+    flate2::read::DeflateDecoder::new(data)
+        .take(MAX_INFLATED)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("inflate: {e}"))?;
+    Ok(out)
+}
+
 /// Appends `x` as an unsigned LEB128 varint (Go's `binary.PutUvarint`).
 pub fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
     while x >= 0x80 {
@@ -103,6 +132,17 @@ mod tests {
         }
         let mut p = 0;
         assert_eq!(get_uvarint(&[0x80, 0x80], &mut p), None);
+    }
+
+    #[test]
+    fn deflate_round_trips_and_rejects_garbage() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let z = deflate(7, &data);
+        assert_eq!(z[0], 7);
+        assert!(z.len() < data.len() / 4);
+        assert_eq!(inflate(&z[1..]).unwrap(), data);
+        assert_eq!(inflate(&deflate(0, &[])[1..]).unwrap(), Vec::<u8>::new());
+        assert!(inflate(&[0xff, 0xff, 0xff]).is_err());
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! Persistence: new symbols and series are encoded into a pending buffer and written as
 //! one sled value per flush ([`Index::flush_pending`], called by the WAL flush before the
 //! WAL buffer, so a WAL record never refers to a series that is not on disk). Key: batch
-//! sequence (BE u64). Value ([`FORMAT_V2`]):
-//! `2 | uvarint first_sym | uvarint nsyms | (uvarint len, bytes)* | uvarint nseries |
+//! sequence (BE u64). Value: `3 | raw deflate of body` ([`FORMAT_V3`]; `2 | body`,
+//! [`FORMAT_V2`], is read too), body:
+//! `uvarint first_sym | uvarint nsyms | (uvarint len, bytes)* | uvarint nseries |
 //! (uvarint id, uvarint npairs, (uvarint name, uvarint value)*)*`.
 //! Symbols are numbered in order of first use; a batch only uses symbols defined in it
 //! or before it. Data dirs from the v1 layout (one labels value per series) are refused.
@@ -30,8 +31,10 @@ use super::codec::{U64Map, get_uvarint, put_uvarint};
 use crate::model::{Label, Labels, MatchOp, Matcher};
 use crate::storage::StorageError;
 
-/// Version byte of the `series` tree's values.
+/// Version byte of the `series` tree's values (uncompressed body).
 pub const FORMAT_V2: u8 = 2;
+/// Version byte of a `series` value whose v2 body is deflated (what is written).
+pub const FORMAT_V3: u8 = 3;
 
 pub(crate) fn sled_err(what: &str, e: sled::Error) -> StorageError {
     StorageError(format!("tsdb: {what}: {e}"))
@@ -112,6 +115,14 @@ impl State {
         while self.offs.len() < i {
             self.offs.push(start);
         }
+        // Grow by ~1/8 rather than doubling: the arena is most of the index's memory.
+        if self.arena.capacity() - self.arena.len() < pairs.len() {
+            self.arena
+                .reserve_exact((self.arena.len() / 8).max(pairs.len()).max(4096));
+        }
+        if self.offs.capacity() == self.offs.len() {
+            self.offs.reserve_exact((self.offs.len() / 8).max(1024));
+        }
         self.offs.push(start);
         self.arena.extend_from_slice(pairs);
         debug_assert_eq!(self.arena.len(), end as usize);
@@ -169,18 +180,21 @@ struct Prepared<'a> {
 }
 
 fn decode_batch(st: &mut State, v: &[u8], ids: &mut Vec<(u64, u64)>) -> Result<(), String> {
-    match v.first() {
-        Some(&FORMAT_V2) => {}
+    let inflated;
+    let v: &[u8] = match v.first() {
+        Some(&FORMAT_V2) => &v[1..],
+        Some(&FORMAT_V3) => {
+            inflated = super::codec::inflate(&v[1..])?;
+            &inflated
+        }
         Some(&1) => {
-            return Err(
-                "series index is in the v1 format (one labels value per series), \
+            return Err("series index is in the v1 format (one labels value per series), \
                  which this shoal no longer reads; remove the data dir or run an older shoal"
-                    .into(),
-            );
+                .into());
         }
         b => return Err(format!("series batch: unknown format version {b:?}")),
-    }
-    let mut pos = 1;
+    };
+    let mut pos = 0;
     let next = |pos: &mut usize| get_uvarint(v, pos).ok_or("series batch: truncated");
     let first = next(&mut pos)?;
     if first != st.syms.len() as u64 {
@@ -292,13 +306,13 @@ impl Index {
         if p.nseries == 0 && p.nsyms == 0 {
             return Ok(());
         }
-        let mut v = Vec::with_capacity(p.syms.len() + p.series.len() + 24);
-        v.push(FORMAT_V2);
-        put_uvarint(&mut v, u64::from(p.first_sym));
-        put_uvarint(&mut v, p.nsyms);
-        v.extend_from_slice(&p.syms);
-        put_uvarint(&mut v, p.nseries);
-        v.extend_from_slice(&p.series);
+        let mut body = Vec::with_capacity(p.syms.len() + p.series.len() + 24);
+        put_uvarint(&mut body, u64::from(p.first_sym));
+        put_uvarint(&mut body, p.nsyms);
+        body.extend_from_slice(&p.syms);
+        put_uvarint(&mut body, p.nseries);
+        body.extend_from_slice(&p.series);
+        let v = super::codec::deflate(FORMAT_V3, &body);
         self.tree
             .insert(p.seq.to_be_bytes(), v)
             .map_err(|e| sled_err("write series", e))?;

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use sled::Tree;
 
-use self::codec::{FORMAT_V1, U64Map, bytes8};
+use self::codec::{FORMAT_DEFLATE, FORMAT_V1, U64Map, bytes8};
 use self::head::{Appended, Head, MemSeries, SealedChunk, block_of};
 use self::index::{Index, sled_err};
 use self::wal::{RecordBuilder, WalCursor};
@@ -409,13 +409,25 @@ impl Inner {
             if broken_seg == Some(seg) {
                 continue;
             }
-            if v.first() != Some(&FORMAT_V1) {
-                self.counters.corrupt.fetch_add(1, Relaxed);
-                broken_seg = Some(seg);
-                continue;
-            }
+            let body = match v.first() {
+                Some(&FORMAT_V1) => std::borrow::Cow::Borrowed(&v[1..]),
+                Some(&FORMAT_DEFLATE) => match codec::inflate(&v[1..]) {
+                    Ok(b) => std::borrow::Cow::Owned(b),
+                    Err(e) => {
+                        tracing::warn!(segment = seg, error = %e, "tsdb: corrupt WAL value, skipping the rest of its segment");
+                        self.counters.corrupt.fetch_add(1, Relaxed);
+                        broken_seg = Some(seg);
+                        continue;
+                    }
+                },
+                _ => {
+                    self.counters.corrupt.fetch_add(1, Relaxed);
+                    broken_seg = Some(seg);
+                    continue;
+                }
+            };
             let mut replayed = 0u64;
-            let res = wal::decode_records(&v[1..], &mut cursors, |id, t, vb| {
+            let res = wal::decode_records(&body, &mut cursors, |id, t, vb| {
                 let Some(ms) = head.get_mut(id) else { return };
                 if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg) {
                     sealed.extend(s);
@@ -483,15 +495,14 @@ impl Inner {
         if w.buf.is_empty() {
             return Ok(());
         }
-        let mut v = Vec::with_capacity(w.buf.len() + 1);
-        v.push(FORMAT_V1);
-        v.extend_from_slice(&w.buf);
+        let v = codec::deflate(FORMAT_DEFLATE, &w.buf);
+        let v_len = v.len();
         self.wal_tree
             .insert(wal_key(w.seg, w.seq), v)
             .map_err(|e| sled_err("write wal", e))?;
         self.counters
             .wal_bytes
-            .fetch_add(w.buf.len() as u64 + 9, Relaxed);
+            .fetch_add(v_len as u64 + 8, Relaxed);
         w.buf.clear();
         if w.buf.capacity() > (1 << 20) {
             w.buf.shrink_to(1 << 20);
