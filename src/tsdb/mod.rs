@@ -877,10 +877,14 @@ impl Appendable for Tsdb {
             inner: self.inner.clone(),
             samples: Vec::new(),
             batch_last: U64Map::default(),
+            in_batch: Vec::new(),
             created: 0,
         })
     }
 }
+
+/// Series ids up to `64 * MAX_BITSET_WORD` are tracked in the appender's bitset.
+const MAX_BITSET_WORD: usize = 1 << 24;
 
 /// One batch of appends; validated at append time, applied and logged at commit.
 struct TsdbAppender {
@@ -888,10 +892,45 @@ struct TsdbAppender {
     samples: Vec<(u64, i64, f64)>,
     /// Last pending sample per series, for ordering checks within the batch.
     batch_last: U64Map<(i64, u64)>,
+    /// Bit per series id: already has a pending sample in this batch. Only ids seen
+    /// twice go to `batch_last` (a scrape appends each series once).
+    in_batch: Vec<u64>,
     created: u64,
 }
 
 impl TsdbAppender {
+    /// Whether `id` may have a pending sample in this batch.
+    fn pending(&self, id: u64) -> bool {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        w > MAX_BITSET_WORD || self.in_batch.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    /// The last pending sample of `id` (rare: a series appended twice in one batch).
+    fn last_pending(&self, id: u64) -> Option<(i64, u64)> {
+        if let Some(&x) = self.batch_last.get(&id) {
+            return Some(x);
+        }
+        let &(_, t, v) = self.samples.iter().rev().find(|s| s.0 == id)?;
+        Some((t, v.to_bits()))
+    }
+
+    /// Records that `id` has a pending sample `(t, v)`.
+    fn mark_pending(&mut self, id: u64, t: i64, v: f64) {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        if w > MAX_BITSET_WORD {
+            self.batch_last.insert(id, (t, v.to_bits()));
+            return;
+        }
+        if w >= self.in_batch.len() {
+            self.in_batch.resize(w + 1 + w / 8, 0);
+        }
+        if self.in_batch[w] & (1 << b) != 0 {
+            self.batch_last.insert(id, (t, v.to_bits()));
+        } else {
+            self.in_batch[w] |= 1 << b;
+        }
+    }
+
     fn check(&mut self, id: u64, t: i64, v: f64) -> Result<bool, AppendError> {
         let c = &self.inner.counters;
         let (last_t, last_v, min_valid) = {
@@ -914,11 +953,11 @@ impl TsdbAppender {
             c.oob.fetch_add(1, Relaxed);
             return Err(AppendError::OutOfBounds);
         }
-        let (last_t, last_v) = self
-            .batch_last
-            .get(&id)
-            .copied()
-            .unwrap_or((last_t, last_v));
+        let (last_t, last_v) = if self.pending(id) {
+            self.last_pending(id).unwrap_or((last_t, last_v))
+        } else {
+            (last_t, last_v)
+        };
         match MemSeries::check(last_t, last_v, t, v) {
             Err(e) => {
                 let ctr = if e == AppendError::OutOfOrder {
@@ -955,7 +994,7 @@ impl Appender for TsdbAppender {
             return Ok(());
         }
         self.samples.push((id, t, v));
-        self.batch_last.insert(id, (t, v.to_bits()));
+        self.mark_pending(id, t, v);
         Ok(())
     }
 

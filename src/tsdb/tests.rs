@@ -150,6 +150,25 @@ fn ordering_rules_within_and_across_batches() {
     app.append_ref(r, 20_000, stale_nan()).unwrap();
     assert_eq!(app.commit().unwrap().samples, 1);
 
+    // Three samples of one series in one batch: each is checked against the last.
+    let mut app = db.appender();
+    app.append_ref(r, 30_000, 3.0).unwrap();
+    app.append_ref(r, 40_000, 4.0).unwrap();
+    assert_eq!(
+        app.append_ref(r, 35_000, 1.0).unwrap_err(),
+        AppendError::OutOfOrder
+    );
+    assert_eq!(
+        app.append_ref(r, 40_000, 5.0).unwrap_err(),
+        AppendError::DuplicateTimestamp
+    );
+    app.append_ref(r, 50_000, 5.0).unwrap();
+    assert_eq!(
+        app.append_ref(r, 45_000, 1.0).unwrap_err(),
+        AppendError::OutOfOrder
+    );
+    assert_eq!(app.commit().unwrap().samples, 3);
+
     // Far older than the head's max time minus half a block: out of bounds.
     let mut app = db.appender();
     let other = lbl("other", &[]);
@@ -160,13 +179,13 @@ fn ordering_rules_within_and_across_batches() {
     app.rollback();
 
     let st = db.stats();
-    assert_eq!(st.out_of_order_samples_total, 2);
-    assert_eq!(st.duplicate_samples_total, 2);
+    assert_eq!(st.out_of_order_samples_total, 4);
+    assert_eq!(st.duplicate_samples_total, 3);
     assert_eq!(st.out_of_bounds_samples_total, 1);
     let set = db
         .select(&hints(0, 100_000), &[eq("__name__", "m")])
         .unwrap();
-    assert_eq!(set.series[0].samples.len(), 2);
+    assert_eq!(set.series[0].samples.len(), 5);
 }
 
 #[test]
