@@ -404,7 +404,7 @@ impl Index {
             keep.push((pos, pairs));
         }
         let rank = |s: u32| ranks.get(s as usize).copied().unwrap_or(u32::MAX);
-        keep.sort_unstable_by(|a, b| {
+        let full = |a: &(usize, &[u32]), b: &(usize, &[u32])| {
             for (x, y) in a.1.iter().zip(b.1) {
                 match rank(*x).cmp(&rank(*y)) {
                     Ordering::Equal => {}
@@ -412,7 +412,46 @@ impl Index {
                 }
             }
             a.1.len().cmp(&b.1.len()).then(a.0.cmp(&b.0))
-        });
+        };
+        if ranks.len() >= (1 << 21) - 1 || keep.len() < 64 {
+            keep.sort_unstable_by(full);
+        } else {
+            // Sort by a packed key of the three symbols after the prefix all series
+            // share (ranks + 1; 0 = absent, so shorter sorts first), then order the
+            // runs of equal keys by full comparison.
+            let first = keep.first().map_or(&[][..], |k| k.1);
+            let mut common = first.len();
+            for k in &keep {
+                common = common.min(k.1.iter().zip(first).take_while(|(a, b)| a == b).count());
+            }
+            let key = |p: &[u32]| {
+                (0..3).fold(0u64, |k, i| {
+                    let r = p.get(common + i).map_or(0, |&s| u64::from(rank(s)) + 1);
+                    (k << 21) | r
+                })
+            };
+            let mut keyed: Vec<(u64, u32)> = keep
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (key(k.1), i as u32))
+                .collect();
+            keyed.sort_unstable();
+            let mut sorted = Vec::with_capacity(keep.len());
+            let mut i = 0;
+            while i < keyed.len() {
+                let mut j = i + 1;
+                while j < keyed.len() && keyed[j].0 == keyed[i].0 {
+                    j += 1;
+                }
+                let start = sorted.len();
+                sorted.extend(keyed[i..j].iter().map(|&(_, n)| keep[n as usize]));
+                if j - i > 1 {
+                    sorted[start..].sort_unstable_by(full);
+                }
+                i = j;
+            }
+            keep = sorted;
+        }
         Ok(keep
             .into_iter()
             .map(|(pos, pairs)| (pos, st.labels(pairs)))
@@ -649,6 +688,39 @@ mod tests {
         assert!(idx.has_labels(2, &Labels::from_pairs(SERIES[1])).unwrap());
         assert!(!idx.has_labels(2, &Labels::from_pairs(SERIES[0])).unwrap());
         assert!(!idx.has_labels(9, &Labels::from_pairs(SERIES[0])).unwrap());
+    }
+
+    #[test]
+    fn resolve_sorts_many_series_like_labels_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (idx, _) = Index::open(&db).unwrap();
+        let mut want = Vec::new();
+        for i in 1..=500u64 {
+            let mut pairs = vec![
+                ("__name__", "m".to_string()),
+                ("a", format!("{}", i % 7)),
+                ("b", format!("{}", (i * 31) % 11)),
+            ];
+            if i % 3 == 0 {
+                pairs.push(("c", format!("{}", i)));
+            }
+            if i % 5 == 0 {
+                pairs.retain(|p| p.0 != "b");
+            }
+            let l = Labels::from_pairs(&pairs);
+            idx.add_series(i, &l).unwrap();
+            want.push(l);
+        }
+        want.sort();
+        let ids = idx.all_ids().unwrap();
+        let got: Vec<Labels> = idx
+            .resolve(&ids, &[])
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

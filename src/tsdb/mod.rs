@@ -81,7 +81,7 @@ impl Default for TsdbOptions {
             block_range: Duration::from_secs(2 * 3600),
             maintenance_interval: Duration::from_secs(60),
             wal_segment_interval: Duration::from_secs(10 * 60),
-            cache_capacity: 16 << 20,
+            cache_capacity: 4 << 20,
         }
     }
 }
