@@ -188,9 +188,11 @@ fn decode_batch(st: &mut State, v: &[u8], ids: &mut Vec<(u64, u64)>) -> Result<(
             &inflated
         }
         Some(&1) => {
-            return Err("series index is in the v1 format (one labels value per series), \
+            return Err(
+                "series index is in the v1 format (one labels value per series), \
                  which this shoal no longer reads; remove the data dir or run an older shoal"
-                .into());
+                    .into(),
+            );
         }
         b => return Err(format!("series batch: unknown format version {b:?}")),
     };

@@ -500,9 +500,7 @@ impl Inner {
         self.wal_tree
             .insert(wal_key(w.seg, w.seq), v)
             .map_err(|e| sled_err("write wal", e))?;
-        self.counters
-            .wal_bytes
-            .fetch_add(v_len as u64 + 8, Relaxed);
+        self.counters.wal_bytes.fetch_add(v_len as u64 + 8, Relaxed);
         w.buf.clear();
         if w.buf.capacity() > (1 << 20) {
             w.buf.shrink_to(1 << 20);
