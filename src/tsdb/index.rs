@@ -454,10 +454,23 @@ impl Index {
             }
             keep = sorted;
         }
-        Ok(keep
-            .into_iter()
-            .map(|(pos, pairs)| (pos, st.labels(pairs)))
-            .collect())
+        let st: &State = &st;
+        let build = |part: &[(usize, &[u32])]| -> Vec<(usize, Labels)> {
+            part.iter()
+                .map(|&(pos, pairs)| (pos, st.labels(pairs)))
+                .collect()
+        };
+        if keep.len() < super::PARALLEL_MIN {
+            return Ok(build(&keep));
+        }
+        // Building label strings is most of the cost: split it over two threads.
+        let (a, b) = keep.split_at(keep.len() / 2);
+        let (mut out, rb) = std::thread::scope(|sc| {
+            let hb = sc.spawn(|| build(b));
+            (build(a), hb.join())
+        });
+        out.extend(rb.map_err(|_| StorageError("tsdb: query thread panicked".into()))?);
+        Ok(out)
     }
 
     /// Sorted ids of series with `name="value"`.

@@ -667,7 +667,8 @@ impl Inner {
         res.map(|()| accepted)
     }
 
-    /// Copies what the query path needs out of the head for the candidate series.
+    /// Copies what the query path needs out of the head for the candidate series. Large
+    /// candidate lists are split over two threads (the head read lock is shared).
     fn snapshot(
         &self,
         cands: Option<Vec<u64>>,
@@ -677,57 +678,30 @@ impl Inner {
     ) -> Result<Vec<HeadSnap>, StorageError> {
         let head = self.head.read().map_err(lock_err)?;
         let cutoff = self.retention_from.load(Relaxed);
-        let mut out = Vec::new();
-        let mut scratch: Vec<Sample> = Vec::new();
-        let mut err = None;
-        let mut take = |id: u64, ms: &MemSeries| {
-            let last_t = if ms.open_samples() > 0 {
-                ms.xor.t.max(ms.wal.t)
-            } else {
-                ms.wal.t
-            };
-            if !ms.has_samples() || ms.min_t > end || last_t < start || last_t < cutoff {
-                return;
-            }
-            let open = if with_chunks && ms.open_samples() > 0 && ms.chunk_min_t <= end {
-                // Decode in place (no copy of the chunk); one exact-size allocation.
-                scratch.clear();
-                if let Err(e) = chunkenc::decode_range(&ms.chunk, start, end, &mut scratch) {
-                    err.get_or_insert_with(|| {
-                        StorageError(format!("tsdb: series {id} head chunk: {e}"))
-                    });
-                }
-                Some((ms.chunk_min_t, scratch.as_slice().to_vec()))
-            } else {
-                None
-            };
-            out.push(HeadSnap {
-                id,
-                min_t: ms.min_t.max(cutoff),
-                last_t,
-                open,
-            });
+        let ids: Vec<u64> = match cands {
+            Some(ids) => ids,
+            None => head
+                .series
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_some())
+                .map(|(id, _)| id as u64)
+                .collect(),
         };
-        match cands {
-            Some(ids) => {
-                for id in ids {
-                    if let Some(ms) = head.get(id) {
-                        take(id, ms);
-                    }
-                }
-            }
-            None => {
-                for (id, ms) in head.series.iter().enumerate() {
-                    if let Some(ms) = ms {
-                        take(id as u64, ms);
-                    }
-                }
-            }
+        let head: &Head = &head;
+        let run = |ids: &[u64]| snap_many(head, ids, start, end, cutoff, with_chunks);
+        if ids.len() < PARALLEL_MIN {
+            return run(&ids);
         }
-        match err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        let (a, b) = ids.split_at(ids.len() / 2);
+        let (ra, rb) = std::thread::scope(|sc| {
+            let hb = sc.spawn(|| run(b));
+            let ra = run(a);
+            (ra, hb.join())
+        });
+        let mut out = ra?;
+        out.extend(rb.map_err(|_| StorageError("tsdb: query thread panicked".into()))??);
+        Ok(out)
     }
 
     /// Sealed-chunk samples of `id` within `[lo, hi]`.
@@ -782,6 +756,49 @@ impl Inner {
             .filter_map(|(pos, labels)| Some((labels, snaps.get_mut(pos)?.take()?)))
             .collect())
     }
+}
+
+/// Candidate lists at least this long are processed on two threads.
+pub(crate) const PARALLEL_MIN: usize = 16_384;
+
+/// [`Inner::snapshot`] for one slice of ids.
+fn snap_many(
+    head: &Head,
+    ids: &[u64],
+    start: i64,
+    end: i64,
+    cutoff: i64,
+    with_chunks: bool,
+) -> Result<Vec<HeadSnap>, StorageError> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut scratch: Vec<Sample> = Vec::new();
+    for &id in ids {
+        let Some(ms) = head.get(id) else { continue };
+        let last_t = if ms.open_samples() > 0 {
+            ms.xor.t.max(ms.wal.t)
+        } else {
+            ms.wal.t
+        };
+        if !ms.has_samples() || ms.min_t > end || last_t < start || last_t < cutoff {
+            continue;
+        }
+        let open = if with_chunks && ms.open_samples() > 0 && ms.chunk_min_t <= end {
+            // Decode in place (no copy of the chunk); one exact-size allocation.
+            scratch.clear();
+            chunkenc::decode_range(&ms.chunk, start, end, &mut scratch)
+                .map_err(|e| StorageError(format!("tsdb: series {id} head chunk: {e}")))?;
+            Some((ms.chunk_min_t, scratch.as_slice().to_vec()))
+        } else {
+            None
+        };
+        out.push(HeadSnap {
+            id,
+            min_t: ms.min_t.max(cutoff),
+            last_t,
+            open,
+        });
+    }
+    Ok(out)
 }
 
 impl Queryable for Tsdb {
