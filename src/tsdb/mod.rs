@@ -3,13 +3,16 @@
 //! Parts:
 //! - [`chunkenc`]: Prometheus-compatible XOR chunks;
 //! - [`head`]: one open chunk per series in memory, ordering rules, chunk cutting;
-//! - [`index`]: the series tree and in-memory postings, matcher resolution;
+//! - [`index`]: the interned in-memory series index (symbols, label arena, postings),
+//!   matcher resolution and label sorting; persisted as batches in the `series` tree;
 //! - [`wal`]: the write-ahead log's record format;
 //! - [`retention`]: the `chunks` tree layout and block retention;
-//! - [`codec`]: varints, sortable keys, the persisted label format.
+//! - [`codec`]: varints, sortable keys, version bytes, deflate of persisted values.
 //!
-//! sled trees: `series` (index), `chunks` (sealed chunks),
-//! `sealed` (per series: min time, last sealed sample), `wal`.
+//! sled trees: `series` (symbols and series, one value per WAL flush), `chunks`
+//! (sealed chunks), `sealed` (per series: min time, last sealed sample), `wal`.
+//! New series reach sled with the WAL flush that follows their creation, before the
+//! WAL records that refer to them.
 //!
 //! # Durability
 //! A commit encodes its batch into an in-memory WAL buffer and applies it to the head;
@@ -69,7 +72,8 @@ pub struct TsdbOptions {
     pub maintenance_interval: Duration,
     /// How often a new WAL segment starts (older segments become deletable).
     pub wal_segment_interval: Duration,
-    /// sled's page cache in bytes.
+    /// sled's page cache in bytes. Queries of head data and label lookups never read
+    /// sled, so this only serves sealed-chunk reads and writes.
     pub cache_capacity: u64,
 }
 
