@@ -93,21 +93,32 @@ impl<'a> BitReader<'a> {
 
     /// Reads `n` (≤ 64) bits, most significant first.
     #[inline]
-    pub fn read_bits(&mut self, mut n: u8) -> Result<u64, ChunkError> {
-        let mut v: u64 = 0;
-        while n > 0 {
-            let b = *self
-                .buf
-                .get(self.pos / 8)
-                .ok_or(ChunkError("unexpected end"))?;
-            let off = (self.pos % 8) as u8;
-            let avail = 8 - off;
-            let take = n.min(avail);
-            let bits = (u64::from(b) >> (avail - take)) & ((1u64 << take) - 1);
-            v = if take == 64 { bits } else { (v << take) | bits };
-            self.pos += take as usize;
-            n -= take;
+    pub fn read_bits(&mut self, n: u8) -> Result<u64, ChunkError> {
+        if n > 56 {
+            let hi = self.read_bits(n - 32)?;
+            let lo = self.read_bits(32)?;
+            return Ok((hi << 32) | lo);
         }
+        if n == 0 {
+            return Ok(0);
+        }
+        let end = self.pos + usize::from(n);
+        if end > self.buf.len() * 8 {
+            return Err(ChunkError("unexpected end"));
+        }
+        // One big-endian word load holds all n bits (offset ≤ 7, n ≤ 56).
+        let byte = self.pos / 8;
+        let word = match super::codec::bytes8(self.buf, byte) {
+            Some(w) => u64::from_be_bytes(w),
+            None => {
+                let mut w = [0u8; 8];
+                let rest = self.buf.get(byte..).unwrap_or(&[]);
+                w[..rest.len().min(8)].copy_from_slice(&rest[..rest.len().min(8)]);
+                u64::from_be_bytes(w)
+            }
+        };
+        let v = (word << (self.pos % 8)) >> (64 - u32::from(n));
+        self.pos = end;
         Ok(v)
     }
 

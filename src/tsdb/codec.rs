@@ -1,13 +1,40 @@
 //! Byte-level encodings owned by the TSDB: Go-compatible varints, big-endian keys that
-//! sort like the numbers they hold, the persisted label-set format (with a version
-//! byte) and a cheap hasher for integer-keyed maps. Pure functions, no IO.
+//! sort like the numbers they hold, the format version byte and a cheap hasher for
+//! integer-keyed maps. Pure functions, no IO.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::model::{Label, Labels};
-
 /// Version byte in front of every persisted value whose layout this module defines.
 pub const FORMAT_V1: u8 = 1;
+
+/// Version byte of a value whose body is [`deflate`]d (WAL values).
+pub const FORMAT_DEFLATE: u8 = 2;
+
+/// Largest body [`inflate`] accepts (guards against corrupt or hostile input).
+const MAX_INFLATED: u64 = 1 << 30;
+
+/// Raw deflate at the fastest level (the WAL flush runs once a second, off the append
+/// path).
+pub fn deflate(prefix: u8, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(data.len() / 2 + 16);
+    out.push(prefix);
+    let mut enc = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// Inverse of [`deflate`] (without the prefix byte).
+pub fn inflate(data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(data.len() * 2);
+    flate2::read::DeflateDecoder::new(data)
+        .take(MAX_INFLATED)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("inflate: {e}"))?;
+    Ok(out)
+}
 
 /// Appends `x` as an unsigned LEB128 varint (Go's `binary.PutUvarint`).
 pub fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
@@ -70,51 +97,6 @@ pub fn bytes8(buf: &[u8], at: usize) -> Option<[u8; 8]> {
     buf.get(at..at + 8)?.try_into().ok()
 }
 
-/// Encodes a label set: version byte, count, then length-prefixed names and values.
-pub fn encode_labels(labels: &Labels) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(
-        2 + labels
-            .iter()
-            .map(|l| 2 + l.name.len() + l.value.len())
-            .sum::<usize>(),
-    );
-    buf.push(FORMAT_V1);
-    put_uvarint(&mut buf, labels.len() as u64);
-    for l in labels {
-        put_uvarint(&mut buf, l.name.len() as u64);
-        buf.extend_from_slice(l.name.as_bytes());
-        put_uvarint(&mut buf, l.value.len() as u64);
-        buf.extend_from_slice(l.value.as_bytes());
-    }
-    buf
-}
-
-/// Decodes [`encode_labels`]' output.
-pub fn decode_labels(buf: &[u8]) -> Result<Labels, String> {
-    if buf.first() != Some(&FORMAT_V1) {
-        return Err(format!("labels: unknown format version {:?}", buf.first()));
-    }
-    let mut pos = 1;
-    let n = get_uvarint(buf, &mut pos).ok_or("labels: truncated count")?;
-    let mut out = Vec::with_capacity((n as usize).min(64));
-    let read_str = |pos: &mut usize| -> Result<String, String> {
-        let len = get_uvarint(buf, pos).ok_or("labels: truncated length")? as usize;
-        let end = pos.checked_add(len).ok_or("labels: bad length")?;
-        let s = buf.get(*pos..end).ok_or("labels: truncated string")?;
-        *pos = end;
-        String::from_utf8(s.to_vec()).map_err(|e| format!("labels: {e}"))
-    };
-    for _ in 0..n {
-        let name = read_str(&mut pos)?;
-        let value = read_str(&mut pos)?;
-        out.push(Label { name, value });
-    }
-    if out.windows(2).any(|w| w[0].name >= w[1].name) {
-        return Err("labels: not sorted".into());
-    }
-    Ok(Labels::from_sorted(out))
-}
-
 /// Fibonacci hashing for `u64` keys that are either dense ids or already hashes.
 #[derive(Default, Clone, Copy)]
 pub struct U64Hasher(u64);
@@ -153,6 +135,17 @@ mod tests {
     }
 
     #[test]
+    fn deflate_round_trips_and_rejects_garbage() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let z = deflate(7, &data);
+        assert_eq!(z[0], 7);
+        assert!(z.len() < data.len() / 4);
+        assert_eq!(inflate(&z[1..]).unwrap(), data);
+        assert_eq!(inflate(&deflate(0, &[])[1..]).unwrap(), Vec::<u8>::new());
+        assert!(inflate(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
     fn i64_keys_sort_numerically() {
         let mut v = [-5i64, 3, i64::MIN, 0, i64::MAX, -1];
         let mut keys: Vec<_> = v.iter().map(|&t| i64_key(t)).collect();
@@ -160,14 +153,5 @@ mod tests {
         v.sort();
         let back: Vec<_> = keys.into_iter().map(i64_from_key).collect();
         assert_eq!(back, v);
-    }
-
-    #[test]
-    fn labels_round_trip_and_reject_garbage() {
-        let l = Labels::from_pairs(&[("__name__", "up"), ("job", "a\0b"), ("x", "ü")]);
-        assert_eq!(decode_labels(&encode_labels(&l)).unwrap(), l);
-        assert!(decode_labels(&[]).is_err());
-        assert!(decode_labels(&[1, 5, 1]).is_err());
-        assert!(decode_labels(&[9]).is_err());
     }
 }

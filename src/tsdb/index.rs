@@ -1,169 +1,557 @@
-//! The series index. Labels are persisted in the sled tree `series`: id (BE u64) →
-//! encoded labels (with a version byte, see `codec`); ids are stable across restarts.
-//! Postings (label name → value → sorted ids) live in memory only, as Prometheus's head
-//! postings do, and are rebuilt from `series` on open: this keeps one sled write per
-//! new series and keeps the index small on disk.
+//! The series index, held in memory with interned strings and persisted in the sled
+//! tree `series`.
+//!
+//! Every label name and value is a *symbol*: a `u32` id into one symbol table, so a
+//! series' labels are a run of `(name, value)` symbol pairs in one shared arena (no
+//! per-label allocation) and postings are keyed by symbols. Queries, label APIs and
+//! series lookups never read sled.
+//!
+//! Persistence: new symbols and series are encoded into a pending buffer and written as
+//! one sled value per flush ([`Index::flush_pending`], called by the WAL flush before the
+//! WAL buffer, so a WAL record never refers to a series that is not on disk). Key: batch
+//! sequence (BE u64). Value: `3 | raw deflate of body` ([`FORMAT_V3`]; `2 | body`,
+//! [`FORMAT_V2`], is read too), body:
+//! `uvarint first_sym | uvarint nsyms | (uvarint len, bytes)* | uvarint nseries |
+//! (uvarint id, uvarint npairs, (uvarint name, uvarint value)*)*`.
+//! Symbols are numbered in order of first use; a batch only uses symbols defined in it
+//! or before it. Data dirs from the v1 layout (one labels value per series) are refused.
 //!
 //! Matchers resolve to sorted id lists: `=` through postings, the others by scanning
 //! that label's values. Matchers that match the empty string do not narrow the
-//! candidates; the caller checks every candidate's labels with all matchers
-//! (`{a=""}` matches series without `a`).
+//! candidates; [`Index::resolve`] checks every candidate against all matchers
+//! (`{a=""}` matches series without `a`), evaluating each matcher once per symbol.
 
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use sled::Tree;
 
-use super::codec::{bytes8, decode_labels, encode_labels};
-use crate::model::{Labels, MatchOp, Matcher};
+use super::codec::{U64Map, get_uvarint, put_uvarint};
+use crate::model::{Label, Labels, MatchOp, Matcher};
 use crate::storage::StorageError;
+
+/// Version byte of the `series` tree's values (uncompressed body).
+pub const FORMAT_V2: u8 = 2;
+/// Version byte of a `series` value whose v2 body is deflated (what is written).
+pub const FORMAT_V3: u8 = 3;
 
 pub(crate) fn sled_err(what: &str, e: sled::Error) -> StorageError {
     StorageError(format!("tsdb: {what}: {e}"))
-}
-
-type Postings = BTreeMap<String, BTreeMap<String, Vec<u64>>>;
-
-pub struct Index {
-    pub series: Tree,
-    postings: RwLock<Postings>,
 }
 
 fn poisoned<T>(_: T) -> StorageError {
     StorageError("tsdb: index lock poisoned".into())
 }
 
+/// name symbol → value symbol → sorted series ids.
+type Postings = U64Map<U64Map<Vec<u32>>>;
+
+#[derive(Default)]
+struct State {
+    syms: Vec<Arc<str>>,
+    sym_ids: HashMap<Arc<str>, u32>,
+    /// `offs[id]` is where series `id`'s pairs start in `arena`; they end at
+    /// `offs[id + 1]` (or the arena's end). An empty range means "no such series".
+    offs: Vec<u32>,
+    arena: Vec<u32>,
+    postings: Postings,
+    /// Rank of every symbol in string order, for sorting; rebuilt when symbols grow.
+    ranks: Arc<Vec<u32>>,
+}
+
+impl State {
+    fn pairs(&self, id: u64) -> &[u32] {
+        let Ok(i) = usize::try_from(id) else {
+            return &[];
+        };
+        let Some(&start) = self.offs.get(i) else {
+            return &[];
+        };
+        let end = self
+            .offs
+            .get(i + 1)
+            .map_or(self.arena.len(), |&e| e as usize);
+        self.arena.get(start as usize..end).unwrap_or(&[])
+    }
+
+    fn sym(&self, s: u32) -> &str {
+        self.syms.get(s as usize).map_or("", |s| s)
+    }
+
+    fn labels(&self, pairs: &[u32]) -> Labels {
+        let mut out = Vec::with_capacity(pairs.len() / 2);
+        for p in pairs.chunks_exact(2) {
+            out.push(Label {
+                name: self.sym(p[0]).to_string(),
+                value: self.sym(p[1]).to_string(),
+            });
+        }
+        Labels::from_sorted(out)
+    }
+
+    /// Interns `s`; returns its id and whether it is new.
+    fn intern(&mut self, s: &str) -> Result<(u32, bool), StorageError> {
+        if let Some(&id) = self.sym_ids.get(s) {
+            return Ok((id, false));
+        }
+        let id = u32::try_from(self.syms.len())
+            .map_err(|_| StorageError("tsdb: symbol table full".into()))?;
+        let a: Arc<str> = Arc::from(s);
+        self.syms.push(a.clone());
+        self.sym_ids.insert(a, id);
+        Ok((id, true))
+    }
+
+    /// Adds series `id` (greater than every id added before) with its symbol pairs.
+    fn push_series(&mut self, id: u64, pairs: &[u32]) -> Result<(), StorageError> {
+        let i = usize::try_from(id)
+            .ok()
+            .filter(|&i| i >= self.offs.len() && u32::try_from(i).is_ok())
+            .ok_or_else(|| StorageError(format!("tsdb: series id {id} out of order")))?;
+        let end = u32::try_from(self.arena.len() + pairs.len())
+            .map_err(|_| StorageError("tsdb: series index full".into()))?;
+        let start = self.arena.len() as u32;
+        while self.offs.len() < i {
+            self.offs.push(start);
+        }
+        // Grow by ~1/8 rather than doubling: the arena is most of the index's memory.
+        if self.arena.capacity() - self.arena.len() < pairs.len() {
+            self.arena
+                .reserve_exact((self.arena.len() / 8).max(pairs.len()).max(4096));
+        }
+        if self.offs.capacity() == self.offs.len() {
+            self.offs.reserve_exact((self.offs.len() / 8).max(1024));
+        }
+        self.offs.push(start);
+        self.arena.extend_from_slice(pairs);
+        debug_assert_eq!(self.arena.len(), end as usize);
+        for p in pairs.chunks_exact(2) {
+            let list = self
+                .postings
+                .entry(u64::from(p[0]))
+                .or_default()
+                .entry(u64::from(p[1]))
+                .or_default();
+            list.push(i as u32);
+        }
+        Ok(())
+    }
+
+    fn ranks(&mut self) -> Arc<Vec<u32>> {
+        if self.ranks.len() != self.syms.len() {
+            let mut order: Vec<u32> = (0..self.syms.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| self.syms[a as usize].cmp(&self.syms[b as usize]));
+            let mut ranks = vec![0u32; order.len()];
+            for (r, &s) in order.iter().enumerate() {
+                ranks[s as usize] = r as u32;
+            }
+            self.ranks = Arc::new(ranks);
+        }
+        self.ranks.clone()
+    }
+}
+
+/// New symbols and series not yet written to sled.
+#[derive(Default)]
+struct Pending {
+    first_sym: u32,
+    nsyms: u64,
+    syms: Vec<u8>,
+    nseries: u64,
+    series: Vec<u8>,
+    /// Key of the next batch.
+    seq: u64,
+}
+
+pub struct Index {
+    tree: Tree,
+    st: RwLock<State>,
+    pending: Mutex<Pending>,
+}
+
+/// One matcher prepared for symbol-level evaluation.
+struct Prepared<'a> {
+    m: &'a Matcher,
+    name: Option<u32>,
+    /// Per value symbol: 0 unknown, 1 match, 2 no match.
+    cache: Vec<u8>,
+    empty: bool,
+}
+
+fn decode_batch(st: &mut State, v: &[u8], ids: &mut Vec<(u64, u64)>) -> Result<(), String> {
+    let inflated;
+    let v: &[u8] = match v.first() {
+        Some(&FORMAT_V2) => &v[1..],
+        Some(&FORMAT_V3) => {
+            inflated = super::codec::inflate(&v[1..])?;
+            &inflated
+        }
+        Some(&1) => {
+            return Err(
+                "series index is in the v1 format (one labels value per series), \
+                 which this shoal no longer reads; remove the data dir or run an older shoal"
+                    .into(),
+            );
+        }
+        b => return Err(format!("series batch: unknown format version {b:?}")),
+    };
+    let mut pos = 0;
+    let next = |pos: &mut usize| get_uvarint(v, pos).ok_or("series batch: truncated");
+    let first = next(&mut pos)?;
+    if first != st.syms.len() as u64 {
+        return Err(format!(
+            "series batch: symbols start at {first}, expected {}",
+            st.syms.len()
+        ));
+    }
+    let nsyms = next(&mut pos)?;
+    for _ in 0..nsyms {
+        let len = next(&mut pos)? as usize;
+        let end = pos.checked_add(len).ok_or("series batch: bad length")?;
+        let s = v.get(pos..end).ok_or("series batch: truncated symbol")?;
+        let s = std::str::from_utf8(s).map_err(|e| format!("series batch: {e}"))?;
+        pos = end;
+        let (_, new) = st.intern(s).map_err(|e| e.0)?;
+        if !new {
+            return Err(format!("series batch: duplicate symbol {s:?}"));
+        }
+    }
+    let nseries = next(&mut pos)?;
+    let mut pairs = Vec::new();
+    for _ in 0..nseries {
+        let id = next(&mut pos)?;
+        let n = next(&mut pos)?;
+        pairs.clear();
+        for _ in 0..n.saturating_mul(2) {
+            let s = next(&mut pos)?;
+            if s >= st.syms.len() as u64 {
+                return Err(format!("series {id}: unknown symbol {s}"));
+            }
+            pairs.push(s as u32);
+        }
+        st.push_series(id, &pairs).map_err(|e| e.0)?;
+        ids.push((id, st.labels(&pairs).stable_hash()));
+    }
+    Ok(())
+}
+
 impl Index {
-    /// Opens the index and rebuilds the postings. Returns every `(id, labels hash)`.
+    /// Opens the index and loads it into memory. Returns every `(id, labels hash)`.
     pub fn open(db: &sled::Db) -> Result<(Index, Vec<(u64, u64)>), StorageError> {
-        let series = db
+        let tree = db
             .open_tree("series")
             .map_err(|e| sled_err("open tree", e))?;
-        let mut postings = Postings::new();
+        let mut st = State {
+            offs: vec![0],
+            ..State::default()
+        };
         let mut ids = Vec::new();
-        for r in series.iter() {
+        let mut seq = 0u64;
+        for r in tree.iter() {
             let (k, v) = r.map_err(|e| sled_err("scan series", e))?;
-            let id = bytes8(&k, 0)
+            let key = super::codec::bytes8(&k, 0)
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| StorageError("tsdb: bad series key".into()))?;
-            let labels =
-                decode_labels(&v).map_err(|e| StorageError(format!("tsdb: series {id}: {e}")))?;
-            add_postings(&mut postings, id, &labels);
-            ids.push((id, labels.stable_hash()));
+            decode_batch(&mut st, &v, &mut ids)
+                .map_err(|e| StorageError(format!("tsdb: series batch {key}: {e}")))?;
+            seq = key.saturating_add(1);
         }
+        let pending = Pending {
+            first_sym: st.syms.len() as u32,
+            seq,
+            ..Pending::default()
+        };
         Ok((
             Index {
-                series,
-                postings: RwLock::new(postings),
+                tree,
+                st: RwLock::new(st),
+                pending: Mutex::new(pending),
             },
             ids,
         ))
     }
 
-    /// Persists a new series and adds it to the postings. Ids must be added in
-    /// increasing order (postings lists stay sorted).
+    /// Adds a new series in memory and queues it for [`Index::flush_pending`]. Ids
+    /// must be added in increasing order.
     pub fn add_series(&self, id: u64, labels: &Labels) -> Result<(), StorageError> {
-        self.series
-            .insert(id.to_be_bytes(), encode_labels(labels))
-            .map_err(|e| sled_err("write series", e))?;
-        add_postings(&mut *self.postings.write().map_err(poisoned)?, id, labels);
+        let mut st = self.st.write().map_err(poisoned)?;
+        let mut p = self.pending.lock().map_err(poisoned)?;
+        let mut pairs = Vec::with_capacity(labels.len() * 2);
+        for l in labels {
+            for s in [&l.name, &l.value] {
+                let (sym, new) = st.intern(s)?;
+                if new {
+                    if p.nsyms == 0 {
+                        p.first_sym = sym;
+                    }
+                    p.nsyms += 1;
+                    put_uvarint(&mut p.syms, s.len() as u64);
+                    p.syms.extend_from_slice(s.as_bytes());
+                }
+                pairs.push(sym);
+            }
+        }
+        st.push_series(id, &pairs)?;
+        p.nseries += 1;
+        put_uvarint(&mut p.series, id);
+        put_uvarint(&mut p.series, labels.len() as u64);
+        for s in pairs {
+            put_uvarint(&mut p.series, u64::from(s));
+        }
         Ok(())
     }
 
-    pub fn labels(&self, id: u64) -> Result<Option<Labels>, StorageError> {
-        match self
-            .series
-            .get(id.to_be_bytes())
-            .map_err(|e| sled_err("read series", e))?
-        {
-            None => Ok(None),
-            Some(v) => decode_labels(&v)
-                .map(Some)
-                .map_err(|e| StorageError(format!("tsdb: series {id}: {e}"))),
+    /// Writes the queued symbols and series as one sled value (not fsynced).
+    pub fn flush_pending(&self) -> Result<(), StorageError> {
+        let mut p = self.pending.lock().map_err(poisoned)?;
+        if p.nseries == 0 && p.nsyms == 0 {
+            return Ok(());
         }
+        let mut body = Vec::with_capacity(p.syms.len() + p.series.len() + 24);
+        put_uvarint(&mut body, u64::from(p.first_sym));
+        put_uvarint(&mut body, p.nsyms);
+        body.extend_from_slice(&p.syms);
+        put_uvarint(&mut body, p.nseries);
+        body.extend_from_slice(&p.series);
+        let v = super::codec::deflate(FORMAT_V3, &body);
+        self.tree
+            .insert(p.seq.to_be_bytes(), v)
+            .map_err(|e| sled_err("write series", e))?;
+        p.seq += 1;
+        p.first_sym = p.first_sym.saturating_add(p.nsyms as u32);
+        p.nsyms = 0;
+        p.nseries = 0;
+        p.syms = Vec::new();
+        p.series = Vec::new();
+        Ok(())
     }
 
-    /// Labels of many series (`ids` sorted ascending), in the same order. Dense id sets
-    /// are read with one ordered scan, which is far cheaper in sled than point reads.
-    pub fn labels_many(&self, ids: &[u64]) -> Result<Vec<Option<Labels>>, StorageError> {
-        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
-            return Ok(Vec::new());
-        };
-        let span = last.saturating_sub(first).saturating_add(1);
-        if ids.len() < 64 || span / (ids.len() as u64) > 16 || ids.windows(2).any(|w| w[0] >= w[1])
-        {
-            return ids.iter().map(|&id| self.labels(id)).collect();
-        }
-        let mut out = Vec::with_capacity(ids.len());
-        let mut want = ids.iter().copied().peekable();
-        for r in self.series.range(first.to_be_bytes()..=last.to_be_bytes()) {
-            let (k, v) = r.map_err(|e| sled_err("scan series", e))?;
-            let Some(id) = bytes8(&k, 0).map(u64::from_be_bytes) else {
+    /// Whether series `id` has exactly these labels.
+    pub fn has_labels(&self, id: u64, labels: &Labels) -> Result<bool, StorageError> {
+        let st = self.st.read().map_err(poisoned)?;
+        let pairs = st.pairs(id);
+        Ok(pairs.len() == labels.len() * 2
+            && pairs
+                .chunks_exact(2)
+                .zip(labels.iter())
+                .all(|(p, l)| st.sym(p[0]) == l.name && st.sym(p[1]) == l.value))
+    }
+
+    pub fn labels(&self, id: u64) -> Result<Option<Labels>, StorageError> {
+        let st = self.st.read().map_err(poisoned)?;
+        let pairs = st.pairs(id);
+        Ok((!pairs.is_empty()).then(|| st.labels(pairs)))
+    }
+
+    /// Every series id (ascending).
+    pub fn all_ids(&self) -> Result<Vec<u64>, StorageError> {
+        let st = self.st.read().map_err(poisoned)?;
+        Ok((1..st.offs.len() as u64)
+            .filter(|&id| !st.pairs(id).is_empty())
+            .collect())
+    }
+
+    /// Keeps the entries of `ids` whose series match every matcher, sorted by labels,
+    /// with their labels: `(position in ids, labels)`.
+    pub fn resolve(
+        &self,
+        ids: &[u64],
+        matchers: &[Matcher],
+    ) -> Result<Vec<(usize, Labels)>, StorageError> {
+        let ranks = self.st.write().map_err(poisoned)?.ranks();
+        let st = self.st.read().map_err(poisoned)?;
+        let mut prep: Vec<Prepared> = matchers
+            .iter()
+            .map(|m| Prepared {
+                m,
+                name: st.sym_ids.get(m.name.as_str()).copied(),
+                cache: Vec::new(),
+                empty: m.matches(""),
+            })
+            .collect();
+        let mut keep: Vec<(usize, &[u32])> = Vec::with_capacity(ids.len());
+        'series: for (pos, &id) in ids.iter().enumerate() {
+            let pairs = st.pairs(id);
+            if pairs.is_empty() {
                 continue;
-            };
-            while want.next_if(|&w| w < id).is_some() {
-                out.push(None);
             }
-            if want.next_if_eq(&id).is_some() {
-                let l = decode_labels(&v)
-                    .map_err(|e| StorageError(format!("tsdb: series {id}: {e}")))?;
-                out.push(Some(l));
+            for p in prep.iter_mut() {
+                let value = p
+                    .name
+                    .and_then(|n| pairs.chunks_exact(2).find(|q| q[0] == n).map(|q| q[1]));
+                let ok = match value {
+                    None => p.empty,
+                    Some(v) => {
+                        if p.cache.is_empty() {
+                            p.cache = vec![0; st.syms.len()];
+                        }
+                        match p.cache.get(v as usize).copied() {
+                            Some(1) => true,
+                            Some(2) => false,
+                            _ => {
+                                let ok = p.m.matches(st.sym(v));
+                                if let Some(c) = p.cache.get_mut(v as usize) {
+                                    *c = if ok { 1 } else { 2 };
+                                }
+                                ok
+                            }
+                        }
+                    }
+                };
+                if !ok {
+                    continue 'series;
+                }
             }
-            if want.peek().is_none() {
-                break;
-            }
+            keep.push((pos, pairs));
         }
-        out.extend(want.map(|_| None));
+        let rank = |s: u32| ranks.get(s as usize).copied().unwrap_or(u32::MAX);
+        let full = |a: &(usize, &[u32]), b: &(usize, &[u32])| {
+            for (x, y) in a.1.iter().zip(b.1) {
+                match rank(*x).cmp(&rank(*y)) {
+                    Ordering::Equal => {}
+                    o => return o,
+                }
+            }
+            a.1.len().cmp(&b.1.len()).then(a.0.cmp(&b.0))
+        };
+        if ranks.len() >= (1 << 21) - 1 || keep.len() < 64 {
+            keep.sort_unstable_by(full);
+        } else {
+            // Sort by a packed key of the three symbols after the prefix all series
+            // share (ranks + 1; 0 = absent, so shorter sorts first), then order the
+            // runs of equal keys by full comparison.
+            let first = keep.first().map_or(&[][..], |k| k.1);
+            let mut common = first.len();
+            for k in &keep {
+                common = common.min(k.1.iter().zip(first).take_while(|(a, b)| a == b).count());
+            }
+            let key = |p: &[u32]| {
+                (0..3).fold(0u64, |k, i| {
+                    let r = p.get(common + i).map_or(0, |&s| u64::from(rank(s)) + 1);
+                    (k << 21) | r
+                })
+            };
+            let mut keyed: Vec<(u64, u32)> = keep
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (key(k.1), i as u32))
+                .collect();
+            keyed.sort_unstable();
+            let mut sorted = Vec::with_capacity(keep.len());
+            let mut i = 0;
+            while i < keyed.len() {
+                let mut j = i + 1;
+                while j < keyed.len() && keyed[j].0 == keyed[i].0 {
+                    j += 1;
+                }
+                let start = sorted.len();
+                sorted.extend(keyed[i..j].iter().map(|&(_, n)| keep[n as usize]));
+                if j - i > 1 {
+                    sorted[start..].sort_unstable_by(full);
+                }
+                i = j;
+            }
+            keep = sorted;
+        }
+        let st: &State = &st;
+        let build = |part: &[(usize, &[u32])]| -> Vec<(usize, Labels)> {
+            part.iter()
+                .map(|&(pos, pairs)| (pos, st.labels(pairs)))
+                .collect()
+        };
+        if keep.len() < super::PARALLEL_MIN {
+            return Ok(build(&keep));
+        }
+        // Building label strings is most of the cost: split it over two threads.
+        let (a, b) = keep.split_at(keep.len() / 2);
+        let (mut out, rb) = std::thread::scope(|sc| {
+            let hb = sc.spawn(|| build(b));
+            (build(a), hb.join())
+        });
+        out.extend(rb.map_err(|_| StorageError("tsdb: query thread panicked".into()))?);
         Ok(out)
     }
 
     /// Sorted ids of series with `name="value"`.
     pub fn postings(&self, name: &str, value: &str) -> Result<Vec<u64>, StorageError> {
-        let p = self.postings.read().map_err(poisoned)?;
-        Ok(p.get(name)
-            .and_then(|vs| vs.get(value))
-            .cloned()
+        let st = self.st.read().map_err(poisoned)?;
+        let (Some(&n), Some(&v)) = (st.sym_ids.get(name), st.sym_ids.get(value)) else {
+            return Ok(Vec::new());
+        };
+        Ok(st
+            .postings
+            .get(&u64::from(n))
+            .and_then(|vs| vs.get(&u64::from(v)))
+            .map(|l| l.iter().map(|&i| u64::from(i)).collect())
             .unwrap_or_default())
     }
 
     /// Sorted distinct values of label `name`.
     pub fn label_values(&self, name: &str) -> Result<Vec<String>, StorageError> {
-        let p = self.postings.read().map_err(poisoned)?;
-        Ok(p.get(name)
-            .map(|vs| vs.keys().cloned().collect())
-            .unwrap_or_default())
+        let st = self.st.read().map_err(poisoned)?;
+        let Some(&n) = st.sym_ids.get(name) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<String> = st
+            .postings
+            .get(&u64::from(n))
+            .into_iter()
+            .flat_map(|vs| vs.keys())
+            .map(|&v| st.sym(v as u32).to_string())
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Sorted distinct label names.
     pub fn label_names(&self) -> Result<Vec<String>, StorageError> {
-        Ok(self
+        let st = self.st.read().map_err(poisoned)?;
+        let mut out: Vec<String> = st
             .postings
-            .read()
-            .map_err(poisoned)?
             .keys()
-            .cloned()
-            .collect())
+            .map(|&n| st.sym(n as u32).to_string())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Estimated bytes held by the index in memory.
+    pub fn bytes(&self) -> u64 {
+        let Ok(st) = self.st.read() else { return 0 };
+        let syms: usize = st.syms.iter().map(|s| s.len() + 16 + 48).sum();
+        let postings: usize = st
+            .postings
+            .values()
+            .map(|vs| vs.values().map(|l| l.capacity() * 4 + 40).sum::<usize>())
+            .sum();
+        (syms + st.offs.capacity() * 4 + st.arena.capacity() * 4 + postings) as u64
     }
 
     /// Sorted candidate ids for `matchers`, or `None` when no matcher narrows them (all
     /// series are candidates). The caller still checks labels against all matchers.
     pub fn candidates(&self, matchers: &[Matcher]) -> Result<Option<Vec<u64>>, StorageError> {
-        let p = self.postings.read().map_err(poisoned)?;
-        let mut result: Option<Vec<u64>> = None;
+        let st = self.st.read().map_err(poisoned)?;
+        let mut result: Option<Vec<u32>> = None;
         // Equality matchers first: they are the cheapest and most selective.
         let mut order: Vec<&Matcher> = matchers.iter().filter(|m| !m.matches_empty()).collect();
         order.sort_by_key(|m| m.op != MatchOp::Equal);
         for m in order {
-            let values = p.get(&m.name);
-            let ids = match m.op {
-                MatchOp::Equal => values
-                    .and_then(|vs| vs.get(&m.value))
+            let values = st
+                .sym_ids
+                .get(m.name.as_str())
+                .and_then(|n| st.postings.get(&u64::from(*n)));
+            let ids: Vec<u32> = match m.op {
+                MatchOp::Equal => st
+                    .sym_ids
+                    .get(m.value.as_str())
+                    .and_then(|v| values.and_then(|vs| vs.get(&u64::from(*v))))
                     .cloned()
                     .unwrap_or_default(),
                 _ => {
                     let mut ids = Vec::new();
                     for (v, list) in values.into_iter().flatten() {
-                        if m.matches(v) {
+                        if m.matches(st.sym(*v as u32)) {
                             ids.extend_from_slice(list);
                         }
                     }
@@ -177,41 +565,23 @@ impl Index {
                 Some(prev) => intersect(&prev, &ids),
             };
             if next.is_empty() {
-                return Ok(Some(next));
+                return Ok(Some(Vec::new()));
             }
             result = Some(next);
         }
-        Ok(result)
-    }
-}
-
-fn add_postings(p: &mut Postings, id: u64, labels: &Labels) {
-    for l in labels {
-        let values = match p.get_mut(l.name.as_str()) {
-            Some(v) => v,
-            None => p.entry(l.name.clone()).or_default(),
-        };
-        let list = match values.get_mut(l.value.as_str()) {
-            Some(list) => list,
-            None => values.entry(l.value.clone()).or_default(),
-        };
-        if list.last().is_none_or(|&last| last < id) {
-            list.push(id);
-        } else if let Err(pos) = list.binary_search(&id) {
-            list.insert(pos, id);
-        }
+        Ok(result.map(|r| r.into_iter().map(u64::from).collect()))
     }
 }
 
 /// Intersection of two sorted id lists.
-pub fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
+pub fn intersect<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
     let (mut i, mut j) = (0, 0);
     let mut out = Vec::with_capacity(a.len().min(b.len()));
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
+            Ordering::Less => i += 1,
+            Ordering::Greater => j += 1,
+            Ordering::Equal => {
                 out.push(a[i]);
                 i += 1;
                 j += 1;
@@ -225,17 +595,18 @@ pub fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
 mod tests {
     use super::*;
 
+    const SERIES: [&[(&str, &str)]; 4] = [
+        &[("__name__", "up"), ("job", "a"), ("instance", "1")],
+        &[("__name__", "up"), ("job", "b"), ("instance", "2")],
+        &[("__name__", "up"), ("job", "a\0x")],
+        &[("__name__", "down"), ("job", "a")],
+    ];
+
     fn index() -> (tempfile::TempDir, Index) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let (idx, _) = Index::open(&db).unwrap();
-        let series = [
-            &[("__name__", "up"), ("job", "a"), ("instance", "1")][..],
-            &[("__name__", "up"), ("job", "b"), ("instance", "2")],
-            &[("__name__", "up"), ("job", "a\0x")],
-            &[("__name__", "down"), ("job", "a")],
-        ];
-        for (i, s) in series.iter().enumerate() {
+        for (i, s) in SERIES.iter().enumerate() {
             idx.add_series(i as u64 + 1, &Labels::from_pairs(s))
                 .unwrap();
         }
@@ -246,11 +617,18 @@ mod tests {
         let cands = idx
             .candidates(ms)
             .unwrap()
-            .unwrap_or_else(|| vec![1, 2, 3, 4]);
-        cands
+            .unwrap_or_else(|| idx.all_ids().unwrap());
+        let mut out: Vec<u64> = idx
+            .resolve(&cands, ms)
+            .unwrap()
             .into_iter()
-            .filter(|&id| Matcher::all_match(ms, &idx.labels(id).unwrap().unwrap()))
-            .collect()
+            .map(|(pos, l)| {
+                assert_eq!(idx.labels(cands[pos]).unwrap().unwrap(), l);
+                cands[pos]
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     fn m(op: MatchOp, n: &str, v: &str) -> Matcher {
@@ -297,6 +675,11 @@ mod tests {
             select(&idx, &[m(MatchOp::Equal, "nope", "x")]),
             Vec::<u64>::new()
         );
+        // A value that exists only as a label name is no match.
+        assert_eq!(
+            select(&idx, &[m(MatchOp::Equal, "job", "instance")]),
+            Vec::<u64>::new()
+        );
         assert!(
             idx.candidates(&[m(MatchOp::NotEqual, "job", "a")])
                 .unwrap()
@@ -305,20 +688,54 @@ mod tests {
     }
 
     #[test]
-    fn labels_many_matches_point_reads() {
+    fn resolve_sorts_by_labels() {
+        let (_d, idx) = index();
+        let ids = idx.all_ids().unwrap();
+        let got: Vec<Labels> = idx
+            .resolve(&ids, &[])
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        let mut want: Vec<Labels> = SERIES.iter().map(|s| Labels::from_pairs(s)).collect();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(idx.has_labels(2, &Labels::from_pairs(SERIES[1])).unwrap());
+        assert!(!idx.has_labels(2, &Labels::from_pairs(SERIES[0])).unwrap());
+        assert!(!idx.has_labels(9, &Labels::from_pairs(SERIES[0])).unwrap());
+    }
+
+    #[test]
+    fn resolve_sorts_many_series_like_labels_do() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let (idx, _) = Index::open(&db).unwrap();
-        for id in (1..400u64).filter(|i| i % 5 != 0) {
-            idx.add_series(id, &Labels::from_pairs(&[("i", id.to_string())]))
-                .unwrap();
+        let mut want = Vec::new();
+        for i in 1..=500u64 {
+            let mut pairs = vec![
+                ("__name__", "m".to_string()),
+                ("a", format!("{}", i % 7)),
+                ("b", format!("{}", (i * 31) % 11)),
+            ];
+            if i % 3 == 0 {
+                pairs.push(("c", format!("{}", i)));
+            }
+            if i % 5 == 0 {
+                pairs.retain(|p| p.0 != "b");
+            }
+            let l = Labels::from_pairs(&pairs);
+            idx.add_series(i, &l).unwrap();
+            want.push(l);
         }
-        let ids: Vec<u64> = (0..420).filter(|i| i % 3 != 0).collect();
-        let many = idx.labels_many(&ids).unwrap();
-        assert_eq!(many.len(), ids.len());
-        for (id, l) in ids.iter().zip(many) {
-            assert_eq!(l, idx.labels(*id).unwrap(), "id {id}");
-        }
+        want.sort();
+        let ids = idx.all_ids().unwrap();
+        let got: Vec<Labels> = idx
+            .resolve(&ids, &[])
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -333,17 +750,64 @@ mod tests {
     }
 
     #[test]
-    fn postings_are_rebuilt_on_open() {
-        let (dir, idx) = index();
-        drop(idx);
+    fn index_is_reloaded_on_open_from_flushed_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let (idx, _) = Index::open(&db).unwrap();
+            for (i, s) in SERIES.iter().enumerate() {
+                idx.add_series(i as u64 + 1, &Labels::from_pairs(s))
+                    .unwrap();
+                // Two batches, the second reusing symbols of the first.
+                if i == 1 {
+                    idx.flush_pending().unwrap();
+                }
+            }
+            idx.add_series(7, &Labels::from_pairs(&[("x", "y")]))
+                .unwrap();
+            idx.flush_pending().unwrap();
+            // Not flushed: lost on reopen.
+            idx.add_series(8, &Labels::from_pairs(&[("x", "z")]))
+                .unwrap();
+            db.flush().unwrap();
+        }
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let (idx, ids) = Index::open(&db).unwrap();
-        assert_eq!(ids.len(), 4);
         assert_eq!(
-            ids[0].1,
-            Labels::from_pairs(&[("__name__", "up"), ("job", "a"), ("instance", "1")])
-                .stable_hash()
+            ids.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 7]
         );
+        assert_eq!(ids[0].1, Labels::from_pairs(SERIES[0]).stable_hash());
         assert_eq!(idx.postings("__name__", "up").unwrap(), vec![1, 2, 3]);
+        assert_eq!(idx.labels(5).unwrap(), None);
+        assert_eq!(
+            idx.labels(7).unwrap(),
+            Some(Labels::from_pairs(&[("x", "y")]))
+        );
+        assert_eq!(idx.all_ids().unwrap(), vec![1, 2, 3, 4, 7]);
+        // New series continue the symbol numbering.
+        idx.add_series(9, &Labels::from_pairs(&[("x", "w"), ("job", "a")]))
+            .unwrap();
+        idx.flush_pending().unwrap();
+        drop(idx);
+        let (idx, _) = Index::open(&db).unwrap();
+        assert_eq!(idx.postings("job", "a").unwrap(), vec![1, 4, 9]);
+    }
+
+    #[test]
+    fn old_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.open_tree("series")
+            .unwrap()
+            .insert(1u64.to_be_bytes(), &[1, 1, 1, b'a', 1, b'b'])
+            .unwrap();
+        let err = Index::open(&db).err().unwrap();
+        assert!(err.0.contains("v1 format"), "{}", err.0);
+        db.open_tree("series")
+            .unwrap()
+            .insert(1u64.to_be_bytes(), &[2, 5])
+            .unwrap();
+        assert!(Index::open(&db).is_err());
     }
 }

@@ -3,13 +3,16 @@
 //! Parts:
 //! - [`chunkenc`]: Prometheus-compatible XOR chunks;
 //! - [`head`]: one open chunk per series in memory, ordering rules, chunk cutting;
-//! - [`index`]: the series tree and in-memory postings, matcher resolution;
+//! - [`index`]: the interned in-memory series index (symbols, label arena, postings),
+//!   matcher resolution and label sorting; persisted as batches in the `series` tree;
 //! - [`wal`]: the write-ahead log's record format;
 //! - [`retention`]: the `chunks` tree layout and block retention;
-//! - [`codec`]: varints, sortable keys, the persisted label format.
+//! - [`codec`]: varints, sortable keys, version bytes, deflate of persisted values.
 //!
-//! sled trees: `series` (index), `chunks` (sealed chunks),
-//! `sealed` (per series: min time, last sealed sample), `wal`.
+//! sled trees: `series` (symbols and series, one value per WAL flush), `chunks`
+//! (sealed chunks), `sealed` (per series: min time, last sealed sample), `wal`.
+//! New series reach sled with the WAL flush that follows their creation, before the
+//! WAL records that refer to them.
 //!
 //! # Durability
 //! A commit encodes its batch into an in-memory WAL buffer and applies it to the head;
@@ -46,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use sled::Tree;
 
-use self::codec::{FORMAT_V1, U64Map, bytes8};
+use self::codec::{FORMAT_DEFLATE, FORMAT_V1, U64Map, bytes8};
 use self::head::{Appended, Head, MemSeries, SealedChunk, block_of};
 use self::index::{Index, sled_err};
 use self::wal::{RecordBuilder, WalCursor};
@@ -69,7 +72,8 @@ pub struct TsdbOptions {
     pub maintenance_interval: Duration,
     /// How often a new WAL segment starts (older segments become deletable).
     pub wal_segment_interval: Duration,
-    /// sled's page cache in bytes.
+    /// sled's page cache in bytes. Queries of head data and label lookups never read
+    /// sled, so this only serves sealed-chunk reads and writes.
     pub cache_capacity: u64,
 }
 
@@ -81,7 +85,7 @@ impl Default for TsdbOptions {
             block_range: Duration::from_secs(2 * 3600),
             maintenance_interval: Duration::from_secs(60),
             wal_segment_interval: Duration::from_secs(10 * 60),
-            cache_capacity: 16 << 20,
+            cache_capacity: 4 << 20,
         }
     }
 }
@@ -377,8 +381,8 @@ struct HeadSnap {
     id: u64,
     min_t: i64,
     last_t: i64,
-    /// Open chunk (min time, bytes) when it overlaps the range.
-    open: Option<(i64, Vec<u8>)>,
+    /// Open chunk (min time, its samples within the range) when it overlaps the range.
+    open: Option<(i64, Vec<Sample>)>,
 }
 
 impl Inner {
@@ -409,13 +413,25 @@ impl Inner {
             if broken_seg == Some(seg) {
                 continue;
             }
-            if v.first() != Some(&FORMAT_V1) {
-                self.counters.corrupt.fetch_add(1, Relaxed);
-                broken_seg = Some(seg);
-                continue;
-            }
+            let body = match v.first() {
+                Some(&FORMAT_V1) => std::borrow::Cow::Borrowed(&v[1..]),
+                Some(&FORMAT_DEFLATE) => match codec::inflate(&v[1..]) {
+                    Ok(b) => std::borrow::Cow::Owned(b),
+                    Err(e) => {
+                        tracing::warn!(segment = seg, error = %e, "tsdb: corrupt WAL value, skipping the rest of its segment");
+                        self.counters.corrupt.fetch_add(1, Relaxed);
+                        broken_seg = Some(seg);
+                        continue;
+                    }
+                },
+                _ => {
+                    self.counters.corrupt.fetch_add(1, Relaxed);
+                    broken_seg = Some(seg);
+                    continue;
+                }
+            };
             let mut replayed = 0u64;
-            let res = wal::decode_records(&v[1..], &mut cursors, |id, t, vb| {
+            let res = wal::decode_records(&body, &mut cursors, |id, t, vb| {
                 let Some(ms) = head.get_mut(id) else { return };
                 if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg) {
                     sealed.extend(s);
@@ -469,6 +485,8 @@ impl Inner {
     fn flush_wal(&self) -> Result<(), StorageError> {
         {
             let mut w = self.wal.lock().map_err(lock_err)?;
+            // Series before the records that refer to them (both under the wal lock).
+            self.index.flush_pending()?;
             self.write_wal_buf(&mut w)?;
         }
         self.db.flush().map_err(|e| sled_err("flush", e))?;
@@ -481,15 +499,12 @@ impl Inner {
         if w.buf.is_empty() {
             return Ok(());
         }
-        let mut v = Vec::with_capacity(w.buf.len() + 1);
-        v.push(FORMAT_V1);
-        v.extend_from_slice(&w.buf);
+        let v = codec::deflate(FORMAT_DEFLATE, &w.buf);
+        let v_len = v.len();
         self.wal_tree
             .insert(wal_key(w.seg, w.seq), v)
             .map_err(|e| sled_err("write wal", e))?;
-        self.counters
-            .wal_bytes
-            .fetch_add(w.buf.len() as u64 + 9, Relaxed);
+        self.counters.wal_bytes.fetch_add(v_len as u64 + 8, Relaxed);
         w.buf.clear();
         if w.buf.capacity() > (1 << 20) {
             w.buf.shrink_to(1 << 20);
@@ -597,7 +612,7 @@ impl Inner {
 
     fn find(&self, head: &Head, hash: u64, labels: &Labels) -> Result<Option<u64>, StorageError> {
         for id in head.ids_for_hash(hash) {
-            if self.index.labels(id)?.as_ref() == Some(labels) {
+            if self.index.has_labels(id, labels)? {
                 return Ok(Some(id));
             }
         }
@@ -656,7 +671,8 @@ impl Inner {
         res.map(|()| accepted)
     }
 
-    /// Copies what the query path needs out of the head for the candidate series.
+    /// Copies what the query path needs out of the head for the candidate series. Large
+    /// candidate lists are split over two threads (the head read lock is shared).
     fn snapshot(
         &self,
         cands: Option<Vec<u64>>,
@@ -666,41 +682,29 @@ impl Inner {
     ) -> Result<Vec<HeadSnap>, StorageError> {
         let head = self.head.read().map_err(lock_err)?;
         let cutoff = self.retention_from.load(Relaxed);
-        let mut out = Vec::new();
-        let mut take = |id: u64, ms: &MemSeries| {
-            let last_t = if ms.open_samples() > 0 {
-                ms.xor.t.max(ms.wal.t)
-            } else {
-                ms.wal.t
-            };
-            if !ms.has_samples() || ms.min_t > end || last_t < start || last_t < cutoff {
-                return;
-            }
-            let open = (with_chunks && ms.open_samples() > 0 && ms.chunk_min_t <= end)
-                .then(|| (ms.chunk_min_t, ms.chunk.clone()));
-            out.push(HeadSnap {
-                id,
-                min_t: ms.min_t.max(cutoff),
-                last_t,
-                open,
-            });
+        let ids: Vec<u64> = match cands {
+            Some(ids) => ids,
+            None => head
+                .series
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_some())
+                .map(|(id, _)| id as u64)
+                .collect(),
         };
-        match cands {
-            Some(ids) => {
-                for id in ids {
-                    if let Some(ms) = head.get(id) {
-                        take(id, ms);
-                    }
-                }
-            }
-            None => {
-                for (id, ms) in head.series.iter().enumerate() {
-                    if let Some(ms) = ms {
-                        take(id as u64, ms);
-                    }
-                }
-            }
+        let head: &Head = &head;
+        let run = |ids: &[u64]| snap_many(head, ids, start, end, cutoff, with_chunks);
+        if ids.len() < PARALLEL_MIN {
+            return run(&ids);
         }
+        let (a, b) = ids.split_at(ids.len() / 2);
+        let (ra, rb) = std::thread::scope(|sc| {
+            let hb = sc.spawn(|| run(b));
+            let ra = run(a);
+            (ra, hb.join())
+        });
+        let mut out = ra?;
+        out.extend(rb.map_err(|_| StorageError("tsdb: query thread panicked".into()))??);
         Ok(out)
     }
 
@@ -734,7 +738,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Matching series (labels checked against every matcher) overlapping the range.
+    /// Matching series (labels checked against every matcher) overlapping the range,
+    /// sorted by labels.
     fn matching(
         &self,
         start: i64,
@@ -748,16 +753,56 @@ impl Inner {
         let cands = self.index.candidates(matchers)?;
         let snaps = self.snapshot(cands, start, end, with_chunks)?;
         let ids: Vec<u64> = snaps.iter().map(|s| s.id).collect();
-        let labels = self.index.labels_many(&ids)?;
-        let mut out = Vec::with_capacity(snaps.len());
-        for (s, labels) in snaps.into_iter().zip(labels) {
-            let Some(labels) = labels else { continue };
-            if Matcher::all_match(matchers, &labels) {
-                out.push((labels, s));
-            }
-        }
-        Ok(out)
+        let resolved = self.index.resolve(&ids, matchers)?;
+        let mut snaps: Vec<Option<HeadSnap>> = snaps.into_iter().map(Some).collect();
+        Ok(resolved
+            .into_iter()
+            .filter_map(|(pos, labels)| Some((labels, snaps.get_mut(pos)?.take()?)))
+            .collect())
     }
+}
+
+/// Candidate lists at least this long are processed on two threads.
+pub(crate) const PARALLEL_MIN: usize = 16_384;
+
+/// [`Inner::snapshot`] for one slice of ids.
+fn snap_many(
+    head: &Head,
+    ids: &[u64],
+    start: i64,
+    end: i64,
+    cutoff: i64,
+    with_chunks: bool,
+) -> Result<Vec<HeadSnap>, StorageError> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut scratch: Vec<Sample> = Vec::new();
+    for &id in ids {
+        let Some(ms) = head.get(id) else { continue };
+        let last_t = if ms.open_samples() > 0 {
+            ms.xor.t.max(ms.wal.t)
+        } else {
+            ms.wal.t
+        };
+        if !ms.has_samples() || ms.min_t > end || last_t < start || last_t < cutoff {
+            continue;
+        }
+        let open = if with_chunks && ms.open_samples() > 0 && ms.chunk_min_t <= end {
+            // Decode in place (no copy of the chunk); one exact-size allocation.
+            scratch.clear();
+            chunkenc::decode_range(&ms.chunk, start, end, &mut scratch)
+                .map_err(|e| StorageError(format!("tsdb: series {id} head chunk: {e}")))?;
+            Some((ms.chunk_min_t, scratch.as_slice().to_vec()))
+        } else {
+            None
+        };
+        out.push(HeadSnap {
+            id,
+            min_t: ms.min_t.max(cutoff),
+            last_t,
+            open,
+        });
+    }
+    Ok(out)
 }
 
 impl Queryable for Tsdb {
@@ -766,26 +811,25 @@ impl Queryable for Tsdb {
         let inner = &self.inner;
         let mut series = Vec::new();
         for (labels, snap) in inner.matching(start, end, matchers, true)? {
-            let mut samples = Vec::new();
             let sealed_hi = snap
                 .open
                 .as_ref()
                 .map_or(snap.last_t, |(m, _)| m.saturating_sub(1))
                 .min(end);
             let lo = snap.min_t.max(start);
-            if lo <= sealed_hi {
+            let head_samples = snap.open.map(|(_, s)| s).unwrap_or_default();
+            let samples = if lo <= sealed_hi {
+                let mut samples = Vec::new();
                 inner.sealed_samples(snap.id, lo, sealed_hi, &mut samples)?;
-            }
-            if let Some((_, bytes)) = &snap.open {
-                chunkenc::decode_range(bytes, start, end, &mut samples).map_err(|e| {
-                    StorageError(format!("tsdb: series {} head chunk: {e}", snap.id))
-                })?;
-            }
+                samples.extend_from_slice(&head_samples);
+                samples
+            } else {
+                head_samples
+            };
             if !samples.is_empty() {
                 series.push(Series { labels, samples });
             }
         }
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(SeriesSet {
             series,
             warnings: Vec::new(),
@@ -798,14 +842,12 @@ impl Queryable for Tsdb {
         maxt: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<Labels>, StorageError> {
-        let mut out: Vec<Labels> = self
+        Ok(self
             .inner
             .matching(mint, maxt, matchers, false)?
             .into_iter()
             .map(|(l, _)| l)
-            .collect();
-        out.sort();
-        Ok(out)
+            .collect())
     }
 
     fn label_names(
@@ -854,10 +896,14 @@ impl Appendable for Tsdb {
             inner: self.inner.clone(),
             samples: Vec::new(),
             batch_last: U64Map::default(),
+            in_batch: Vec::new(),
             created: 0,
         })
     }
 }
+
+/// Series ids up to `64 * MAX_BITSET_WORD` are tracked in the appender's bitset.
+const MAX_BITSET_WORD: usize = 1 << 24;
 
 /// One batch of appends; validated at append time, applied and logged at commit.
 struct TsdbAppender {
@@ -865,10 +911,45 @@ struct TsdbAppender {
     samples: Vec<(u64, i64, f64)>,
     /// Last pending sample per series, for ordering checks within the batch.
     batch_last: U64Map<(i64, u64)>,
+    /// Bit per series id: already has a pending sample in this batch. Only ids seen
+    /// twice go to `batch_last` (a scrape appends each series once).
+    in_batch: Vec<u64>,
     created: u64,
 }
 
 impl TsdbAppender {
+    /// Whether `id` may have a pending sample in this batch.
+    fn pending(&self, id: u64) -> bool {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        w > MAX_BITSET_WORD || self.in_batch.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+
+    /// The last pending sample of `id` (rare: a series appended twice in one batch).
+    fn last_pending(&self, id: u64) -> Option<(i64, u64)> {
+        if let Some(&x) = self.batch_last.get(&id) {
+            return Some(x);
+        }
+        let &(_, t, v) = self.samples.iter().rev().find(|s| s.0 == id)?;
+        Some((t, v.to_bits()))
+    }
+
+    /// Records that `id` has a pending sample `(t, v)`.
+    fn mark_pending(&mut self, id: u64, t: i64, v: f64) {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        if w > MAX_BITSET_WORD {
+            self.batch_last.insert(id, (t, v.to_bits()));
+            return;
+        }
+        if w >= self.in_batch.len() {
+            self.in_batch.resize(w + 1 + w / 8, 0);
+        }
+        if self.in_batch[w] & (1 << b) != 0 {
+            self.batch_last.insert(id, (t, v.to_bits()));
+        } else {
+            self.in_batch[w] |= 1 << b;
+        }
+    }
+
     fn check(&mut self, id: u64, t: i64, v: f64) -> Result<bool, AppendError> {
         let c = &self.inner.counters;
         let (last_t, last_v, min_valid) = {
@@ -891,11 +972,11 @@ impl TsdbAppender {
             c.oob.fetch_add(1, Relaxed);
             return Err(AppendError::OutOfBounds);
         }
-        let (last_t, last_v) = self
-            .batch_last
-            .get(&id)
-            .copied()
-            .unwrap_or((last_t, last_v));
+        let (last_t, last_v) = if self.pending(id) {
+            self.last_pending(id).unwrap_or((last_t, last_v))
+        } else {
+            (last_t, last_v)
+        };
         match MemSeries::check(last_t, last_v, t, v) {
             Err(e) => {
                 let ctr = if e == AppendError::OutOfOrder {
@@ -932,7 +1013,7 @@ impl Appender for TsdbAppender {
             return Ok(());
         }
         self.samples.push((id, t, v));
-        self.batch_last.insert(id, (t, v.to_bits()));
+        self.mark_pending(id, t, v);
         Ok(())
     }
 

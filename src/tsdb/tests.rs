@@ -150,6 +150,25 @@ fn ordering_rules_within_and_across_batches() {
     app.append_ref(r, 20_000, stale_nan()).unwrap();
     assert_eq!(app.commit().unwrap().samples, 1);
 
+    // Three samples of one series in one batch: each is checked against the last.
+    let mut app = db.appender();
+    app.append_ref(r, 30_000, 3.0).unwrap();
+    app.append_ref(r, 40_000, 4.0).unwrap();
+    assert_eq!(
+        app.append_ref(r, 35_000, 1.0).unwrap_err(),
+        AppendError::OutOfOrder
+    );
+    assert_eq!(
+        app.append_ref(r, 40_000, 5.0).unwrap_err(),
+        AppendError::DuplicateTimestamp
+    );
+    app.append_ref(r, 50_000, 5.0).unwrap();
+    assert_eq!(
+        app.append_ref(r, 45_000, 1.0).unwrap_err(),
+        AppendError::OutOfOrder
+    );
+    assert_eq!(app.commit().unwrap().samples, 3);
+
     // Far older than the head's max time minus half a block: out of bounds.
     let mut app = db.appender();
     let other = lbl("other", &[]);
@@ -160,13 +179,13 @@ fn ordering_rules_within_and_across_batches() {
     app.rollback();
 
     let st = db.stats();
-    assert_eq!(st.out_of_order_samples_total, 2);
-    assert_eq!(st.duplicate_samples_total, 2);
+    assert_eq!(st.out_of_order_samples_total, 4);
+    assert_eq!(st.duplicate_samples_total, 3);
     assert_eq!(st.out_of_bounds_samples_total, 1);
     let set = db
         .select(&hints(0, 100_000), &[eq("__name__", "m")])
         .unwrap();
-    assert_eq!(set.series[0].samples.len(), 2);
+    assert_eq!(set.series[0].samples.len(), 5);
 }
 
 #[test]
@@ -490,4 +509,38 @@ fn repeated_reopens_keep_every_sample_once() {
         .unwrap();
     assert_eq!(ts(&set)[0], want);
     assert_eq!(db.stats().head_series, 1);
+}
+
+#[test]
+fn large_selects_split_over_threads_keep_order_and_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let n = super::PARALLEL_MIN * 2 + 7;
+    let mut refs = Vec::with_capacity(n);
+    let mut app = db.appender();
+    for i in 0..n {
+        let (a, b) = (format!("{}", i % 97), format!("{i}"));
+        let l = lbl("big", &[("a", &a), ("b", &b)]);
+        refs.push(app.append(&l, 1_000, i as f64).unwrap());
+    }
+    app.commit().unwrap();
+    let mut app = db.appender();
+    for (i, r) in refs.iter().enumerate() {
+        app.append_ref(*r, 2_000, i as f64 + 0.5).unwrap();
+    }
+    app.commit().unwrap();
+    let set = db
+        .select(&hints(0, 10_000), &[eq("__name__", "big")])
+        .unwrap();
+    assert_eq!(set.series.len(), n);
+    assert!(set.series.windows(2).all(|w| w[0].labels < w[1].labels));
+    for s in &set.series {
+        let i: f64 = s.labels.get("b").unwrap().parse().unwrap();
+        assert_eq!(s.samples.len(), 2);
+        assert_eq!((s.samples[0].v, s.samples[1].v), (i, i + 0.5));
+    }
+    assert_eq!(
+        db.series(0, 10_000, &[eq("a", "3")]).unwrap().len(),
+        n / 97 + 1
+    );
 }

@@ -1,7 +1,8 @@
 //! The write-ahead log's record format. One record per committed batch; the head
 //! buffers records and a background thread writes the buffer to the `wal` tree about
 //! once a second (group commit) under key `(segment BE u32, sequence BE u32)`, value
-//! `[FORMAT_V1][uvarint len, record]*`.
+//! `[FORMAT_DEFLATE][raw deflate of (uvarint len, record)*]` (values written by older
+//! versions, `[FORMAT_V1][(uvarint len, record)*]`, are still read).
 //!
 //! A record is `flags u8 | uvarint n | [varint t when all samples share it] |
 //! uvarint runs | (zigzag gap, uvarint len)* | bit stream`. Series ids are sorted and
