@@ -24,7 +24,9 @@ use crate::config::{self, Config};
 use crate::discovery::DiscoveryManager;
 use crate::promql::EngineOptions;
 use crate::scrape::ScrapeManager;
-use crate::scrape::manager::{ApplyConfig, ApplyTargetGroups, StopAll};
+use crate::scrape::manager::{
+    ApplyConfig, ApplyMembership, ApplyTargetGroups, Membership, StopAll,
+};
 use crate::storage::{Appendable, Queryable};
 use crate::telemetry::{self, Metrics};
 use crate::tsdb::{Tsdb, TsdbOptions};
@@ -280,7 +282,12 @@ impl Node {
         let appendable: Arc<dyn Appendable> = Arc::new(tsdb.clone());
         let queryable: Arc<dyn Queryable> = Arc::new(tsdb.clone());
 
-        let manager = ScrapeManager::new(appendable, metrics.clone(), cfg.clone());
+        let manager = ScrapeManager::new(
+            appendable,
+            metrics.clone(),
+            cfg.clone(),
+            args.cluster.replication_factor,
+        );
         let targets = manager.view();
         let manager = manager.start();
         manager.do_send(ApplyConfig(cfg.clone()));
@@ -330,6 +337,25 @@ impl Node {
         let cluster = ClusterHandle::start(opts)
             .await
             .context("starting the cluster member")?;
+        {
+            // Targets are assigned over the committed membership: forward every view.
+            let mut views = cluster.membership_view();
+            let node_id = cluster.node_id();
+            let mgr = manager.clone();
+            actix::spawn(async move {
+                loop {
+                    let v = views.borrow_and_update().clone();
+                    mgr.do_send(ApplyMembership(Membership {
+                        node_id,
+                        index: v.index,
+                        members: v.up.keys().copied().collect(),
+                    }));
+                    if views.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let status_cache = telemetry::ClusterStatusCache::default();
         metrics.register_collector(Box::new(telemetry::RaftCollector::new(
             status_cache.clone(),

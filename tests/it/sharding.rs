@@ -1,0 +1,267 @@
+//! Target assignment across a cluster (issue 5): every node reads the same config with
+//! 60 targets and scrapes only those the rendezvous hash gives it over the committed
+//! membership. Observed through each node's own `/api/v1/targets`, `/api/v1/cluster`,
+//! `/metrics` and local queries.
+//!
+//! The 60 targets are one test server behind 60 static groups told apart by an `idx`
+//! label (distinct labels, distinct target keys).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cluster::{TestCluster, str_of, view};
+use crate::harness::*;
+
+const TARGETS: usize = 60;
+const CONVERGE: Duration = Duration::from_secs(40);
+
+fn fleet_config(server: &TargetServer) -> String {
+    let mut y = String::from(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n",
+    );
+    for i in 0..TARGETS {
+        y.push_str(&format!(
+            "      - targets: ['{}']\n        labels: {{idx: '{i}'}}\n",
+            server.target()
+        ));
+    }
+    y
+}
+
+fn fleet_server() -> TargetServer {
+    let s = TargetServer::start();
+    s.set("/metrics", Reply::text("fleet_metric 1\n"));
+    s
+}
+
+/// The `idx` labels of the targets a node scrapes now.
+fn owned(node: &Node) -> Result<BTreeSet<usize>, String> {
+    let (code, body) = http_get(&node.url("/api/v1/targets?state=active"))?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{code}: {e}: {body}"))?;
+    let active = v["data"]["activeTargets"]
+        .as_array()
+        .ok_or_else(|| format!("no activeTargets: {body}"))?;
+    active
+        .iter()
+        .map(|t| {
+            str_of(&t["labels"]["idx"])
+                .parse::<usize>()
+                .map_err(|e| format!("bad idx in {t}: {e}"))
+        })
+        .collect()
+}
+
+/// Target idx → indices (into `c.nodes`) of the nodes scraping it, over `idx` nodes, once
+/// those nodes agree on the assignment: same `assignmentViewIndex`, `n_up` members,
+/// every member's `targets` equal to what it actually scrapes, and each of the
+/// `TARGETS` targets on exactly `replicas` nodes.
+fn settled_assignment(
+    c: &TestCluster,
+    idx: &[usize],
+    replicas: usize,
+) -> Result<BTreeMap<usize, BTreeSet<usize>>, String> {
+    let views: Vec<Value> = idx
+        .iter()
+        .map(|&i| view(&c.nodes[i]))
+        .collect::<Result<_, _>>()?;
+    let first = &views[0];
+    if first["assignmentViewIndex"].is_null() {
+        return Err(format!("no assignment yet: {first}"));
+    }
+    let expected_counts: BTreeMap<String, u64> = first["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["state"] == "up")
+        .map(|m| (str_of(&m["id"]), m["targets"].as_u64().unwrap_or(u64::MAX)))
+        .collect();
+    if expected_counts.len() != idx.len() {
+        return Err(format!("want {} up members: {first}", idx.len()));
+    }
+    let mut owners: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for (&i, v) in idx.iter().zip(&views) {
+        if v["assignmentViewIndex"] != first["assignmentViewIndex"] {
+            return Err(format!(
+                "assignment views differ: {} vs {}",
+                v["assignmentViewIndex"], first["assignmentViewIndex"]
+            ));
+        }
+        if v["discoveredTargets"] != TARGETS {
+            return Err(format!("discoveredTargets: {}", v["discoveredTargets"]));
+        }
+        let mine = owned(&c.nodes[i])?;
+        let id = str_of(&v["nodeId"]);
+        if expected_counts.get(&id) != Some(&(mine.len() as u64)) {
+            return Err(format!(
+                "node {i} ({id}) scrapes {} targets, the assignment says {:?}",
+                mine.len(),
+                expected_counts.get(&id)
+            ));
+        }
+        for t in mine {
+            owners.entry(t).or_default().insert(i);
+        }
+    }
+    if owners.len() != TARGETS {
+        return Err(format!("{} of {TARGETS} targets scraped", owners.len()));
+    }
+    if let Some((t, o)) = owners.iter().find(|(_, o)| o.len() != replicas) {
+        return Err(format!(
+            "target {t} scraped by {o:?}, want {replicas} nodes"
+        ));
+    }
+    Ok(owners)
+}
+
+/// Waits for [`settled_assignment`], then checks it holds still for 2 s.
+fn wait_settled(
+    c: &TestCluster,
+    idx: &[usize],
+    replicas: usize,
+) -> BTreeMap<usize, BTreeSet<usize>> {
+    let deadline = Instant::now() + CONVERGE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match settled_assignment(c, idx, replicas) {
+            Ok(a) => {
+                std::thread::sleep(Duration::from_secs(2));
+                let again = settled_assignment(c, idx, replicas)
+                    .unwrap_or_else(|e| panic!("assignment did not hold: {e}\n{}", c.logs()));
+                assert_eq!(
+                    a, again,
+                    "the assignment changed without a membership change"
+                );
+                return a;
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "nodes {idx:?} did not settle on an assignment within {CONVERGE:?}; last: {last}\n{}",
+        c.logs()
+    );
+}
+
+/// A counter of the node's `/metrics` (0 when absent).
+fn counter(node: &Node, name: &str) -> f64 {
+    let (_, body) = http_get(&node.url("/metrics")).expect("GET /metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn three_nodes_split_sixty_targets_disjointly() {
+    let server = fleet_server();
+    let c = TestCluster::start_with_config(&["127.0.0.1"; 3], &fleet_config(&server), &[]);
+    let a = wait_settled(&c, &[0, 1, 2], 1);
+    let per_node: Vec<usize> = (0..3)
+        .map(|i| a.values().filter(|o| o.contains(&i)).count())
+        .collect();
+    assert_eq!(per_node.iter().sum::<usize>(), TARGETS);
+    // Rendezvous hashing spreads evenly: each node gets some (binomial(60, 1/3) is
+    // below 6 with probability < 1e-5).
+    assert!(per_node.iter().all(|&n| n >= 6), "uneven: {per_node:?}");
+    // The targets a node owns are the ones it scrapes: fresh `up` samples (under 2.5
+    // scrape intervals old) exist for its own targets only. (While the cluster formed,
+    // a node briefly owned more; those samples age out without staleness markers.)
+    for (i, n) in c.nodes.iter().enumerate() {
+        let mine: BTreeSet<usize> = a
+            .iter()
+            .filter(|(_, o)| o.contains(&i))
+            .map(|(t, _)| *t)
+            .collect();
+        wait_for(
+            "fresh up samples of exactly the owned targets",
+            CONVERGE,
+            || {
+                let fresh: BTreeSet<usize> = n
+                    .query("time() - timestamp(up{job=\"fleet\"}) < 2.5")
+                    .iter()
+                    .filter_map(|s| str_of(&s["metric"]["idx"]).parse().ok())
+                    .collect();
+                if fresh == mine {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "node {i} has fresh up for {fresh:?}, owns {mine:?}"
+                    ))
+                }
+            },
+        );
+    }
+}
+
+#[test]
+fn replication_factor_two_puts_every_target_on_two_nodes() {
+    let server = fleet_server();
+    let c = TestCluster::start_with_config(
+        &["127.0.0.1"; 3],
+        &fleet_config(&server),
+        &["--cluster.replication-factor", "2"],
+    );
+    let a = wait_settled(&c, &[0, 1, 2], 2);
+    let per_node: Vec<usize> = (0..3)
+        .map(|i| a.values().filter(|o| o.contains(&i)).count())
+        .collect();
+    assert_eq!(per_node.iter().sum::<usize>(), 2 * TARGETS);
+}
+
+#[test]
+fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
+    let server = fleet_server();
+    let mut c = TestCluster::start_with_config(&["127.0.0.1"; 3], &fleet_config(&server), &[]);
+    let before = wait_settled(&c, &[0, 1, 2], 1);
+    let lost_before: Vec<f64> = (0..3)
+        .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total"))
+        .collect();
+
+    let new = c.add("node3", "127.0.0.1");
+    let joined = wait_settled(&c, &[0, 1, 2, new], 1);
+    let moved: Vec<usize> = (0..TARGETS).filter(|t| before[t] != joined[t]).collect();
+    for t in &moved {
+        assert_eq!(
+            joined[t],
+            BTreeSet::from([new]),
+            "target {t} moved between old nodes on a join"
+        );
+    }
+    let newcomer = joined.values().filter(|o| o.contains(&new)).count();
+    assert_eq!(moved.len(), newcomer);
+    // 1/4 of 60 = 15; binomial sd ≈ 3.4, so ± 9 fails with probability < 1%.
+    assert!(
+        (6..=24).contains(&moved.len()),
+        "a join moved {} of {TARGETS} targets",
+        moved.len()
+    );
+    assert_eq!(
+        counter(&c.nodes[new], "shoal_scrape_targets_gained_total"),
+        newcomer as f64
+    );
+    let lost_delta: f64 = (0..3)
+        .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total") - lost_before[i])
+        .sum();
+    assert_eq!(lost_delta, moved.len() as f64);
+    // A moved target's old owner wrote no staleness marker: its last `up` sample is
+    // still visible there within the lookback.
+    for t in &moved {
+        let old = *before[t].iter().next().expect("one owner");
+        let r = c.nodes[old].query(&format!("up{{job=\"fleet\",idx=\"{t}\"}}"));
+        assert_eq!(
+            r.len(),
+            1,
+            "target {t} moved from node {old}, which marked it stale: {r:?}"
+        );
+    }
+
+    let st = c.nodes[new].terminate();
+    assert!(st.success(), "SIGTERM exit: {st}");
+    let after = wait_settled(&c, &[0, 1, 2], 1);
+    assert_eq!(
+        after, before,
+        "a graceful leave must move only the leaver's targets, back to their old owners"
+    );
+}
