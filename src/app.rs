@@ -749,6 +749,7 @@ pub fn render_table(data: &serde_json::Value) -> String {
         "ADDRESS".to_owned(),
         "ROLE".to_owned(),
         "STATE".to_owned(),
+        "TARGETS".to_owned(),
         "LAST CONTACT".to_owned(),
         String::new(),
     ]];
@@ -765,11 +766,12 @@ pub fn render_table(data: &serde_json::Value) -> String {
             cell(&m["address"]),
             cell(&m["role"]),
             cell(&m["state"]),
+            cell(&m["targets"]),
             cell(&m["lastContact"]),
             flags.join(","),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
@@ -798,7 +800,7 @@ mod cluster_cli_tests {
             "commitIndex": 7, "viewIndex": 5,
             "members": [
                 {"id": "11", "address": "a:1", "role": "voter", "state": "up",
-                 "lastContact": "2026-01-01T00:00:00.000Z", "leader": true},
+                 "lastContact": "2026-01-01T00:00:00.000Z", "leader": true, "targets": 12},
                 {"id": "22", "address": "bb:2", "role": "learner", "state": "down",
                  "lastContact": null, "leader": false}
             ]
@@ -810,7 +812,11 @@ mod cluster_cli_tests {
             lines[0].contains("leader 11") && lines[0].contains("view 5"),
             "{t}"
         );
-        assert!(lines[2].starts_with("11  a:1      voter    up"), "{t}");
+        assert!(lines[1].contains("STATE  TARGETS"), "{t}");
+        assert!(
+            lines[2].starts_with("11  a:1      voter    up     12"),
+            "{t}"
+        );
         assert!(lines[2].ends_with("leader,self"), "{t}");
         assert!(lines[3].contains("learner  down"), "{t}");
         assert_eq!(base_url("h:1/"), "http://h:1");
