@@ -25,7 +25,8 @@ use crate::discovery::DiscoveryManager;
 use crate::promql::EngineOptions;
 use crate::scrape::ScrapeManager;
 use crate::scrape::manager::{
-    ApplyConfig, ApplyMembership, ApplyTargetGroups, Membership, StopAll,
+    ApplyConfig, ApplyMembership, ApplyTargetGroups, HandoffDone, Membership, SetClusterSecret,
+    StopAll,
 };
 use crate::storage::{Appendable, Queryable};
 use crate::telemetry::{self, Metrics};
@@ -161,6 +162,7 @@ pub struct Node {
     pub addrs: Vec<SocketAddr>,
     server: actix_web::dev::ServerHandle,
     manager: Addr<ScrapeManager>,
+    targets: crate::scrape::TargetsView,
     discovery: Arc<DiscoveryManager>,
     tsdb: Tsdb,
     cluster: ClusterHandle,
@@ -342,13 +344,14 @@ impl Node {
             let mut views = cluster.membership_view();
             let node_id = cluster.node_id();
             let mgr = manager.clone();
+            mgr.do_send(SetClusterSecret(cluster.secret().map(str::to_owned)));
             actix::spawn(async move {
                 loop {
                     let v = views.borrow_and_update().clone();
                     mgr.do_send(ApplyMembership(Membership {
                         node_id,
                         index: v.index,
-                        members: v.up.keys().copied().collect(),
+                        members: v.up.clone(),
                     }));
                     if views.changed().await.is_err() {
                         break;
@@ -376,6 +379,7 @@ impl Node {
         };
 
         let ready = Arc::new(AtomicBool::new(false));
+        let targets_for_node = targets.clone();
         let state = AppState {
             storage: queryable,
             engine_opts: EngineOptions {
@@ -387,7 +391,11 @@ impl Node {
             query_slots: Arc::new(tokio::sync::Semaphore::new(
                 args.query_max_concurrency.max(1),
             )),
-            targets,
+            targets: targets.clone(),
+            handoff: Some({
+                let mgr = manager.clone();
+                Arc::new(move |key| mgr.do_send(HandoffDone { key }))
+            }),
             config: config_lock,
             reload: reload.clone(),
             metrics,
@@ -414,6 +422,7 @@ impl Node {
             addrs,
             server: handle,
             manager,
+            targets: targets_for_node,
             discovery,
             tsdb,
             cluster,
@@ -472,10 +481,50 @@ impl Node {
     /// restart joins as a new member (the samples in the TSDB stay).
     pub async fn stop_after_leave(self) {
         let data = self.cluster_data.clone();
+        self.hand_off_targets().await;
         self.stop().await;
         match ClusterHandle::wipe_state(&data) {
             Ok(()) => tracing::info!("cluster state wiped; a restart joins as a new member"),
             Err(e) => tracing::error!(error = %e, "cannot wipe the cluster state"),
+        }
+    }
+
+    /// After a leave: assigns the targets over the remaining members and keeps scraping
+    /// them until their new owners report a first scrape (make before break), bounded
+    /// so that the whole stop fits in `docker stop`'s grace period.
+    async fn hand_off_targets(&self) {
+        let me = self.cluster.node_id();
+        let view = self.cluster.membership_view().borrow().clone();
+        let mut members = view.up;
+        members.remove(&me);
+        if members.is_empty() {
+            return;
+        }
+        self.manager.do_send(ApplyMembership(Membership {
+            node_id: me,
+            index: view.index,
+            members,
+        }));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let pending = self
+                .targets
+                .snapshot()
+                .active
+                .iter()
+                .filter(|a| a.handing_off)
+                .count();
+            if pending == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(
+                    pending,
+                    "handoff bound passed; stopping the remaining targets"
+                );
+                break;
+            }
         }
     }
 

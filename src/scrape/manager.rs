@@ -10,8 +10,9 @@
 //! the same committed membership, so no per-target coordination is needed. Until the
 //! node has a membership that lists it as up, it scrapes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -67,10 +68,23 @@ impl TargetsView {
     }
 }
 
+/// How long a moved target is scraped by its previous owner at most, in scrape
+/// intervals, when the new owner does not report.
+const HANDOFF_INTERVALS: u32 = 3;
+/// How long a "the new owner has scraped it" notice is remembered when it arrives before
+/// this node learned that the target moved.
+const HANDOFF_NOTICE_TTL: Duration = Duration::from_secs(60);
+/// Timeout of one handoff notice to a previous owner.
+const HANDOFF_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The internal route a new owner calls on the previous owners of a target.
+pub const HANDOFF_PATH: &str = "/internal/scrape/handoff";
+
 struct Running {
     addr: Addr<ScrapeActor>,
     active: ActiveTarget,
     cfg: Arc<ScrapeConfig>,
+    /// Set while the target moved away and is handed off.
+    handoff: Option<SpawnHandle>,
 }
 
 /// The actor that owns all scrape actors of the node.
@@ -84,9 +98,17 @@ pub struct ScrapeManager {
     view: TargetsView,
     replication_factor: usize,
     membership: Option<Membership>,
+    /// The membership before the current one (whose owners a gained target tells).
+    prev_membership: Option<Membership>,
     /// Targets discovered at the previous reconcile, and those this node owned then.
     prev_discovered: HashSet<(String, u64)>,
     prev_owned: HashSet<(String, u64)>,
+    /// Keys whose new owner already reported, with when (notices that came early).
+    handoff_notices: HashMap<u64, Instant>,
+    /// The cluster secret sent with handoff notices.
+    secret: Option<Arc<str>>,
+    dropped: Vec<DroppedTarget>,
+    assignment: Option<AssignmentSnapshot>,
 }
 
 /// The members targets are assigned over, as the cluster committed them.
@@ -96,8 +118,14 @@ pub struct Membership {
     pub node_id: u64,
     /// Log index of the view.
     pub index: u64,
-    /// Up members.
-    pub members: BTreeSet<u64>,
+    /// Up members: id → advertised address.
+    pub members: BTreeMap<u64, String>,
+}
+
+impl Membership {
+    fn owners(&self, key: u64, replicas: usize) -> Vec<u64> {
+        Assigner::new(self.members.keys().copied()).owners(key, replicas)
+    }
 }
 
 impl ScrapeManager {
@@ -117,8 +145,13 @@ impl ScrapeManager {
             view: TargetsView::default(),
             replication_factor: replication_factor.max(1),
             membership: None,
+            prev_membership: None,
             prev_discovered: HashSet::new(),
             prev_owned: HashSet::new(),
+            handoff_notices: HashMap::new(),
+            secret: None,
+            dropped: Vec::new(),
+            assignment: None,
         }
     }
 
@@ -127,7 +160,7 @@ impl ScrapeManager {
         self.view.clone()
     }
 
-    fn reconcile(&mut self) {
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
         let mut desired: HashMap<(String, u64), (Target, Arc<ScrapeConfig>)> = HashMap::new();
         let mut dropped = Vec::new();
         for sc in &self.config.scrape_configs {
@@ -163,10 +196,10 @@ impl ScrapeManager {
         let assigner = self
             .membership
             .as_ref()
-            .map(|m| (m, Assigner::new(m.members.iter().copied())));
+            .map(|m| (m, Assigner::new(m.members.keys().copied())));
         let mut assignment = assigner.as_ref().map(|(m, _)| AssignmentSnapshot {
             view_index: m.index,
-            targets_per_member: m.members.iter().map(|&id| (id, 0)).collect(),
+            targets_per_member: m.members.keys().map(|&id| (id, 0)).collect(),
             discovered: desired.len(),
         });
         let mut owned: HashSet<(String, u64)> = HashSet::new();
@@ -178,25 +211,28 @@ impl ScrapeManager {
                     *asg.targets_per_member.entry(*o).or_default() += 1;
                 }
             }
-            if m.members.contains(&m.node_id) && owners.contains(&m.node_id) {
+            if m.members.contains_key(&m.node_id) && owners.contains(&m.node_id) {
                 owned.insert(k.clone());
             }
         }
         let discovered: HashSet<(String, u64)> = desired.keys().cloned().collect();
-        let gained = owned
+        let gained: HashSet<(String, u64)> = owned
             .iter()
             .filter(|k| !self.prev_owned.contains(*k) && self.prev_discovered.contains(*k))
-            .count();
+            .cloned()
+            .collect();
         let lost = self
             .prev_owned
             .iter()
             .filter(|k| !owned.contains(*k) && discovered.contains(*k))
             .count();
-        self.metrics.targets_gained_total.inc_by(gained as u64);
+        self.metrics
+            .targets_gained_total
+            .inc_by(gained.len() as u64);
         self.metrics.targets_lost_total.inc_by(lost as u64);
-        if gained > 0 || lost > 0 {
+        if !gained.is_empty() || lost > 0 {
             tracing::info!(
-                gained,
+                gained = gained.len(),
                 lost,
                 owned = owned.len(),
                 discovered = discovered.len(),
@@ -204,28 +240,54 @@ impl ScrapeManager {
                 "target assignment changed"
             );
         }
-        self.prev_discovered = discovered;
-        desired.retain(|k, _| owned.contains(k));
-        self.prev_owned = owned;
 
-        // Stop what is gone (staleness markers) or changed (restarted below).
+        let now = Instant::now();
+        self.handoff_notices
+            .retain(|_, at| now.duration_since(*at) < HANDOFF_NOTICE_TTL);
         let keys: Vec<_> = self.running.keys().cloned().collect();
         for k in keys {
-            let keep = match (desired.get(&k), self.running.get(&k)) {
-                (Some((t, sc)), Some(r)) => r.cfg == *sc && r.active.target == *t,
-                _ => false,
+            let Some(r) = self.running.get_mut(&k) else {
+                continue;
             };
-            if !keep {
-                // Staleness markers only when the target left discovery: one that moved
-                // to another node did not vanish, and one restarted keeps its series.
-                let gone = !self.prev_discovered.contains(&k);
-                if let Some(r) = self.running.remove(&k) {
-                    r.addr.do_send(StopScrape { stale: gone });
-                }
+            let Some((t, sc)) = desired.get(&k) else {
+                // Left discovery: staleness markers, as Prometheus.
+                self.stop(&k, true, ctx);
+                continue;
+            };
+            if r.cfg != *sc || r.active.target != *t {
+                // Changed: restarted below when still owned; the series continue.
+                self.stop(&k, false, ctx);
+                continue;
             }
+            if owned.contains(&k) {
+                if let Some(h) = r.handoff.take() {
+                    ctx.cancel_future(h);
+                    r.active.handing_off = false;
+                }
+                continue;
+            }
+            if r.handoff.is_some() {
+                continue;
+            }
+            // Moved to another node: make before break. Keep scraping until the new
+            // owner reports its first scrape, at most a few intervals; then stop without
+            // staleness markers (the target did not vanish).
+            if self.handoff_notices.remove(&k.1).is_some() {
+                self.metrics.targets_handed_off_total.inc();
+                self.stop(&k, false, ctx);
+                continue;
+            }
+            let bound = sc.scrape_interval * HANDOFF_INTERVALS;
+            let key = k.clone();
+            r.handoff = Some(ctx.run_later(bound, move |act, ctx| {
+                tracing::debug!(job = %key.0, key = key.1, "handoff bound passed; stopping the moved target");
+                act.stop(&key, false, ctx);
+                act.publish();
+            }));
+            r.active.handing_off = true;
         }
         for (k, (t, sc)) in desired {
-            if self.running.contains_key(&k) {
+            if self.running.contains_key(&k) || !owned.contains(&k) {
                 continue;
             }
             let status = Arc::new(Mutex::new(TargetStatus::default()));
@@ -235,29 +297,106 @@ impl ScrapeManager {
                 scrape_interval: sc.scrape_interval,
                 scrape_timeout: sc.scrape_timeout,
                 status: status.clone(),
+                handing_off: false,
             };
-            let addr = ScrapeActor::new(
+            let mut actor = ScrapeActor::new(
                 t,
                 sc.clone(),
                 self.client.clone(),
                 self.storage.clone(),
                 status,
                 self.metrics.clone(),
-            )
-            .start();
+            );
+            if gained.contains(&k) {
+                actor = actor.on_first_success(self.notify_previous_owners(k.1));
+            }
+            let addr = actor.start();
             self.running.insert(
                 k,
                 Running {
                     addr,
                     active,
                     cfg: sc,
+                    handoff: None,
                 },
             );
         }
-        self.publish(dropped, assignment);
+        self.prev_discovered = discovered;
+        self.prev_owned = owned;
+        self.dropped = dropped;
+        self.assignment = assignment;
+        self.publish();
     }
 
-    fn publish(&mut self, dropped: Vec<DroppedTarget>, assignment: Option<AssignmentSnapshot>) {
+    /// Stops the scrape actor of `k` (when running).
+    fn stop(&mut self, k: &(String, u64), stale: bool, ctx: &mut Context<Self>) {
+        if let Some(r) = self.running.remove(k) {
+            if let Some(h) = r.handoff {
+                ctx.cancel_future(h);
+            }
+            r.addr.do_send(StopScrape { stale });
+        }
+    }
+
+    /// A channel that, once told (the first successful scrape of a gained target), tells
+    /// the nodes that may have scraped the target before — its owners in the previous
+    /// membership, and the owners among the other members now (for a node that was not
+    /// in the cluster before) — that they can stop.
+    fn notify_previous_owners(&self, key: u64) -> tokio::sync::oneshot::Sender<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut peers: BTreeMap<u64, String> = BTreeMap::new();
+        if let Some(m) = &self.membership {
+            let me = m.node_id;
+            if let Some(prev) = &self.prev_membership {
+                for o in prev.owners(key, self.replication_factor) {
+                    if let Some(a) = prev.members.get(&o) {
+                        peers.insert(o, a.clone());
+                    }
+                }
+            }
+            let mut others = m.clone();
+            others.members.remove(&me);
+            for o in others.owners(key, self.replication_factor) {
+                if let Some(a) = others.members.get(&o) {
+                    peers.insert(o, a.clone());
+                }
+            }
+            peers.remove(&me);
+        }
+        let client = self.client.clone();
+        let secret = self.secret.clone();
+        actix::spawn(async move {
+            if rx.await.is_err() || peers.is_empty() {
+                return;
+            }
+            let body = format!("{{\"key\":\"{key}\"}}");
+            for (id, addr) in peers {
+                let url = if addr.contains("://") {
+                    format!("{}{HANDOFF_PATH}", addr.trim_end_matches('/'))
+                } else {
+                    format!("http://{addr}{HANDOFF_PATH}")
+                };
+                let mut req = client
+                    .post(&url)
+                    .timeout(HANDOFF_NOTICE_TIMEOUT)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                if let Some(s) = &secret {
+                    req = req.bearer_auth(s);
+                }
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        tracing::debug!(node = id, %url, status = %r.status(), "handoff notice refused")
+                    }
+                    Err(e) => tracing::debug!(node = id, %url, error = %e, "handoff notice failed"),
+                }
+            }
+        });
+        tx
+    }
+
+    fn publish(&mut self) {
         let mut active: Vec<ActiveTarget> =
             self.running.values().map(|r| r.active.clone()).collect();
         active.sort_by(|a, b| {
@@ -275,8 +414,8 @@ impl ScrapeManager {
         }
         self.view.set(TargetsSnapshot {
             active,
-            dropped,
-            assignment,
+            dropped: self.dropped.clone(),
+            assignment: self.assignment.clone(),
         });
     }
 }
@@ -292,9 +431,9 @@ pub struct ApplyConfig(pub Arc<Config>);
 
 impl Handler<ApplyConfig> for ScrapeManager {
     type Result = ();
-    fn handle(&mut self, msg: ApplyConfig, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ApplyConfig, ctx: &mut Context<Self>) {
         self.config = msg.0;
-        self.reconcile();
+        self.reconcile(ctx);
     }
 }
 
@@ -305,9 +444,9 @@ pub struct ApplyTargetGroups(pub Arc<BTreeMap<String, Vec<TargetGroup>>>);
 
 impl Handler<ApplyTargetGroups> for ScrapeManager {
     type Result = ();
-    fn handle(&mut self, msg: ApplyTargetGroups, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ApplyTargetGroups, ctx: &mut Context<Self>) {
         self.groups = msg.0;
-        self.reconcile();
+        self.reconcile(ctx);
     }
 }
 
@@ -318,12 +457,64 @@ pub struct ApplyMembership(pub Membership);
 
 impl Handler<ApplyMembership> for ScrapeManager {
     type Result = ();
-    fn handle(&mut self, msg: ApplyMembership, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ApplyMembership, ctx: &mut Context<Self>) {
         if self.membership.as_ref() == Some(&msg.0) {
             return;
         }
+        if self
+            .membership
+            .as_ref()
+            .is_some_and(|m| !m.members.is_empty())
+        {
+            self.prev_membership = self.membership.take();
+        }
         self.membership = Some(msg.0);
-        self.reconcile();
+        self.reconcile(ctx);
+    }
+}
+
+/// The cluster secret to send with handoff notices.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetClusterSecret(pub Option<String>);
+
+impl Handler<SetClusterSecret> for ScrapeManager {
+    type Result = ();
+    fn handle(&mut self, msg: SetClusterSecret, _: &mut Context<Self>) {
+        self.secret = msg.0.map(Arc::from);
+    }
+}
+
+/// The new owner of the target with this key has scraped it: a handoff of it ends here
+/// (or, when this node has not seen the move yet, as soon as it does).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandoffDone {
+    pub key: u64,
+}
+
+impl Handler<HandoffDone> for ScrapeManager {
+    type Result = ();
+    fn handle(&mut self, msg: HandoffDone, ctx: &mut Context<Self>) {
+        let handing_off = self
+            .running
+            .iter()
+            .find(|(k, r)| k.1 == msg.key && r.handoff.is_some())
+            .map(|(k, _)| k.clone());
+        match handing_off {
+            Some(k) => {
+                tracing::debug!(job = %k.0, key = k.1, "new owner scraped the target; handoff done");
+                self.metrics.targets_handed_off_total.inc();
+                self.stop(&k, false, ctx);
+                self.publish();
+            }
+            None => {
+                // Not (yet) moving away here; remember in case the new view comes later.
+                if self.running.keys().any(|k| k.1 == msg.key) {
+                    self.handoff_notices.insert(msg.key, Instant::now());
+                }
+            }
+        }
     }
 }
 
@@ -338,7 +529,9 @@ impl Handler<StopAll> for ScrapeManager {
         for (_, r) in self.running.drain() {
             r.addr.do_send(StopScrape { stale: false });
         }
-        self.publish(Vec::new(), None);
+        self.dropped.clear();
+        self.assignment = None;
+        self.publish();
         ctx.stop();
     }
 }

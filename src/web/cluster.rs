@@ -119,6 +119,34 @@ fn authorize(c: &ClusterWeb, req: &HttpRequest) -> Result<(), ApiError> {
     })
 }
 
+/// The body of the internal handoff route (`scrape::manager::HANDOFF_PATH`): the key of
+/// a target the sender gained and has scraped once. The key is a string (u64 in JSON).
+#[derive(serde::Deserialize)]
+struct HandoffNotice {
+    key: String,
+}
+
+/// `POST /internal/scrape/handoff`: a new owner of a target tells this node (a previous
+/// owner, still scraping it) that it can stop. Requires the cluster secret when set.
+pub async fn handoff(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let c = cluster_of(&st)?;
+    authorize(c, &req)?;
+    let notice: HandoffNotice = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_data(format!("invalid handoff notice: {e}")))?;
+    let key: u64 = notice
+        .key
+        .parse()
+        .map_err(|_| ApiError::bad_data(format!("invalid target key {:?}", notice.key)))?;
+    if let Some(h) = &st.handoff {
+        h(key);
+    }
+    Ok(success(&json!({"key": key.to_string()})))
+}
+
 /// How long the leave request waits for the membership change.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -145,6 +145,46 @@ fn wait_settled(
     );
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Timestamps (seconds) of target `t`'s `up` samples in `node`'s local store between
+/// `from` and `to`.
+fn up_times(node: &Node, t: usize, from: f64, to: f64) -> Vec<f64> {
+    let window = (to - from).ceil().max(1.0) as u64;
+    let q = urlencode(&format!("up{{job=\"fleet\",idx=\"{t}\"}}[{window}s]"));
+    let v = node.get_json(&format!("/api/v1/query?query={q}&time={to:.3}"));
+    assert_eq!(v["status"], "success", "{v}");
+    v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p[0].as_f64())
+        .filter(|&ts| ts >= from)
+        .collect()
+}
+
+/// The longest time without a sample of target `t` in the union of the nodes' stores
+/// between `from` and `to` (the edges count as samples' neighbours).
+fn longest_gap(nodes: &[&Node], t: usize, from: f64, to: f64) -> f64 {
+    let mut ts: Vec<f64> = nodes
+        .iter()
+        .flat_map(|n| up_times(n, t, from, to))
+        .collect();
+    ts.push(from);
+    ts.push(to);
+    ts.sort_by(f64::total_cmp);
+    ts.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+/// Longest allowed gap: one scrape interval (1 s) plus timer slack.
+const MAX_GAP: f64 = 1.3;
+
 /// A counter of the node's `/metrics` (0 when absent).
 fn counter(node: &Node, name: &str) -> f64 {
     let (_, body) = http_get(&node.url("/metrics")).expect("GET /metrics");
@@ -218,6 +258,10 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
     let lost_before: Vec<f64> = (0..3)
         .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total"))
         .collect();
+    let handed_before: Vec<f64> = (0..3)
+        .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_handed_off_total"))
+        .collect();
+    let join_start = unix_now();
 
     let new = c.add("node3", "127.0.0.1");
     let joined = wait_settled(&c, &[0, 1, 2, new], 1);
@@ -245,6 +289,31 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
         .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total") - lost_before[i])
         .sum();
     assert_eq!(lost_delta, moved.len() as f64);
+    // Make before break: the old owner scraped each moved target until the newcomer had
+    // (it told the old owner, which counted a handoff), so the union of their samples
+    // has no gap longer than one interval.
+    let handed_delta: f64 = (0..3)
+        .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_handed_off_total") - handed_before[i])
+        .sum();
+    assert_eq!(
+        handed_delta,
+        moved.len() as f64,
+        "handoffs confirmed by the newcomer"
+    );
+    let join_end = unix_now() - 1.0;
+    for t in &moved {
+        let old = *before[t].iter().next().expect("one owner");
+        let gap = longest_gap(
+            &[&c.nodes[old], &c.nodes[new]],
+            *t,
+            join_start - 3.0,
+            join_end,
+        );
+        assert!(
+            gap <= MAX_GAP,
+            "target {t} had a {gap:.3} s gap moving from node {old} to the newcomer"
+        );
+    }
     // A moved target's old owner wrote no staleness marker: its last `up` sample is
     // still visible there within the lookback.
     for t in &moved {
@@ -257,6 +326,7 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
         );
     }
 
+    let leave_start = unix_now();
     let st = c.nodes[new].terminate();
     assert!(st.success(), "SIGTERM exit: {st}");
     let after = wait_settled(&c, &[0, 1, 2], 1);
@@ -264,4 +334,29 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
         after, before,
         "a graceful leave must move only the leaver's targets, back to their old owners"
     );
+    // The leaver kept scraping until the gainers had: read its store back (restarted on
+    // its data dir as a one-node cluster; only samples before `leave_end` count).
+    let leave_end = unix_now() - 1.0;
+    let (dir, config, data) = {
+        let n = &c.nodes[new];
+        (
+            c.dir.path().to_path_buf(),
+            n.config.clone(),
+            n.data_dir.clone(),
+        )
+    };
+    let leaver = Node::start_with(&dir, &config, &data, free_port(), &[]);
+    for t in &moved {
+        let gainer = *before[t].iter().next().expect("one owner");
+        let gap = longest_gap(
+            &[&leaver, &c.nodes[gainer]],
+            *t,
+            leave_start - 3.0,
+            leave_end,
+        );
+        assert!(
+            gap <= MAX_GAP,
+            "target {t} had a {gap:.3} s gap moving back from the leaver to node {gainer}"
+        );
+    }
 }
