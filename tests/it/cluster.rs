@@ -17,12 +17,12 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-const DOWN_AFTER: Duration = Duration::from_secs(3);
+pub(crate) const DOWN_AFTER: Duration = Duration::from_secs(3);
 const ELECTION_MAX: Duration = Duration::from_millis(1200);
 /// Vote round and polling on top of 2× the maximum election timeout.
 const ELECTION_SLACK: Duration = Duration::from_millis(500);
 const CONVERGE: Duration = Duration::from_secs(30);
-const SECRET: &str = "it-cluster-secret";
+pub(crate) const SECRET: &str = "it-cluster-secret";
 
 /// A set of `shoal run` processes sharing one seed list.
 pub(crate) struct TestCluster {
@@ -265,7 +265,7 @@ fn node_id(n: &Node) -> String {
     str_of(&view(n).expect("cluster view")["nodeId"])
 }
 
-fn write_secret(dir: &Path) -> PathBuf {
+pub(crate) fn write_secret(dir: &Path) -> PathBuf {
     let p = dir.join("cluster.secret");
     std::fs::write(&p, format!("{SECRET}\n")).unwrap();
     p

@@ -11,17 +11,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{TestCluster, str_of, view};
+use crate::cluster::{DOWN_AFTER, SECRET, TestCluster, str_of, view, write_secret};
 use crate::harness::*;
 
 const TARGETS: usize = 60;
 const CONVERGE: Duration = Duration::from_secs(40);
 
 fn fleet_config(server: &TargetServer) -> String {
+    fleet_config_n(server, TARGETS)
+}
+
+/// The fleet config with targets idx 0..n.
+fn fleet_config_n(server: &TargetServer, n: usize) -> String {
     let mut y = String::from(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n",
     );
-    for i in 0..TARGETS {
+    for i in 0..n {
         y.push_str(&format!(
             "      - targets: ['{}']\n        labels: {{idx: '{i}'}}\n",
             server.target()
@@ -253,8 +258,40 @@ fn replication_factor_two_puts_every_target_on_two_nodes() {
 #[test]
 fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
     let server = fleet_server();
-    let mut c = TestCluster::start_with_config(&["127.0.0.1"; 3], &fleet_config(&server), &[]);
+    let secret_dir = tempdir();
+    let secret = write_secret(secret_dir.path());
+    let mut c = TestCluster::start_with_config(
+        &["127.0.0.1"; 3],
+        &fleet_config(&server),
+        &["--cluster.secret-file", secret.to_str().unwrap()],
+    );
     let before = wait_settled(&c, &[0, 1, 2], 1);
+
+    // The handoff route is internal: the cluster secret is required, the body checked.
+    let url = c.nodes[0].url("/internal/scrape/handoff");
+    let (code, _) = http("POST", &url, Some("application/json"), br#"{"key":"1"}"#).unwrap();
+    assert_eq!(code, 401, "handoff notice without the secret");
+    let authed = |body: &[u8]| {
+        let rest = url.strip_prefix("http://").unwrap();
+        let (hostport, path) = rest.split_once('/').unwrap();
+        let mut s = std::net::TcpStream::connect(hostport).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "POST /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.split(' ').nth(1).unwrap_or("").to_owned()
+    };
+    assert_eq!(authed(b"{\"key\":\"x\"}"), "400");
+    assert_eq!(authed(b"not json"), "400");
+    // A notice for a target this node is not handing off changes nothing.
+    assert_eq!(authed(b"{\"key\":\"12345\"}"), "200");
+    assert_eq!(wait_settled(&c, &[0, 1, 2], 1), before);
     let lost_before: Vec<f64> = (0..3)
         .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total"))
         .collect();
@@ -358,5 +395,109 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
             gap <= MAX_GAP,
             "target {t} had a {gap:.3} s gap moving back from the leaver to node {gainer}"
         );
+    }
+}
+
+#[test]
+fn a_killed_nodes_targets_are_taken_over_within_down_after() {
+    let server = fleet_server();
+    let mut c = TestCluster::start_with_config(&["127.0.0.1"; 3], &fleet_config(&server), &[]);
+    let before = wait_settled(&c, &[0, 1, 2], 1);
+    let victim = 2;
+    let theirs: Vec<usize> = (0..TARGETS)
+        .filter(|t| before[t].contains(&victim))
+        .collect();
+    assert!(!theirs.is_empty());
+    // The victim's samples up to the kill, read just before it.
+    let kill_at = unix_now();
+    let victim_samples: BTreeMap<usize, Vec<f64>> = theirs
+        .iter()
+        .map(|&t| (t, up_times(&c.nodes[victim], t, kill_at - 5.0, kill_at)))
+        .collect();
+    c.nodes[victim].kill9();
+    let after = wait_settled(&c, &[0, 1], 1);
+    for t in 0..TARGETS {
+        if !before[&t].contains(&victim) {
+            assert_eq!(
+                after[&t], before[&t],
+                "target {t} moved though its owner lived"
+            );
+        }
+    }
+    let end = unix_now() - 1.0;
+    // Down-after plus two intervals (the issue's bound for a crash).
+    let bound = DOWN_AFTER.as_secs_f64() + 2.0;
+    for t in &theirs {
+        let gainer = *after[t].iter().next().expect("one owner");
+        let mut ts: Vec<f64> = up_times(&c.nodes[gainer], *t, kill_at - 5.0, end);
+        ts.extend(&victim_samples[t]);
+        ts.push(end);
+        ts.sort_by(f64::total_cmp);
+        let gap = ts.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        assert!(
+            gap <= bound,
+            "target {t} went unscraped for {gap:.3} s after its owner was killed"
+        );
+    }
+}
+
+#[test]
+fn a_target_that_leaves_discovery_is_marked_stale_in_a_cluster() {
+    let server = fleet_server();
+    let c = TestCluster::start_with_config(&["127.0.0.1"; 3], &fleet_config(&server), &[]);
+    let before = wait_settled(&c, &[0, 1, 2], 1);
+    // Each node's `up` query for the targets idx 50..59 it owns; all present now.
+    let removed_queries: Vec<(usize, String)> = (0..3)
+        .filter_map(|i| {
+            let removed: Vec<String> = (50..TARGETS)
+                .filter(|t| before[t].contains(&i))
+                .map(|t| t.to_string())
+                .collect();
+            (!removed.is_empty()).then(|| {
+                let q = format!("up{{job=\"fleet\",idx=~\"{}\"}}", removed.join("|"));
+                (i, q)
+            })
+        })
+        .collect();
+    for (i, q) in &removed_queries {
+        let want = q.matches('|').count() + 1;
+        wait_for("up of the targets to remove", CONVERGE, || {
+            let got = c.nodes[*i].query(q).len();
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("node {i}: {got} of {want}"))
+            }
+        });
+    }
+    // Drop the targets idx 50..59 from the shared config and reload every node.
+    std::fs::write(&c.config, fleet_config_n(&server, 50)).unwrap();
+    for n in &c.nodes {
+        let (code, body) = http("POST", &n.url("/-/reload"), None, b"").unwrap();
+        assert_eq!(code, 200, "reload: {body}");
+    }
+    // Their owners wrote staleness markers: `up` is gone at once there (not after 5
+    // minutes of lookback); the other targets stay where they were. (Nodes that held a
+    // removed target only while the cluster formed handed it over without markers: its
+    // samples there age out.)
+    for (i, q) in &removed_queries {
+        let n = &c.nodes[*i];
+        wait_for("staleness markers of removed targets", CONVERGE, || {
+            let r = n.query(q);
+            if r.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("node {i} still has {r:?}"))
+            }
+        });
+    }
+    for (i, n) in c.nodes.iter().enumerate() {
+        let mine: BTreeSet<usize> = owned(n).unwrap();
+        let was: BTreeSet<usize> = before
+            .iter()
+            .filter(|(t, o)| **t < 50 && o.contains(&i))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(mine, was, "node {i}'s other targets must not move");
     }
 }
