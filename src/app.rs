@@ -394,7 +394,7 @@ impl Node {
             targets: targets.clone(),
             handoff: Some({
                 let mgr = manager.clone();
-                Arc::new(move |key| mgr.do_send(HandoffDone { key }))
+                Arc::new(move |key, view_index| mgr.do_send(HandoffDone { key, view_index }))
             }),
             config: config_lock,
             reload: reload.clone(),

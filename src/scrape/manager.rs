@@ -83,8 +83,9 @@ struct Running {
     addr: Addr<ScrapeActor>,
     active: ActiveTarget,
     cfg: Arc<ScrapeConfig>,
-    /// Set while the target moved away and is handed off.
-    handoff: Option<SpawnHandle>,
+    /// Set while the target moved away and is handed off: the bound's timer and the
+    /// view index of the move.
+    handoff: Option<(SpawnHandle, u64)>,
 }
 
 /// The actor that owns all scrape actors of the node.
@@ -103,8 +104,9 @@ pub struct ScrapeManager {
     /// Targets discovered at the previous reconcile, and those this node owned then.
     prev_discovered: HashSet<(String, u64)>,
     prev_owned: HashSet<(String, u64)>,
-    /// Keys whose new owner already reported, with when (notices that came early).
-    handoff_notices: HashMap<u64, Instant>,
+    /// Keys whose new owner already reported, with when and the view index the new
+    /// owner gained them at (notices that came before this node saw the move).
+    handoff_notices: HashMap<u64, (Instant, u64)>,
     /// The cluster secret sent with handoff notices.
     secret: Option<Arc<str>>,
     dropped: Vec<DroppedTarget>,
@@ -243,7 +245,8 @@ impl ScrapeManager {
 
         let now = Instant::now();
         self.handoff_notices
-            .retain(|_, at| now.duration_since(*at) < HANDOFF_NOTICE_TTL);
+            .retain(|_, (at, _)| now.duration_since(*at) < HANDOFF_NOTICE_TTL);
+        let view_index = self.membership.as_ref().map_or(0, |m| m.index);
         let keys: Vec<_> = self.running.keys().cloned().collect();
         for k in keys {
             let Some(r) = self.running.get_mut(&k) else {
@@ -260,7 +263,7 @@ impl ScrapeManager {
                 continue;
             }
             if owned.contains(&k) {
-                if let Some(h) = r.handoff.take() {
+                if let Some((h, _)) = r.handoff.take() {
                     ctx.cancel_future(h);
                     r.active.handing_off = false;
                 }
@@ -272,18 +275,25 @@ impl ScrapeManager {
             // Moved to another node: make before break. Keep scraping until the new
             // owner reports its first scrape, at most a few intervals; then stop without
             // staleness markers (the target did not vanish).
-            if self.handoff_notices.remove(&k.1).is_some() {
+            // A notice of this move (same view or later) that came early ends it at once;
+            // one of an older move does not count.
+            if self
+                .handoff_notices
+                .remove(&k.1)
+                .is_some_and(|(_, idx)| idx >= view_index)
+            {
                 self.metrics.targets_handed_off_total.inc();
                 self.stop(&k, false, ctx);
                 continue;
             }
             let bound = sc.scrape_interval * HANDOFF_INTERVALS;
             let key = k.clone();
-            r.handoff = Some(ctx.run_later(bound, move |act, ctx| {
+            let timer = ctx.run_later(bound, move |act, ctx| {
                 tracing::debug!(job = %key.0, key = key.1, "handoff bound passed; stopping the moved target");
                 act.stop(&key, false, ctx);
                 act.publish();
-            }));
+            });
+            r.handoff = Some((timer, view_index));
             r.active.handing_off = true;
         }
         for (k, (t, sc)) in desired {
@@ -331,7 +341,7 @@ impl ScrapeManager {
     /// Stops the scrape actor of `k` (when running).
     fn stop(&mut self, k: &(String, u64), stale: bool, ctx: &mut Context<Self>) {
         if let Some(r) = self.running.remove(k) {
-            if let Some(h) = r.handoff {
+            if let Some((h, _)) = r.handoff {
                 ctx.cancel_future(h);
             }
             r.addr.do_send(StopScrape { stale });
@@ -365,11 +375,12 @@ impl ScrapeManager {
         }
         let client = self.client.clone();
         let secret = self.secret.clone();
+        let view_index = self.membership.as_ref().map_or(0, |m| m.index);
         actix::spawn(async move {
             if rx.await.is_err() || peers.is_empty() {
                 return;
             }
-            let body = format!("{{\"key\":\"{key}\"}}");
+            let body = format!("{{\"key\":\"{key}\",\"viewIndex\":\"{view_index}\"}}");
             for (id, addr) in peers {
                 let url = if addr.contains("://") {
                     format!("{}{HANDOFF_PATH}", addr.trim_end_matches('/'))
@@ -491,6 +502,8 @@ impl Handler<SetClusterSecret> for ScrapeManager {
 #[rtype(result = "()")]
 pub struct HandoffDone {
     pub key: u64,
+    /// The view index at which the sender gained the target.
+    pub view_index: u64,
 }
 
 impl Handler<HandoffDone> for ScrapeManager {
@@ -499,7 +512,12 @@ impl Handler<HandoffDone> for ScrapeManager {
         let handing_off = self
             .running
             .iter()
-            .find(|(k, r)| k.1 == msg.key && r.handoff.is_some())
+            .find(|(k, r)| {
+                k.1 == msg.key
+                    && r.handoff
+                        .as_ref()
+                        .is_some_and(|(_, i)| *i <= msg.view_index)
+            })
             .map(|(k, _)| k.clone());
         match handing_off {
             Some(k) => {
@@ -511,7 +529,8 @@ impl Handler<HandoffDone> for ScrapeManager {
             None => {
                 // Not (yet) moving away here; remember in case the new view comes later.
                 if self.running.keys().any(|k| k.1 == msg.key) {
-                    self.handoff_notices.insert(msg.key, Instant::now());
+                    self.handoff_notices
+                        .insert(msg.key, (Instant::now(), msg.view_index));
                 }
             }
         }
@@ -533,5 +552,145 @@ impl Handler<StopAll> for ScrapeManager {
         self.assignment = None;
         self.publish();
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::model::Labels;
+
+    /// 30 static targets on a port nobody listens on (scrapes fail; ownership is what
+    /// these tests look at).
+    fn setup() -> (Arc<Config>, Arc<BTreeMap<String, Vec<TargetGroup>>>) {
+        let cfg = crate::config::load_str(
+            "scrape_configs:\n  - job_name: j\n    static_configs:\n      - targets: ['127.0.0.1:1']\n",
+        )
+        .expect("valid config");
+        let groups: Vec<TargetGroup> = (0..30)
+            .map(|i| TargetGroup {
+                targets: vec![format!("127.0.0.1:{}", 10_000 + i)],
+                labels: Labels::default(),
+                source: i.to_string(),
+            })
+            .collect();
+        (
+            Arc::new(cfg),
+            Arc::new(BTreeMap::from([("j".to_owned(), groups)])),
+        )
+    }
+
+    fn membership(me: u64, index: u64, ids: &[u64]) -> ApplyMembership {
+        ApplyMembership(Membership {
+            node_id: me,
+            index,
+            members: ids.iter().map(|&i| (i, "127.0.0.1:1".to_owned())).collect(),
+        })
+    }
+
+    fn keys(s: &TargetsSnapshot, handing_off: bool) -> BTreeSet<u64> {
+        s.active
+            .iter()
+            .filter(|a| a.handing_off == handing_off)
+            .map(|a| a.target.key())
+            .collect()
+    }
+
+    #[actix_web::test]
+    async fn owns_its_share_hands_off_moved_targets_and_marks_nothing_before_a_view() {
+        let (cfg, groups) = setup();
+        let metrics = Metrics::new();
+        let mgr = ScrapeManager::new(
+            Arc::new(crate::storage::memory::MemStore::new()),
+            metrics.clone(),
+            cfg.clone(),
+            1,
+        );
+        let view = mgr.view();
+        let mgr = mgr.start();
+        mgr.send(ApplyConfig(cfg)).await.unwrap();
+        mgr.send(ApplyTargetGroups(groups)).await.unwrap();
+        let s = view.snapshot();
+        assert!(s.active.is_empty(), "no membership: nothing is scraped");
+        assert!(s.assignment.is_none());
+
+        mgr.send(membership(1, 5, &[1, 2, 3])).await.unwrap();
+        let s = view.snapshot();
+        let all: Vec<u64> = {
+            let a = Assigner::new([1, 2, 3]);
+            let asg = s.assignment.clone().expect("assignment");
+            assert_eq!(asg.view_index, 5);
+            assert_eq!(asg.discovered, 30);
+            assert_eq!(asg.targets_per_member.values().sum::<usize>(), 30);
+            assert_eq!(asg.targets_per_member[&1], s.active.len());
+            for t in &s.active {
+                assert_eq!(a.owners(t.target.key(), 1), vec![1]);
+            }
+            s.active.iter().map(|t| t.target.key()).collect()
+        };
+        assert!(!all.is_empty());
+        assert_eq!(metrics.targets_gained_total.get(), all.len() as u64);
+
+        // Node 4 joins: the targets it wins stay here, handing off, until it reports.
+        mgr.send(membership(1, 6, &[1, 2, 3, 4])).await.unwrap();
+        let s = view.snapshot();
+        let four = Assigner::new([1, 2, 3, 4]);
+        let moving: BTreeSet<u64> = all
+            .iter()
+            .copied()
+            .filter(|&k| four.owners(k, 1) == vec![4])
+            .collect();
+        assert_eq!(keys(&s, true), moving);
+        assert_eq!(keys(&s, false).len() + moving.len(), all.len());
+        assert_eq!(metrics.targets_lost_total.get(), moving.len() as u64);
+        if let Some(&k) = moving.iter().next() {
+            mgr.send(HandoffDone {
+                key: k,
+                view_index: 5,
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                keys(&view.snapshot(), true),
+                moving,
+                "a notice of an older view"
+            );
+            mgr.send(HandoffDone {
+                key: k,
+                view_index: 6,
+            })
+            .await
+            .unwrap();
+            let s = view.snapshot();
+            assert!(!keys(&s, true).contains(&k) && !keys(&s, false).contains(&k));
+            assert_eq!(metrics.targets_handed_off_total.get(), 1);
+        }
+        // A notice for a target this node keeps changes nothing.
+        let kept = *keys(&view.snapshot(), false).iter().next().expect("kept");
+        mgr.send(HandoffDone {
+            key: kept,
+            view_index: 6,
+        })
+        .await
+        .unwrap();
+        assert!(keys(&view.snapshot(), false).contains(&kept));
+
+        // Node 4 leaves again before the handoffs end: they are cancelled, and the
+        // target already handed off is started again.
+        mgr.send(membership(1, 7, &[1, 2, 3])).await.unwrap();
+        let s = view.snapshot();
+        assert!(keys(&s, true).is_empty());
+        assert_eq!(keys(&s, false), all.iter().copied().collect());
+
+        // This node is not among the members (it left): everything is handed off (the
+        // early notice above was for view 6, not this move).
+        mgr.send(membership(1, 8, &[2, 3])).await.unwrap();
+        assert_eq!(keys(&view.snapshot(), true).len(), all.len());
+        // Targets that leave discovery stop at once, handing off or not.
+        mgr.send(ApplyTargetGroups(Arc::default())).await.unwrap();
+        assert!(view.snapshot().active.is_empty());
+        assert_eq!(view.snapshot().assignment.map(|a| a.discovered), Some(0));
     }
 }

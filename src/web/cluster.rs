@@ -120,10 +120,13 @@ fn authorize(c: &ClusterWeb, req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// The body of the internal handoff route (`scrape::manager::HANDOFF_PATH`): the key of
-/// a target the sender gained and has scraped once. The key is a string (u64 in JSON).
+/// a target the sender gained and has scraped once, and the view index it gained it at.
+/// Both are strings (u64 in JSON).
 #[derive(serde::Deserialize)]
 struct HandoffNotice {
     key: String,
+    #[serde(rename = "viewIndex")]
+    view_index: String,
 }
 
 /// `POST /internal/scrape/handoff`: a new owner of a target tells this node (a previous
@@ -141,8 +144,12 @@ pub async fn handoff(
         .key
         .parse()
         .map_err(|_| ApiError::bad_data(format!("invalid target key {:?}", notice.key)))?;
+    let view_index: u64 = notice
+        .view_index
+        .parse()
+        .map_err(|_| ApiError::bad_data(format!("invalid view index {:?}", notice.view_index)))?;
     if let Some(h) = &st.handoff {
-        h(key);
+        h(key, view_index);
     }
     Ok(success(&json!({"key": key.to_string()})))
 }

@@ -38,9 +38,9 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The node's cluster member (`/api/v1/cluster` and the internal cluster routes).
     pub cluster: Option<cluster::ClusterWeb>,
-    /// Told the key of a target whose new owner has scraped it (the internal handoff
-    /// route); the scrape manager then stops its handoff.
-    pub handoff: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Told the key of a target whose new owner has scraped it and the view index of
+    /// the move (the internal handoff route); the scrape manager then stops its handoff.
+    pub handoff: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
 }
 
 impl AppState {
