@@ -187,6 +187,22 @@ fn longest_gap(nodes: &[&Node], t: usize, from: f64, to: f64) -> f64 {
     ts.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
 }
 
+/// Make before break: the node giving target `t` up scraped it at least until the tick
+/// of the taker's first scrape (both scrape on the target's phase, so the timestamps of
+/// one tick are within milliseconds).
+fn assert_overlap(giver: &Node, taker: &Node, t: usize, from: f64, to: f64) {
+    let last_given = up_times(giver, t, from, to)
+        .into_iter()
+        .fold(f64::MIN, f64::max);
+    let first_taken = up_times(taker, t, from, to)
+        .into_iter()
+        .fold(f64::MAX, f64::min);
+    assert!(
+        last_given >= first_taken - 0.5,
+        "target {t}: the giver's last sample ({last_given:.3}) is before the taker's first ({first_taken:.3}): break before make"
+    );
+}
+
 /// Longest allowed gap: one scrape interval (1 s) plus timer slack.
 const MAX_GAP: f64 = 1.3;
 
@@ -358,6 +374,7 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
             gap <= MAX_GAP,
             "target {t} had a {gap:.3} s gap moving from node {old} to the newcomer"
         );
+        assert_overlap(&c.nodes[old], &c.nodes[new], *t, join_start, join_end);
     }
     // A moved target's old owner wrote no staleness marker: its last `up` sample is
     // still visible there within the lookback.
@@ -402,6 +419,15 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
         assert!(
             gap <= MAX_GAP,
             "target {t} had a {gap:.3} s gap moving back from the leaver to node {gainer}"
+        );
+        assert_overlap(&leaver, &c.nodes[gainer], *t, leave_start, leave_end);
+        // And the leaver wrote no staleness marker: its last sample is still visible.
+        let q = urlencode(&format!("up{{job=\"fleet\",idx=\"{t}\"}}"));
+        let v = leaver.get_json(&format!("/api/v1/query?query={q}&time={leave_end:.3}"));
+        assert_eq!(
+            v["data"]["result"].as_array().map(Vec::len),
+            Some(1),
+            "the leaver marked moved target {t} stale: {v}"
         );
     }
 }
