@@ -391,6 +391,12 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
     let leave_start = unix_now();
     let st = c.nodes[new].terminate();
     assert!(st.success(), "SIGTERM exit: {st}");
+    // The gainers' notices reached the leaver: its handoffs did not run into the bound.
+    let log = std::fs::read_to_string(&c.nodes[new].log).unwrap_or_default();
+    assert!(
+        !log.contains("handoff bound passed"),
+        "the leaver waited for the bound instead of the gainers' notices:\n{log}"
+    );
     let after = wait_settled(&c, &[0, 1, 2], 1);
     assert_eq!(
         after, before,
