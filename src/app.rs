@@ -24,7 +24,10 @@ use crate::config::{self, Config};
 use crate::discovery::DiscoveryManager;
 use crate::promql::EngineOptions;
 use crate::scrape::ScrapeManager;
-use crate::scrape::manager::{ApplyConfig, ApplyTargetGroups, StopAll};
+use crate::scrape::manager::{
+    ApplyConfig, ApplyMembership, ApplyTargetGroups, HandoffDone, Membership, SetClusterSecret,
+    StopAll,
+};
 use crate::storage::{Appendable, Queryable};
 use crate::telemetry::{self, Metrics};
 use crate::tsdb::{Tsdb, TsdbOptions};
@@ -159,6 +162,7 @@ pub struct Node {
     pub addrs: Vec<SocketAddr>,
     server: actix_web::dev::ServerHandle,
     manager: Addr<ScrapeManager>,
+    targets: crate::scrape::TargetsView,
     discovery: Arc<DiscoveryManager>,
     tsdb: Tsdb,
     cluster: ClusterHandle,
@@ -280,7 +284,12 @@ impl Node {
         let appendable: Arc<dyn Appendable> = Arc::new(tsdb.clone());
         let queryable: Arc<dyn Queryable> = Arc::new(tsdb.clone());
 
-        let manager = ScrapeManager::new(appendable, metrics.clone(), cfg.clone());
+        let manager = ScrapeManager::new(
+            appendable,
+            metrics.clone(),
+            cfg.clone(),
+            args.cluster.replication_factor,
+        );
         let targets = manager.view();
         let manager = manager.start();
         manager.do_send(ApplyConfig(cfg.clone()));
@@ -330,6 +339,26 @@ impl Node {
         let cluster = ClusterHandle::start(opts)
             .await
             .context("starting the cluster member")?;
+        {
+            // Targets are assigned over the committed membership: forward every view.
+            let mut views = cluster.membership_view();
+            let node_id = cluster.node_id();
+            let mgr = manager.clone();
+            mgr.do_send(SetClusterSecret(cluster.secret().map(str::to_owned)));
+            actix::spawn(async move {
+                loop {
+                    let v = views.borrow_and_update().clone();
+                    mgr.do_send(ApplyMembership(Membership {
+                        node_id,
+                        index: v.index,
+                        members: v.up.clone(),
+                    }));
+                    if views.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let status_cache = telemetry::ClusterStatusCache::default();
         metrics.register_collector(Box::new(telemetry::RaftCollector::new(
             status_cache.clone(),
@@ -350,6 +379,7 @@ impl Node {
         };
 
         let ready = Arc::new(AtomicBool::new(false));
+        let targets_for_node = targets.clone();
         let state = AppState {
             storage: queryable,
             engine_opts: EngineOptions {
@@ -361,7 +391,11 @@ impl Node {
             query_slots: Arc::new(tokio::sync::Semaphore::new(
                 args.query_max_concurrency.max(1),
             )),
-            targets,
+            targets: targets.clone(),
+            handoff: Some({
+                let mgr = manager.clone();
+                Arc::new(move |key, view_index| mgr.do_send(HandoffDone { key, view_index }))
+            }),
             config: config_lock,
             reload: reload.clone(),
             metrics,
@@ -388,6 +422,7 @@ impl Node {
             addrs,
             server: handle,
             manager,
+            targets: targets_for_node,
             discovery,
             tsdb,
             cluster,
@@ -446,10 +481,50 @@ impl Node {
     /// restart joins as a new member (the samples in the TSDB stay).
     pub async fn stop_after_leave(self) {
         let data = self.cluster_data.clone();
+        self.hand_off_targets().await;
         self.stop().await;
         match ClusterHandle::wipe_state(&data) {
             Ok(()) => tracing::info!("cluster state wiped; a restart joins as a new member"),
             Err(e) => tracing::error!(error = %e, "cannot wipe the cluster state"),
+        }
+    }
+
+    /// After a leave: assigns the targets over the remaining members and keeps scraping
+    /// them until their new owners report a first scrape (make before break), bounded
+    /// so that the whole stop fits in `docker stop`'s grace period.
+    async fn hand_off_targets(&self) {
+        let me = self.cluster.node_id();
+        let view = self.cluster.membership_view().borrow().clone();
+        let mut members = view.up;
+        members.remove(&me);
+        if members.is_empty() {
+            return;
+        }
+        self.manager.do_send(ApplyMembership(Membership {
+            node_id: me,
+            index: view.index,
+            members,
+        }));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let pending = self
+                .targets
+                .snapshot()
+                .active
+                .iter()
+                .filter(|a| a.handing_off)
+                .count();
+            if pending == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(
+                    pending,
+                    "handoff bound passed; stopping the remaining targets"
+                );
+                break;
+            }
         }
     }
 
@@ -723,6 +798,7 @@ pub fn render_table(data: &serde_json::Value) -> String {
         "ADDRESS".to_owned(),
         "ROLE".to_owned(),
         "STATE".to_owned(),
+        "TARGETS".to_owned(),
         "LAST CONTACT".to_owned(),
         String::new(),
     ]];
@@ -739,11 +815,12 @@ pub fn render_table(data: &serde_json::Value) -> String {
             cell(&m["address"]),
             cell(&m["role"]),
             cell(&m["state"]),
+            cell(&m["targets"]),
             cell(&m["lastContact"]),
             flags.join(","),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
@@ -772,7 +849,7 @@ mod cluster_cli_tests {
             "commitIndex": 7, "viewIndex": 5,
             "members": [
                 {"id": "11", "address": "a:1", "role": "voter", "state": "up",
-                 "lastContact": "2026-01-01T00:00:00.000Z", "leader": true},
+                 "lastContact": "2026-01-01T00:00:00.000Z", "leader": true, "targets": 12},
                 {"id": "22", "address": "bb:2", "role": "learner", "state": "down",
                  "lastContact": null, "leader": false}
             ]
@@ -784,7 +861,11 @@ mod cluster_cli_tests {
             lines[0].contains("leader 11") && lines[0].contains("view 5"),
             "{t}"
         );
-        assert!(lines[2].starts_with("11  a:1      voter    up"), "{t}");
+        assert!(lines[1].contains("STATE  TARGETS"), "{t}");
+        assert!(
+            lines[2].starts_with("11  a:1      voter    up     12"),
+            "{t}"
+        );
         assert!(lines[2].ends_with("leader,self"), "{t}");
         assert!(lines[3].contains("learner  down"), "{t}");
         assert_eq!(base_url("h:1/"), "http://h:1");

@@ -133,6 +133,9 @@ pub struct ClusterArgs {
     /// A member silent this long is committed as down.
     #[arg(long = "cluster.down-after", default_value = "10s", value_parser = parse_duration)]
     pub down_after: Duration,
+    /// How many nodes scrape each target (the top R members by rendezvous hash).
+    #[arg(long = "cluster.replication-factor", default_value_t = 1, value_parser = parse_replication_factor)]
+    pub replication_factor: usize,
     /// Raft heartbeat interval (advanced).
     #[arg(long = "cluster.heartbeat-interval", default_value = "200ms", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -151,6 +154,7 @@ impl Default for ClusterArgs {
             secret_file: None,
             max_voters: 5,
             down_after: Duration::from_secs(10),
+            replication_factor: 1,
             heartbeat_interval: Duration::from_millis(200),
             election_timeout: Duration::from_millis(600),
         }
@@ -182,6 +186,15 @@ pub struct ClusterTarget {
     /// File holding the cluster secret, for the admin routes (leave, remove).
     #[arg(long = "cluster.secret-file")]
     pub secret_file: Option<PathBuf>,
+}
+
+/// Validates `--cluster.replication-factor`: a positive number.
+pub fn parse_replication_factor(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a positive integer: {e}")),
+    }
 }
 
 /// Validates `--cluster.max-voters`: a positive odd number.
@@ -235,6 +248,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_factor_must_be_positive() {
+        assert_eq!(parse_replication_factor("2"), Ok(2));
+        assert!(parse_replication_factor("0").is_err());
+        assert!(parse_replication_factor("-1").is_err());
+    }
 
     #[test]
     fn max_voters_must_be_odd() {

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub scrape_samples_out_of_order_total: Family<JobLabels, Counter>,
     pub scrape_samples_out_of_bounds_total: Family<JobLabels, Counter>,
     pub targets_active: Family<JobLabels, Gauge>,
+    pub targets_gained_total: Counter,
+    pub targets_lost_total: Counter,
+    pub targets_handed_off_total: Counter,
     pub config_reloads_total: Counter,
     pub config_reload_failures_total: Counter,
     pub config_last_reload_successful: Gauge,
@@ -90,6 +93,9 @@ impl Metrics {
             scrape_samples_out_of_order_total: Family::default(),
             scrape_samples_out_of_bounds_total: Family::default(),
             targets_active: Family::default(),
+            targets_gained_total: Counter::default(),
+            targets_lost_total: Counter::default(),
+            targets_handed_off_total: Counter::default(),
             config_reloads_total: Counter::default(),
             config_reload_failures_total: Counter::default(),
             config_last_reload_successful: Gauge::default(),
@@ -127,6 +133,21 @@ impl Metrics {
             "targets_active",
             "Targets scraped by this node",
             m.targets_active.clone(),
+        );
+        registry.register(
+            "scrape_targets_gained",
+            "Discovered targets this node started owning after an assignment change",
+            m.targets_gained_total.clone(),
+        );
+        registry.register(
+            "scrape_targets_lost",
+            "Discovered targets this node stopped owning after an assignment change",
+            m.targets_lost_total.clone(),
+        );
+        registry.register(
+            "scrape_targets_handed_off",
+            "Moved targets this node kept scraping until the new owner had scraped them",
+            m.targets_handed_off_total.clone(),
         );
         registry.register(
             "config_reloads",

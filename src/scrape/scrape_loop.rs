@@ -54,6 +54,9 @@ pub struct ScrapeActor {
     next: Option<SpawnHandle>,
     /// Set when a stop arrived during a scrape: finish it, then stop.
     stopping: Option<StopScrape>,
+    /// Told once, after the first successful scrape (a target this node gained tells its
+    /// previous owner it can stop).
+    first_success: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ScrapeActor {
@@ -77,7 +80,14 @@ impl ScrapeActor {
             caches: Some((ScrapeCache::default(), ReportCache::default())),
             next: None,
             stopping: None,
+            first_success: None,
         }
+    }
+
+    /// Sends on `tx` after the first successful scrape.
+    pub fn on_first_success(mut self, tx: tokio::sync::oneshot::Sender<()>) -> ScrapeActor {
+        self.first_success = Some(tx);
+        self
     }
 
     fn schedule_next(&mut self, ctx: &mut Context<Self>) {
@@ -179,6 +189,10 @@ impl ScrapeActor {
         st.last_scrape_duration = duration;
         match res {
             Ok(stats) => {
+                if let Some(tx) = self.first_success.take() {
+                    // The receiver may be gone (the manager stopped caring): nothing to do.
+                    let _ = tx.send(());
+                }
                 st.health = TargetHealth::Up;
                 st.last_error.clear();
                 let jl = JobLabels { job };

@@ -54,6 +54,9 @@ pub struct ActiveTarget {
     pub scrape_interval: Duration,
     pub scrape_timeout: Duration,
     pub status: SharedStatus,
+    /// The target moved to another node; this node keeps scraping it until the new
+    /// owner has scraped it once (or a bound passes).
+    pub handing_off: bool,
 }
 
 impl ActiveTarget {

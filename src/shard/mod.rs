@@ -141,4 +141,31 @@ mod tests {
         let frac = moved_join as f64 / n as f64;
         assert!((0.2..0.3).contains(&frac), "join moved {frac}");
     }
+
+    #[test]
+    fn moved_fraction_is_within_ten_percent_of_one_nth() {
+        // The goal for N = 3→4 and 5→6 (member ids as random-looking as real
+        // node ids).
+        let id = |i: u64| xxhash_rust::xxh3::xxh3_64(&(1000 + i).to_le_bytes());
+        let n_keys = 20_000;
+        for n in [3u64, 5] {
+            let before = Assigner::new((0..n).map(id));
+            let after = Assigner::new((0..=n).map(id));
+            let mut moved = 0;
+            for k in keys(n_keys) {
+                let (b, a) = (before.owners(k, 1), after.owners(k, 1));
+                if b != a {
+                    assert_eq!(a, vec![id(n)], "only the newcomer gains");
+                    moved += 1;
+                }
+            }
+            let frac = moved as f64 / n_keys as f64;
+            let ideal = 1.0 / (n + 1) as f64;
+            assert!(
+                (frac - ideal).abs() <= 0.1 * ideal,
+                "{n}→{}: moved {frac:.4}, ideal {ideal:.4}",
+                n + 1
+            );
+        }
+    }
 }

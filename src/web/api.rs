@@ -345,6 +345,8 @@ pub async fn targets(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
                 "health": s.health.as_str(),
                 "scrapeInterval": crate::model::duration::format(a.scrape_interval),
                 "scrapeTimeout": crate::model::duration::format(a.scrape_timeout),
+                // shoal: the target moved to another node, which has not scraped it yet.
+                "handingOff": a.handing_off,
             }));
         }
     }

@@ -15,6 +15,7 @@ use serde_json::json;
 use super::AppState;
 use super::json::{ApiError, ErrorType, success};
 use crate::cluster::{ClusterHandle, ClusterStatus, MemberRole, MemberState};
+use crate::scrape::manager::AssignmentSnapshot;
 
 /// What the cluster routes need: the node's cluster member and how to make the node
 /// exit after it left the cluster through `POST /api/v1/cluster/leave`.
@@ -37,7 +38,14 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// The `data` object of `GET /api/v1/cluster` for `st`, with `now` as the wall clock.
-pub fn status_json(st: &ClusterStatus, now: SystemTime) -> serde_json::Value {
+/// With the scrape manager's `assignment`, each member gets `targets` (how many
+/// discovered targets it owns — computed here from the same assignment every node
+/// computes) and the object gets `assignmentViewIndex`; without it both are null.
+pub fn status_json(
+    st: &ClusterStatus,
+    assignment: Option<&AssignmentSnapshot>,
+    now: SystemTime,
+) -> serde_json::Value {
     let members: Vec<serde_json::Value> = st
         .members
         .iter()
@@ -56,6 +64,7 @@ pub fn status_json(st: &ClusterStatus, now: SystemTime) -> serde_json::Value {
                 },
                 "lastContact": last_contact,
                 "leader": st.leader_id == Some(m.id),
+                "targets": assignment.map(|a| a.targets_per_member.get(&m.id).copied().unwrap_or(0)),
             })
         })
         .collect();
@@ -76,6 +85,8 @@ pub fn status_json(st: &ClusterStatus, now: SystemTime) -> serde_json::Value {
         "commitIndex": st.commit_index,
         "appliedIndex": st.applied_index,
         "viewIndex": st.view_index,
+        "assignmentViewIndex": assignment.map(|a| a.view_index),
+        "discoveredTargets": assignment.map(|a| a.discovered),
         "members": members,
     })
 }
@@ -89,7 +100,12 @@ fn cluster_of(st: &AppState) -> Result<&ClusterWeb, ApiError> {
 async fn status(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let c = cluster_of(&st)?;
     let s = c.handle.status().await;
-    Ok(success(&status_json(&s, SystemTime::now())))
+    let targets = st.targets.snapshot();
+    Ok(success(&status_json(
+        &s,
+        targets.assignment.as_ref(),
+        SystemTime::now(),
+    )))
 }
 
 fn authorize(c: &ClusterWeb, req: &HttpRequest) -> Result<(), ApiError> {
@@ -101,6 +117,41 @@ fn authorize(c: &ClusterWeb, req: &HttpRequest) -> Result<(), ApiError> {
         tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "rejected cluster admin request without the right secret");
         ApiError::new(ErrorType::Unauthorized, "missing or wrong cluster secret")
     })
+}
+
+/// The body of the internal handoff route (`scrape::manager::HANDOFF_PATH`): the key of
+/// a target the sender gained and has scraped once, and the view index it gained it at.
+/// Both are strings (u64 in JSON).
+#[derive(serde::Deserialize)]
+struct HandoffNotice {
+    key: String,
+    #[serde(rename = "viewIndex")]
+    view_index: String,
+}
+
+/// `POST /internal/scrape/handoff`: a new owner of a target tells this node (a previous
+/// owner, still scraping it) that it can stop. Requires the cluster secret when set.
+pub async fn handoff(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let c = cluster_of(&st)?;
+    authorize(c, &req)?;
+    let notice: HandoffNotice = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_data(format!("invalid handoff notice: {e}")))?;
+    let key: u64 = notice
+        .key
+        .parse()
+        .map_err(|_| ApiError::bad_data(format!("invalid target key {:?}", notice.key)))?;
+    let view_index: u64 = notice
+        .view_index
+        .parse()
+        .map_err(|_| ApiError::bad_data(format!("invalid view index {:?}", notice.view_index)))?;
+    if let Some(h) = &st.handoff {
+        h(key, view_index);
+    }
+    Ok(success(&json!({"key": key.to_string()})))
 }
 
 /// How long the leave request waits for the membership change.
@@ -178,7 +229,9 @@ mod tests {
             }],
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let v = status_json(&st, now);
+        let v = status_json(&st, None, now);
+        assert!(v["assignmentViewIndex"].is_null());
+        assert!(v["members"][0]["targets"].is_null());
         assert_eq!(v["nodeId"], "18446744073709551557");
         assert!(v["leaderId"].is_null());
         assert_eq!(v["term"], 3);
@@ -190,7 +243,15 @@ mod tests {
         let mut st = st;
         st.leader_id = Some(18_446_744_073_709_551_557);
         st.members[0].last_contact = Some(Duration::from_secs(2));
-        let v = status_json(&st, now);
+        let asg = AssignmentSnapshot {
+            view_index: 4,
+            targets_per_member: [(18_446_744_073_709_551_557, 7)].into(),
+            discovered: 7,
+        };
+        let v = status_json(&st, Some(&asg), now);
+        assert_eq!(v["assignmentViewIndex"], 4);
+        assert_eq!(v["discoveredTargets"], 7);
+        assert_eq!(v["members"][0]["targets"], 7);
         assert_eq!(v["leaderId"], "18446744073709551557");
         assert_eq!(v["members"][0]["lastContact"], "2023-11-14T22:13:18.000Z");
         assert_eq!(v["leaderAddress"], "a:1");

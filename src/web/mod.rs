@@ -38,6 +38,9 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The node's cluster member (`/api/v1/cluster` and the internal cluster routes).
     pub cluster: Option<cluster::ClusterWeb>,
+    /// Told the key of a target whose new owner has scraped it and the view index of
+    /// the move (the internal handoff route); the scrape manager then stops its handoff.
+    pub handoff: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
 }
 
 impl AppState {
@@ -59,6 +62,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/-/reload", web::put().to(api::reload))
         .route("/metrics", web::get().to(api::metrics))
         .route("/", web::get().to(index))
+        .route(
+            crate::scrape::manager::HANDOFF_PATH,
+            web::post().to(cluster::handoff),
+        )
         .service(
             web::scope("/api/v1")
                 .route("/query", web::get().to(api::query))

@@ -17,19 +17,19 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-const DOWN_AFTER: Duration = Duration::from_secs(3);
+pub(crate) const DOWN_AFTER: Duration = Duration::from_secs(3);
 const ELECTION_MAX: Duration = Duration::from_millis(1200);
 /// Vote round and polling on top of 2× the maximum election timeout.
 const ELECTION_SLACK: Duration = Duration::from_millis(500);
 const CONVERGE: Duration = Duration::from_secs(30);
-const SECRET: &str = "it-cluster-secret";
+pub(crate) const SECRET: &str = "it-cluster-secret";
 
 /// A set of `shoal run` processes sharing one seed list.
-struct TestCluster {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+pub(crate) struct TestCluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
     flags: Vec<String>,
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
 }
 
 fn base_flags(seeds: &str) -> Vec<String> {
@@ -52,13 +52,22 @@ impl TestCluster {
     /// Starts one node per host at the same moment (all spawned before any is
     /// waited on), every one with every node as seed.
     fn start(hosts: &[&str], extra: &[&str]) -> TestCluster {
+        TestCluster::start_with_config(
+            hosts,
+            "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
+            extra,
+        )
+    }
+
+    /// [`TestCluster::start`] with this `prometheus.yml` on every node.
+    pub(crate) fn start_with_config(
+        hosts: &[&str],
+        config_yaml: &str,
+        extra: &[&str],
+    ) -> TestCluster {
         let dir = tempdir();
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
-        )
-        .unwrap();
+        std::fs::write(&config, config_yaml).unwrap();
         let addrs: Vec<(String, u16)> =
             hosts.iter().map(|h| (h.to_string(), free_port())).collect();
         let seeds = addrs
@@ -97,7 +106,7 @@ impl TestCluster {
     }
 
     /// Starts an extra node (seeded with the original seed list) and waits until ready.
-    fn add(&mut self, name: &str, host: &str) -> usize {
+    pub(crate) fn add(&mut self, name: &str, host: &str) -> usize {
         let mut n = self.spawn(name, host, free_port());
         n.wait_ready();
         self.nodes.push(n);
@@ -122,7 +131,7 @@ impl TestCluster {
         self.nodes[i] = n;
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for n in &self.nodes {
             let log = std::fs::read_to_string(&n.log).unwrap_or_default();
@@ -138,7 +147,7 @@ impl TestCluster {
 }
 
 /// The `data` of a node's `GET /api/v1/cluster`, or why not.
-fn view(node: &Node) -> Result<Value, String> {
+pub(crate) fn view(node: &Node) -> Result<Value, String> {
     let (code, body) = http_get(&node.url("/api/v1/cluster"))?;
     let v: Value = serde_json::from_str(&body).map_err(|e| format!("{code}: {e}: {body}"))?;
     if code != 200 || v["status"] != "success" {
@@ -147,7 +156,7 @@ fn view(node: &Node) -> Result<Value, String> {
     Ok(v["data"].clone())
 }
 
-fn str_of(v: &Value) -> String {
+pub(crate) fn str_of(v: &Value) -> String {
     v.as_str().map(str::to_owned).unwrap_or_default()
 }
 
@@ -211,7 +220,7 @@ fn agreed(
     Ok(first.clone())
 }
 
-fn wait_agreed(
+pub(crate) fn wait_agreed(
     c: &TestCluster,
     idx: &[usize],
     n_members: usize,
@@ -256,7 +265,7 @@ fn node_id(n: &Node) -> String {
     str_of(&view(n).expect("cluster view")["nodeId"])
 }
 
-fn write_secret(dir: &Path) -> PathBuf {
+pub(crate) fn write_secret(dir: &Path) -> PathBuf {
     let p = dir.join("cluster.secret");
     std::fs::write(&p, format!("{SECRET}\n")).unwrap();
     p

@@ -6,6 +6,8 @@
 //! - `lifecycle`: config reloads, crash recovery, CLI commands.
 //! - `cluster`: membership with several processes: formation, failover, join, leave,
 //!   partitions (iptables), bad internal requests.
+//! - `sharding`: target assignment over the membership: disjoint split, replication,
+//!   movement on join and graceful leave.
 
 mod api;
 mod cluster;
@@ -13,3 +15,4 @@ mod harness;
 mod lifecycle;
 mod promtool;
 mod scrape;
+mod sharding;
