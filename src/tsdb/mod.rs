@@ -187,13 +187,7 @@ impl Tsdb {
     pub fn open(dir: &Path, opts: TsdbOptions) -> Result<Tsdb, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StorageError(format!("tsdb: create {}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(opts.cache_capacity)
-            .flush_every_ms(None)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| sled_err(&format!("open {}", dir.display()), e))?;
+        let db = open_sled(dir, opts.cache_capacity)?;
         let (index, known) = Index::open(&db)?;
         let tree = |n: &str| db.open_tree(n).map_err(|e| sled_err("open tree", e));
         let (chunks, sealed, wal_tree) = (tree("chunks")?, tree("sealed")?, tree("wal")?);
@@ -339,6 +333,32 @@ impl Tsdb {
             tracing::error!("tsdb flush thread panicked");
         }
         self.inner.flush_wal()
+    }
+}
+
+/// Opens sled, waiting a little for the directory lock: a store just dropped in this
+/// process (its last reference may go away on the flush thread a moment later), or a
+/// process that is still exiting, releases it shortly.
+fn open_sled(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StorageError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open();
+        match res {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as an `Other` IO error with this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(sled_err(&format!("open {}", dir.display()), e)),
+        }
     }
 }
 
