@@ -212,6 +212,29 @@ fn range_params(p: &Params) -> Result<(i64, i64), ApiError> {
     Ok((p.time("start", MIN_TIME_MS)?, p.time("end", MAX_TIME_MS)?))
 }
 
+/// Runs `f` on a blocking thread once per `match[]` alternative (once with no matchers
+/// when there are none) and returns the sorted union of the results.
+async fn union_over<T, F>(sets: Vec<Vec<Matcher>>, f: F) -> Result<Vec<T>, ApiError>
+where
+    T: Ord + Send + 'static,
+    F: Fn(&[Matcher]) -> Result<Vec<T>, crate::storage::StorageError> + Send + 'static,
+{
+    web::block(move || -> Result<Vec<T>, ApiError> {
+        if sets.is_empty() {
+            return Ok(f(&[])?);
+        }
+        let mut all = Vec::new();
+        for ms in &sets {
+            all.extend(f(ms)?);
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
 pub async fn series(
     req: HttpRequest,
     body: web::Bytes,
@@ -224,17 +247,7 @@ pub async fn series(
     }
     let (start, end) = range_params(&p)?;
     let storage = st.storage.clone();
-    let res = web::block(move || -> Result<Vec<Labels>, ApiError> {
-        let mut all = Vec::new();
-        for ms in &sets {
-            all.extend(storage.series(start, end, ms)?);
-        }
-        all.sort();
-        all.dedup();
-        Ok(all)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let res = union_over(sets, move |ms| storage.series(start, end, ms)).await?;
     let data: Vec<BTreeMap<&str, &str>> = res
         .iter()
         .map(|l| {
@@ -255,20 +268,7 @@ pub async fn labels(
     let sets = p.matchers()?;
     let (start, end) = range_params(&p)?;
     let storage = st.storage.clone();
-    let res = web::block(move || -> Result<Vec<String>, ApiError> {
-        if sets.is_empty() {
-            return Ok(storage.label_names(start, end, &[])?);
-        }
-        let mut all = Vec::new();
-        for ms in &sets {
-            all.extend(storage.label_names(start, end, ms)?);
-        }
-        all.sort();
-        all.dedup();
-        Ok(all)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let res = union_over(sets, move |ms| storage.label_names(start, end, ms)).await?;
     Ok(success(&res))
 }
 
@@ -285,20 +285,7 @@ pub async fn label_values(
     let sets = p.matchers()?;
     let (start, end) = range_params(&p)?;
     let storage = st.storage.clone();
-    let res = web::block(move || -> Result<Vec<String>, ApiError> {
-        if sets.is_empty() {
-            return Ok(storage.label_values(&name, start, end, &[])?);
-        }
-        let mut all = Vec::new();
-        for ms in &sets {
-            all.extend(storage.label_values(&name, start, end, ms)?);
-        }
-        all.sort();
-        all.dedup();
-        Ok(all)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let res = union_over(sets, move |ms| storage.label_values(&name, start, end, ms)).await?;
     Ok(success(&res))
 }
 
