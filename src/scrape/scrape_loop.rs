@@ -18,6 +18,11 @@ use super::append::{Report, ReportCache, ScrapeCache, ScrapeContext, ScrapeStats
 use super::fetch;
 use super::target::{SharedStatus, TargetHealth};
 
+/// Bounds the scrapes being parsed and stored at once to the number of cores.
+static PROCESSING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+});
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -116,7 +121,10 @@ impl ScrapeActor {
             let t = now_ms();
             let start = Instant::now();
             let fetched = fetch::fetch(&client, &url, &cfg).await;
-            // Parsing and storing are CPU and disk work: off the actor's thread.
+            // Parsing and storing are CPU and disk work: off the actor's thread, and at
+            // most one per core at a time (more would not run faster; without the bound
+            // a burst of targets would spawn a blocking thread each).
+            let _permit = PROCESSING.acquire().await;
             tokio::task::spawn_blocking(move || {
                 let res = fetched.and_then(|f| {
                     let ctx = ScrapeContext {
