@@ -136,16 +136,19 @@ where
     }
 }
 
+fn query_param(p: &Params) -> Result<String, ApiError> {
+    p.get("query")
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": missing query"))
+}
+
 pub async fn query(
     req: HttpRequest,
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let p = Params::from_request(&req, &body)?;
-    let q = p
-        .get("query")
-        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": missing query"))?
-        .to_string();
+    let q = query_param(&p)?;
     let t = p.time("time", now_ms())?;
     let engine = engine_for(&st, &p)?;
     let storage = st.storage.clone();
@@ -158,10 +161,7 @@ pub async fn query_range(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let p = Params::from_request(&req, &body)?;
-    let q = p
-        .get("query")
-        .ok_or_else(|| ApiError::bad_data("invalid parameter \"query\": missing query"))?
-        .to_string();
+    let q = query_param(&p)?;
     let start = match p.get("start") {
         Some(s) => parse_time(s)
             .map_err(|e| ApiError::bad_data(format!("invalid parameter \"start\": {e}")))?,
