@@ -177,12 +177,7 @@ impl Engine {
             V::Vector(cols) => cols
                 .into_iter()
                 .filter_map(|c| {
-                    let samples: Vec<Sample> = c
-                        .vals
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, v)| v.map(|v| Sample { t: ev.ts(i), v }))
-                        .collect();
+                    let samples = ev.column_samples(&c);
                     (!samples.is_empty()).then_some(Series {
                         labels: c.labels,
                         samples,
@@ -403,6 +398,15 @@ impl<'g, 'a> Ev<'g, 'a> {
     #[inline]
     pub fn ts(&self, i: usize) -> i64 {
         self.start + i as i64 * self.step
+    }
+
+    /// The present values of a step column as timestamped samples.
+    pub fn column_samples(&self, c: &Col) -> Vec<Sample> {
+        c.vals
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| Sample { t: self.ts(i), v }))
+            .collect()
     }
 
     /// Checks the timeout (cheaply: the clock is read every 64 calls).
@@ -709,12 +713,7 @@ impl<'g, 'a> Ev<'g, 'a> {
             V::Vector(cols) => cols
                 .into_iter()
                 .filter_map(|c| {
-                    let samples: Vec<Sample> = c
-                        .vals
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, v)| v.map(|v| Sample { t: inner.ts(i), v }))
-                        .collect();
+                    let samples = inner.column_samples(&c);
                     (!samples.is_empty()).then_some(RSeries {
                         labels: c.labels,
                         samples,
