@@ -381,7 +381,8 @@ impl Node {
         let ready = Arc::new(AtomicBool::new(false));
         let targets_for_node = targets.clone();
         let state = AppState {
-            storage: queryable,
+            storage: queryable.clone(),
+            local: queryable,
             engine_opts: EngineOptions {
                 lookback_delta: args.query_lookback_delta,
                 timeout: args.query_timeout,

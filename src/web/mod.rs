@@ -26,7 +26,11 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
+    /// What the read routes answer from: the whole cluster (the distributed select) on a
+    /// cluster node, the local store otherwise.
     pub storage: Arc<dyn Queryable>,
+    /// This node's own store (`local=1`, the internal select route, `/federate?local=1`).
+    pub local: Arc<dyn Queryable>,
     pub engine_opts: EngineOptions,
     pub query_slots: Arc<tokio::sync::Semaphore>,
     pub targets: TargetsView,
