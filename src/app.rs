@@ -35,7 +35,12 @@ use crate::web::{self, AppState, ReloadFn};
 
 /// Runs the command the user gave.
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
-    telemetry::init_logging(cli.log_format, &cli.log_level);
+    // The demo's own terminal is for its banner: keep the fleet's server chatter out.
+    let level = match &cli.command {
+        Command::Demo(_) if cli.log_level == "info" => "info,actix_server=warn",
+        _ => cli.log_level.as_str(),
+    };
+    telemetry::init_logging(cli.log_format, level);
     match cli.command {
         Command::Run(args) => {
             run_until_signal(args)?;

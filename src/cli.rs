@@ -223,9 +223,12 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Address the demo node serves HTTP on.
+    /// Address of the first node; node N listens on the port after node N-1's.
     #[arg(long = "listen", default_value = "127.0.0.1:9090")]
     pub listen: String,
+    /// Number of nodes (`shoal run` processes) in the demo cluster.
+    #[arg(long = "nodes", default_value_t = 3)]
+    pub nodes: usize,
     /// Data directory (default: a fresh temporary directory, removed on exit).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,

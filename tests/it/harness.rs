@@ -134,6 +134,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `n` consecutive free loopback ports (all bound at once, then released).
+pub fn free_port_range(n: u16) -> u16 {
+    let mut base = 20_000 + (std::process::id() % 2_000) as u16 * 16;
+    loop {
+        let held: Vec<_> = (0..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+        base = if base > 60_000 { 20_000 } else { base + n + 1 };
+    }
+}
+
 /// Waits until `f` returns `Some`, polling every 100 ms, or panics after `timeout`
 /// with `what` and the last observation.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {

@@ -6,11 +6,14 @@
 //! - `lifecycle`: config reloads, crash recovery, CLI commands.
 //! - `cluster`: membership with several processes: formation, failover, join, leave,
 //!   partitions (iptables), bad internal requests.
+//! - `demo`: `shoal demo` forms its local cluster and a node added by its printed
+//!   command takes over a share of the targets.
 //! - `sharding`: target assignment over the membership: disjoint split, replication,
 //!   movement on join and graceful leave.
 
 mod api;
 mod cluster;
+mod demo;
 mod harness;
 mod lifecycle;
 mod promtool;

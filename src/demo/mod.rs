@@ -1,10 +1,13 @@
-//! `shoal demo`: a synthetic target fleet plus a node scraping it, one command. The
+//! `shoal demo`: a synthetic target fleet plus a local cluster of nodes scraping it
+//! ([`local_cluster`]), one command. The
 //! fleet serves realistic exposition text (counters, gauges, classic histograms) whose
 //! values are deterministic functions of wall-clock time, so graphs look alive.
 
+pub mod local_cluster;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
 
@@ -207,7 +210,8 @@ pub fn demo_config(fleet: &[SocketAddr]) -> String {
     )
 }
 
-/// `shoal demo`: the fleet and one node, until Ctrl-C.
+/// `shoal demo`: the fleet and a local cluster of `args.nodes` `shoal run` processes,
+/// until Ctrl-C.
 pub fn run(args: crate::cli::DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
     let tmp;
@@ -219,40 +223,127 @@ pub fn run(args: crate::cli::DemoArgs) -> anyhow::Result<std::process::ExitCode>
         }
     };
     std::fs::create_dir_all(&data_dir)?;
+    let first: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?} is not an ip:port", args.listen))?;
+    let addrs = local_cluster::consecutive(first, args.nodes.max(1))?;
+    let exe = std::env::current_exe().context("locating the shoal binary")?;
     let res = actix::System::new().block_on(async {
-        let fleet = Fleet::start("127.0.0.1", args.fleet_port, args.targets, args.series_per_target)
-            .with_context(|| format!("starting the synthetic fleet on ports {}+", args.fleet_port))?;
+        let fleet = Fleet::start(
+            "127.0.0.1",
+            args.fleet_port,
+            args.targets,
+            args.series_per_target,
+        )
+        .with_context(|| format!("starting the synthetic fleet on ports {}+", args.fleet_port))?;
         let config_path = data_dir.join("demo-prometheus.yml");
         std::fs::write(&config_path, demo_config(&fleet.addrs))?;
-        let run_args = crate::cli::RunArgs {
-            config: config_path.clone(),
-            data_dir: data_dir.join("node-1"),
-            listen: args.listen.clone(),
-            retention: std::time::Duration::from_secs(24 * 3600),
-            query_timeout: std::time::Duration::from_secs(120),
-            query_max_samples: 50_000_000,
-            query_lookback_delta: std::time::Duration::from_secs(300),
-            query_max_concurrency: 20,
-            cluster: Default::default(),
+        let mut cluster =
+            local_cluster::LocalCluster::start(&exe, &config_path, &data_dir, &addrs)?;
+        let outcome = tokio::select! {
+            r = wait_formed(&mut cluster, &data_dir, args.targets) => r.map(Some),
+            _ = crate::app::wait_for_shutdown_signal() => Ok(None),
         };
-        let node = crate::app::Node::start(run_args).await?;
-        let url = format!("http://{}", node.addrs.first().map(|a| a.to_string()).unwrap_or_default());
-        println!("shoal demo is running: {} targets × {} series, scraped every 5s.", args.targets, args.series_per_target);
-        println!("  config:   {}", config_path.display());
-        println!("  targets:  {url}/api/v1/targets");
-        println!("  query:    {url}/api/v1/query?query=sum%20by%20(handler)%20(rate(http_requests_total%5B1m%5D))");
-        println!("  metrics:  {url}/metrics");
-        println!("  Grafana/promtool: use {url} as a Prometheus data source.");
-        println!("Press Ctrl-C to stop.");
-        crate::app::wait_for_shutdown_signal().await;
-        node.stop().await;
+        if let Ok(Some(table)) = &outcome {
+            print_banner(&args, &config_path, &data_dir, &addrs, table);
+            crate::app::wait_for_shutdown_signal().await;
+        }
+        println!("stopping the demo cluster...");
+        cluster.stop(Duration::from_secs(30));
         fleet.stop().await;
-        anyhow::Ok(())
+        outcome.map(|_| ())
     });
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     res.map(|_| std::process::ExitCode::SUCCESS)
+}
+
+/// Polls the first node's `/api/v1/cluster` until every node is up and every target
+/// owned; returns the cluster table. Fails when a node exits.
+async fn wait_formed(
+    cluster: &mut local_cluster::LocalCluster,
+    data_dir: &std::path::Path,
+    targets: usize,
+) -> anyhow::Result<String> {
+    let addrs = cluster.addrs();
+    let url = format!("http://{}/api/v1/cluster", addrs[0]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        if let Some((i, st)) = cluster.exited().into_iter().next() {
+            let log = local_cluster::log_path(data_dir, i);
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            anyhow::bail!(
+                "node {i} exited with {st}; the end of {}:\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if let Ok(resp) = client.get(&url).send().await
+            && let Ok(body) = resp.bytes().await
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+            && local_cluster::formed(&v["data"], addrs.len(), targets)
+        {
+            return Ok(crate::app::render_table(&v["data"]));
+        }
+        if !warned && started.elapsed() > Duration::from_secs(60) {
+            eprintln!(
+                "the cluster is slow to form; logs: {}/node-*.log",
+                data_dir.display()
+            );
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn print_banner(
+    args: &crate::cli::DemoArgs,
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+    addrs: &[SocketAddr],
+    table: &str,
+) {
+    let url = format!("http://{}", addrs[0]);
+    println!(
+        "shoal demo is running: a {}-node cluster scraping {} targets × {} series every 5s.",
+        addrs.len(),
+        args.targets,
+        args.series_per_target
+    );
+    let nodes: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    println!("  nodes:    {}", nodes.join("  "));
+    println!("  logs:     {}/node-N.log", data_dir.display());
+    println!("  config:   {}", config.display());
+    println!("  cluster:  {url}/api/v1/cluster");
+    println!("  targets:  {url}/api/v1/targets  (each node lists the targets it scrapes)");
+    println!(
+        "  query:    {url}/api/v1/query?query=sum%20by%20(handler)%20(rate(http_requests_total%5B1m%5D))"
+    );
+    println!("  Grafana/promtool: use any node as a Prometheus data source.");
+    println!();
+    print!("{table}");
+    println!();
+    let next = addrs.len() + 1;
+    if let Ok(more) = local_cluster::consecutive(addrs[0], next) {
+        let cmd = local_cluster::run_args(config, data_dir, next, more[next - 1], addrs[0]);
+        println!(
+            "Add node {next} and watch the targets rebalance (about 1/{next} of them move to it):"
+        );
+        println!("  shoal {}", cmd.join(" "));
+        println!("  shoal cluster status --node {}", addrs[0]);
+        println!(
+            "Stop it with Ctrl-C (it keeps its id) or `shoal cluster leave --node {}` (it hands its targets back).",
+            more[next - 1]
+        );
+    }
+    println!("Press Ctrl-C to stop the demo.");
 }
 
 /// A fresh directory under the system temp dir for a demo without `--data-dir`.

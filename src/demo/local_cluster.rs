@@ -1,0 +1,184 @@
+//! The local cluster of `shoal demo`: `shoal run` child processes on consecutive
+//! loopback ports, seeded with each other, each with its own data dir and log file.
+//! Stopping it sends SIGINT (a node keeps its id, as on Ctrl-C) and waits; dropping it
+//! kills whatever is still running, so no node outlives the demo.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One `shoal run` child.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+/// N `shoal run` processes forming one cluster.
+pub struct LocalCluster {
+    nodes: Vec<NodeProcess>,
+}
+
+/// The arguments of `shoal run` for node `index` (1-based) of a demo cluster: data dir
+/// `data_dir/node-<index>`, seeds = the first node's address.
+pub fn run_args(
+    config: &Path,
+    data_dir: &Path,
+    index: usize,
+    addr: SocketAddr,
+    seed: SocketAddr,
+) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--data-dir".into(),
+        data_dir.join(format!("node-{index}")).display().to_string(),
+        "--listen".into(),
+        addr.to_string(),
+        "--cluster.seeds".into(),
+        seed.to_string(),
+    ]
+}
+
+/// Where node `index`'s log goes.
+pub fn log_path(data_dir: &Path, index: usize) -> PathBuf {
+    data_dir.join(format!("node-{index}.log"))
+}
+
+/// `addr`, `addr+1`, ... (`n` addresses on consecutive ports).
+pub fn consecutive(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    (0..n)
+        .map(|i| {
+            let port = u16::try_from(i)
+                .ok()
+                .and_then(|i| addr.port().checked_add(i))
+                .ok_or_else(|| anyhow::anyhow!("port range from {addr} overflows"))?;
+            Ok(SocketAddr::new(addr.ip(), port))
+        })
+        .collect()
+}
+
+impl LocalCluster {
+    /// Spawns one `exe run` per address; all seed from the first address.
+    pub fn start(
+        exe: &Path,
+        config: &Path,
+        data_dir: &Path,
+        addrs: &[SocketAddr],
+    ) -> anyhow::Result<LocalCluster> {
+        use anyhow::Context as _;
+        let mut cluster = LocalCluster { nodes: Vec::new() };
+        let seed = *addrs.first().context("a cluster needs at least one node")?;
+        for (i, addr) in addrs.iter().enumerate() {
+            let index = i + 1;
+            let log = log_path(data_dir, index);
+            let logf = std::fs::File::create(&log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            let child = Command::new(exe)
+                .args(run_args(config, data_dir, index, *addr, seed))
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(logf)
+                .spawn()
+                .with_context(|| format!("starting node {index} ({})", exe.display()))?;
+            cluster.nodes.push(NodeProcess { child, addr: *addr });
+        }
+        Ok(cluster)
+    }
+
+    /// The HTTP addresses of the nodes.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// Nodes that have exited, with their exit status.
+    pub fn exited(&mut self) -> Vec<(usize, std::process::ExitStatus)> {
+        self.nodes
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, n)| n.child.try_wait().ok().flatten().map(|st| (i + 1, st)))
+            .collect()
+    }
+
+    /// SIGINT to every node, then waits up to `timeout` for all to exit; kills the rest.
+    pub fn stop(&mut self, timeout: Duration) {
+        for n in &self.nodes {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(n.child.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + timeout;
+        for n in &mut self.nodes {
+            loop {
+                match n.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = n.child.kill();
+                        let _ = n.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Ok(None) = n.child.try_wait() {
+                let _ = n.child.kill();
+                let _ = n.child.wait();
+            }
+        }
+    }
+}
+
+/// Whether `/api/v1/cluster` data shows `nodes` members, all up, owning `targets`
+/// targets between them (replication factor 1).
+pub fn formed(data: &serde_json::Value, nodes: usize, targets: usize) -> bool {
+    let Some(members) = data["members"].as_array() else {
+        return false;
+    };
+    let owned: u64 = members.iter().filter_map(|m| m["targets"].as_u64()).sum();
+    data["leaderId"].is_string()
+        && members.len() == nodes
+        && members.iter().all(|m| m["state"] == "up")
+        && owned == targets as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_ports() {
+        let a: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let v = consecutive(a, 3).unwrap();
+        assert_eq!(
+            v.iter().map(|a| a.port()).collect::<Vec<_>>(),
+            [9090, 9091, 9092]
+        );
+        assert!(consecutive("127.0.0.1:65535".parse().unwrap(), 2).is_err());
+    }
+
+    #[test]
+    fn formed_needs_all_members_up_and_all_targets_owned() {
+        let ok = serde_json::json!({"leaderId": "1", "members": [
+            {"state": "up", "targets": 4}, {"state": "up", "targets": 6}]});
+        assert!(formed(&ok, 2, 10));
+        assert!(!formed(&ok, 3, 10));
+        assert!(!formed(&ok, 2, 11));
+        let down = serde_json::json!({"leaderId": "1", "members": [
+            {"state": "up", "targets": 4}, {"state": "down", "targets": 6}]});
+        assert!(!formed(&down, 2, 10));
+        let no_leader =
+            serde_json::json!({"leaderId": null, "members": [{"state": "up", "targets": 10}]});
+        assert!(!formed(&no_leader, 1, 10));
+    }
+}
