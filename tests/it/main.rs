@@ -8,11 +8,14 @@
 //!   partitions (iptables), bad internal requests.
 //! - `sharding`: target assignment over the membership: disjoint split, replication,
 //!   movement on join and graceful leave.
+//! - `query`: query any node: cluster-wide answers equal to a single node's, dedup with
+//!   replication, partial answers when a member is down, the internal read route.
 
 mod api;
 mod cluster;
 mod harness;
 mod lifecycle;
 mod promtool;
+mod query;
 mod scrape;
 mod sharding;
