@@ -382,6 +382,12 @@ impl Node {
         };
 
         // Reads answer for the whole cluster (query any node); `local` is this node.
+        let engine_opts = EngineOptions {
+            lookback_delta: args.query_lookback_delta,
+            timeout: args.query_timeout,
+            max_samples: args.query_max_samples,
+            default_subquery_step: cfg.global.evaluation_interval,
+        };
         let member_reads = Arc::new(query::MemberServer::new(
             queryable.clone(),
             query::GlobalRecords::new({
@@ -391,33 +397,29 @@ impl Node {
                     Err(p) => p.into_inner().clone(),
                 })
             }),
+            crate::promql::Engine::new(engine_opts.clone()),
         ));
-        let cluster_reads: Arc<dyn Queryable> = Arc::new(
-            query::ClusterQueryable::new(
-                queryable.clone(),
-                members_fn(&cluster, status_cache.clone()),
-                query::FanOutOptions {
-                    self_id: cluster.node_id(),
-                    member_timeout: member_timeout(args.query_timeout),
-                    secret: cluster.secret().map(str::to_owned),
-                    local_address: opts_local_address,
-                },
-            )
-            .context("starting the query fan-out")?,
-        );
+        let cluster_reads = query::ClusterQueryable::new(
+            queryable.clone(),
+            members_fn(&cluster, status_cache.clone()),
+            query::FanOutOptions {
+                self_id: cluster.node_id(),
+                member_timeout: member_timeout(args.query_timeout),
+                secret: cluster.secret().map(str::to_owned),
+                local_address: opts_local_address,
+                pushdown: args.cluster.replication_factor == 1,
+            },
+        )
+        .context("starting the query fan-out")?;
 
         let ready = Arc::new(AtomicBool::new(false));
         let targets_for_node = targets.clone();
         let state = AppState {
-            storage: cluster_reads,
+            storage: Arc::new(cluster_reads.clone()),
             local: queryable,
             member_reads: Some(member_reads),
-            engine_opts: EngineOptions {
-                lookback_delta: args.query_lookback_delta,
-                timeout: args.query_timeout,
-                max_samples: args.query_max_samples,
-                default_subquery_step: cfg.global.evaluation_interval,
-            },
+            pushdown: Some(cluster_reads),
+            engine_opts,
             query_slots: Arc::new(tokio::sync::Semaphore::new(
                 args.query_max_concurrency.max(1),
             )),

@@ -23,6 +23,7 @@
 //! in as plain [`Member`]s from `app`).
 
 pub mod dedup;
+pub mod pushdown;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashSet};
@@ -33,8 +34,9 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::config::rules::RuleScope;
 use crate::model::{Labels, Matcher, Sample};
+use crate::promql::{Engine, EvalError, QueryResult, Value, VectorSample};
 use crate::storage::{Queryable, SelectHints, Series, SeriesSet, StorageError, Warned};
-use wire::{Request, Response};
+use wire::{Request, Response, SeriesBlock};
 
 /// Start of the error message of a read that refused a partial answer.
 pub const INCOMPLETE: &str = "partial response disallowed";
@@ -64,6 +66,10 @@ pub struct FanOutOptions {
     pub secret: Option<String>,
     /// Source address of outgoing calls (several nodes on one host in tests).
     pub local_address: Option<std::net::IpAddr>,
+    /// Whether aggregations may be pushed down to members ([`pushdown`]). Off with a
+    /// replication factor above 1: every series is on two nodes, the check would always
+    /// fall back and the members' work would be wasted.
+    pub pushdown: bool,
 }
 
 /// The names of the series recorded by `scope: global` rule groups of the current
@@ -140,6 +146,8 @@ pub fn global_record_names(cfg: &Config) -> HashSet<String> {
 pub struct MemberServer {
     local: Arc<dyn Queryable>,
     global: GlobalRecords,
+    /// Evaluates pushed-down aggregations.
+    engine: Engine,
 }
 
 /// Why the internal route refused a request.
@@ -152,8 +160,12 @@ pub enum ServeError {
 }
 
 impl MemberServer {
-    pub fn new(local: Arc<dyn Queryable>, global: GlobalRecords) -> MemberServer {
-        MemberServer { local, global }
+    pub fn new(local: Arc<dyn Queryable>, global: GlobalRecords, engine: Engine) -> MemberServer {
+        MemberServer {
+            local,
+            global,
+            engine,
+        }
     }
 
     /// Decodes a request body, reads the local store, returns the encoded answer.
@@ -208,6 +220,32 @@ impl MemberServer {
                         .label_values(&name, mint, maxt, &ms)
                         .map_err(storage)?,
                 )
+            }
+            Request::Aggregate {
+                queries,
+                matchers,
+                start,
+                end,
+                step,
+                window_ms,
+            } => {
+                let ms = wire::matchers(&matchers).map_err(bad)?;
+                if queries.is_empty() || queries.iter().any(|q| pushdown::plan(q).is_none()) {
+                    return Err(ServeError::BadRequest("not a pushable aggregation".into()));
+                }
+                let span = pushdown::Span {
+                    start,
+                    end,
+                    step,
+                    window_ms,
+                };
+                let part =
+                    pushdown::evaluate(&self.engine, self.local.as_ref(), &queries, &ms, span)
+                        .map_err(ServeError::Storage)?;
+                Response::Aggregate {
+                    covered: part.covered,
+                    results: part.results.iter().map(|r| wire::series_block(r)).collect(),
+                }
             }
         };
         wire::encode(&resp).map_err(|e| ServeError::Storage(e.to_string()))
@@ -390,6 +428,91 @@ impl ClusterQueryable {
     }
 }
 
+impl ClusterQueryable {
+    /// Evaluates `query` with aggregation pushdown when [`pushdown::plan`] accepts it
+    /// and every series turns out to live on one member only; `None` when the query
+    /// must be evaluated the normal way (over [`Queryable::select`]). `step == 0` (and
+    /// `start == end`) for an instant query. `strict`: refuse a partial answer.
+    pub fn pushdown(
+        &self,
+        engine: &Engine,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        strict: bool,
+    ) -> Option<Result<QueryResult, EvalError>> {
+        if !self.inner.opts.pushdown {
+            return None;
+        }
+        let plan = pushdown::plan(query)?;
+        let lookback = engine.options().lookback_delta.as_millis() as i64;
+        let span = pushdown::Span {
+            start,
+            end,
+            step,
+            window_ms: plan.range_ms.unwrap_or(lookback),
+        };
+        let req = Request::Aggregate {
+            queries: plan.member_queries.clone(),
+            matchers: wire::wire_matchers(&plan.matchers),
+            start,
+            end,
+            step,
+            window_ms: span.window_ms,
+        };
+        let local = self.inner.local.as_ref();
+        let eval = || {
+            pushdown::evaluate(engine, local, &plan.member_queries, &plan.matchers, span)
+                .map_err(StorageError)
+        };
+        // A local failure (e.g. too many samples) is left to the normal path to report.
+        let (local_part, answers, down) = self.fan_out(&req, eval).ok()?;
+        let mut parts = vec![local_part];
+        let mut failed = Vec::new();
+        for (m, r) in answers {
+            match r.and_then(part_of) {
+                Ok(p) => parts.push(p),
+                Err(e) => failed.push((m, e)),
+            }
+        }
+        if !pushdown::disjoint(&parts) {
+            tracing::debug!(
+                query,
+                "pushdown not exact (a series on several members); evaluating normally"
+            );
+            return None;
+        }
+        let checked = ClusterQueryable {
+            inner: self.inner.clone(),
+            strict,
+        };
+        let warnings = match checked.incomplete(&down, failed) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(EvalError::Execution(e.0))),
+        };
+        let series = pushdown::combine(plan.combine, parts);
+        let value = if step == 0 {
+            Value::Vector(
+                series
+                    .into_iter()
+                    .filter_map(|s| {
+                        let x = s.samples.first().copied()?;
+                        Some(VectorSample {
+                            labels: s.labels,
+                            t: x.t,
+                            v: x.v,
+                        })
+                    })
+                    .collect(),
+            )
+        } else {
+            Value::Matrix(series)
+        };
+        Some(Ok(QueryResult { value, warnings }))
+    }
+}
+
 impl Inner {
     async fn call(&self, addr: &str, body: Arc<Vec<u8>>) -> Result<Response, String> {
         let mut rb = self
@@ -428,14 +551,28 @@ fn series_of(r: Response) -> Result<Vec<Series>, String> {
         Response::Series(b) => b
             .decode()
             .map_err(|e| format!("sent an unreadable answer: {e}")),
-        Response::Strings(_) => Err("sent the wrong kind of answer".into()),
+        _ => Err("sent the wrong kind of answer".into()),
     }
 }
 
 fn strings_of(r: Response) -> Result<Vec<String>, String> {
     match r {
         Response::Strings(v) => Ok(v),
-        Response::Series(_) => Err("sent the wrong kind of answer".into()),
+        _ => Err("sent the wrong kind of answer".into()),
+    }
+}
+
+fn part_of(r: Response) -> Result<pushdown::Part, String> {
+    match r {
+        Response::Aggregate { covered, results } => Ok(pushdown::Part {
+            covered,
+            results: results
+                .into_iter()
+                .map(SeriesBlock::decode)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("sent an unreadable answer: {e}"))?,
+        }),
+        _ => Err("sent the wrong kind of answer".into()),
     }
 }
 

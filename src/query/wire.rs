@@ -53,6 +53,17 @@ pub enum Request {
         maxt: i64,
         matchers: Vec<WireMatcher>,
     },
+    /// Aggregation pushdown (`query::pushdown`): evaluate `queries` over the member's
+    /// data at the steps of `start..=end` by `step` (0: instant at `end`) and list the
+    /// series matching `matchers` with samples in `[start - window_ms, end]`.
+    Aggregate {
+        queries: Vec<String>,
+        matchers: Vec<WireMatcher>,
+        start: i64,
+        end: i64,
+        step: i64,
+        window_ms: i64,
+    },
 }
 
 /// [`SelectHints`] on the wire.
@@ -140,6 +151,12 @@ pub enum Response {
     Series(SeriesBlock),
     /// Label names or values, sorted.
     Strings(Vec<String>),
+    /// A pushdown part: stable hashes of the series covered, and per query its result
+    /// series (group labels, one point per step).
+    Aggregate {
+        covered: Vec<u64>,
+        results: Vec<SeriesBlock>,
+    },
 }
 
 /// Label sets (and, for selects, samples) of many series with one symbol table.

@@ -108,6 +108,19 @@ fn storage_for(st: &AppState, p: &Params) -> Result<Arc<dyn Queryable>, ApiError
     Ok(st.storage.clone())
 }
 
+/// The cluster reads to try aggregation pushdown with (not with `local=1`), and
+/// whether partial answers are refused.
+fn pushdown_for(
+    st: &AppState,
+    p: &Params,
+) -> Result<(Option<crate::query::ClusterQueryable>, bool), ApiError> {
+    let strict = !p.flag("partial_response", true)?;
+    if p.flag("local", false)? {
+        return Ok((None, strict));
+    }
+    Ok((st.pushdown.clone(), strict))
+}
+
 /// A storage failure of a read route: a refused partial answer is `unavailable`.
 fn storage_error(e: StorageError) -> ApiError {
     if e.0.starts_with(crate::query::INCOMPLETE) {
@@ -189,7 +202,16 @@ pub async fn query(
     let t = p.time("time", now_ms())?;
     let engine = engine_for(&st, &p)?;
     let storage = storage_for(&st, &p)?;
-    run_query(&st, move || engine.instant_query(storage.as_ref(), &q, t)).await
+    let (cluster, strict) = pushdown_for(&st, &p)?;
+    run_query(&st, move || {
+        if let Some(c) = cluster
+            && let Some(r) = c.pushdown(&engine, &q, t, t, 0, strict)
+        {
+            return r;
+        }
+        engine.instant_query(storage.as_ref(), &q, t)
+    })
+    .await
 }
 
 pub async fn query_range(
@@ -239,7 +261,13 @@ pub async fn query_range(
     }
     let engine = engine_for(&st, &p)?;
     let storage = storage_for(&st, &p)?;
+    let (cluster, strict) = pushdown_for(&st, &p)?;
     run_query(&st, move || {
+        if let Some(c) = cluster
+            && let Some(r) = c.pushdown(&engine, &q, start, end, step, strict)
+        {
+            return r;
+        }
         engine.range_query(storage.as_ref(), &q, start, end, step)
     })
     .await

@@ -34,6 +34,9 @@ pub struct AppState {
     /// Serves the internal read route (`query::wire::PATH`) that other members' fan-outs
     /// call; `None` when the node is not in a cluster (the route answers 404).
     pub member_reads: Option<Arc<crate::query::MemberServer>>,
+    /// The cluster-wide reads again, for aggregation pushdown on the query routes
+    /// (`query::ClusterQueryable::pushdown`); `None` outside a cluster.
+    pub pushdown: Option<crate::query::ClusterQueryable>,
     pub engine_opts: EngineOptions,
     pub query_slots: Arc<tokio::sync::Semaphore>,
     pub targets: TargetsView,
