@@ -243,7 +243,7 @@ impl MemberServer {
                     pushdown::evaluate(&self.engine, self.local.as_ref(), &queries, &ms, span)
                         .map_err(ServeError::Storage)?;
                 Response::Aggregate {
-                    covered: part.covered,
+                    covered: pushdown::pack(&part.covered),
                     results: part.results.iter().map(|r| wire::series_block(r)).collect(),
                 }
             }
@@ -491,6 +491,12 @@ impl ClusterQueryable {
             Ok(w) => w,
             Err(e) => return Some(Err(EvalError::Execution(e.0))),
         };
+        tracing::debug!(
+            query,
+            members = parts.len(),
+            series = parts.iter().map(|p| p.covered.len()).sum::<usize>(),
+            "aggregation pushed down"
+        );
         let series = pushdown::combine(plan.combine, parts);
         let value = if step == 0 {
             Value::Vector(
@@ -565,7 +571,7 @@ fn strings_of(r: Response) -> Result<Vec<String>, String> {
 fn part_of(r: Response) -> Result<pushdown::Part, String> {
     match r {
         Response::Aggregate { covered, results } => Ok(pushdown::Part {
-            covered,
+            covered: pushdown::unpack(&covered)?,
             results: results
                 .into_iter()
                 .map(SeriesBlock::decode)

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use promql_parser::parser::{Expr, LabelModifier, VectorSelector, token};
 
 use crate::model::{Labels, Matcher, Sample};
+
 use crate::promql::Engine;
 use crate::storage::{Queryable, Series};
 
@@ -128,11 +129,13 @@ fn plain(vs: &VectorSelector) -> bool {
     vs.offset.is_none() && vs.at.is_none() && vs.matchers.or_matchers.is_empty()
 }
 
-/// A member's part: the series it covered (stable label hashes) and, per member
-/// query, the result series (group labels → one point per step).
+/// A member's part: the series it covered and, per member query, the result series
+/// (group labels → one point per step). A covered series is the low 32 bits of its
+/// stable label hash: the same series always gives the same value, so an overlap is
+/// never missed; a collision only makes the caller fall back to the normal path.
 #[derive(Debug, Clone, Default)]
 pub struct Part {
-    pub covered: Vec<u64>,
+    pub covered: Vec<u32>,
     pub results: Vec<Vec<Series>>,
 }
 
@@ -164,7 +167,7 @@ pub fn evaluate(
         .series(start - window_ms, end, matchers)
         .map_err(|e| e.0)?
         .iter()
-        .map(Labels::stable_hash)
+        .map(|l| l.stable_hash() as u32)
         .collect();
     let mut results = Vec::with_capacity(queries.len());
     for q in queries {
@@ -188,6 +191,22 @@ pub fn evaluate(
         results.push(series);
     }
     Ok(Part { covered, results })
+}
+
+/// Packs covered-series hashes for the wire (4 bytes each, little-endian).
+pub fn pack(covered: &[u32]) -> Vec<u8> {
+    covered.iter().flat_map(|h| h.to_le_bytes()).collect()
+}
+
+/// Unpacks [`pack`]'s bytes.
+pub fn unpack(bytes: &[u8]) -> Result<Vec<u32>, String> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err("covered-series list is not a multiple of 4 bytes".into());
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// Whether the parts cover disjoint series (so combining them is exact).

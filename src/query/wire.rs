@@ -151,10 +151,10 @@ pub enum Response {
     Series(SeriesBlock),
     /// Label names or values, sorted.
     Strings(Vec<String>),
-    /// A pushdown part: stable hashes of the series covered, and per query its result
-    /// series (group labels, one point per step).
+    /// A pushdown part: the series covered (`pushdown::pack`ed hashes), and per query
+    /// its result series (group labels, one point per step).
     Aggregate {
-        covered: Vec<u64>,
+        covered: Vec<u8>,
         results: Vec<SeriesBlock>,
     },
 }

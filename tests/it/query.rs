@@ -582,3 +582,109 @@ fn the_internal_read_route_wants_the_secret_and_a_well_formed_body() {
         });
     }
 }
+
+#[test]
+fn aggregation_pushdown_moves_far_fewer_bytes_and_gives_the_same_answer() {
+    use shoal::query::wire::{self, Request, WireHints, WireMatcher};
+    let fleet = growing_fleet();
+    let cfg = fleet_config(&fleet.server);
+    let ref_dir = tempdir();
+    let reference = Node::start(ref_dir.path(), &cfg, &[]);
+    let c = TestCluster::start_with_config(
+        &["127.0.0.1"; 3],
+        &cfg,
+        &["--log.level", "info,shoal::query=debug"],
+    );
+    wait_settled(&c, &[0, 1, 2], 1);
+    let settled = unix_now();
+    // A minute of data where every series stays on one node.
+    sleep_until(settled + 62.0);
+    let end = unix_now().floor() - 1.0;
+
+    // Bytes one member sends for `sum by (job) (rate(fleet_requests_total[1m]))`: the
+    // raw select of the last minute (what the engine asks for) versus the pushed-down
+    // aggregate.
+    let end_ms = (end * 1000.0) as i64;
+    let matchers = vec![WireMatcher {
+        op: 0,
+        name: "__name__".into(),
+        value: "fleet_requests_total".into(),
+    }];
+    let raw = wire::encode(&Request::Select {
+        hints: WireHints {
+            start: end_ms - 60_000 + 1,
+            end: end_ms,
+            step: 0,
+            func: Some("rate".into()),
+            range: 60_000,
+        },
+        matchers: matchers.clone(),
+        exclude_global: true,
+    })
+    .unwrap();
+    let pushed = wire::encode(&Request::Aggregate {
+        queries: vec!["sum by (job) (rate(fleet_requests_total[1m]))".into()],
+        matchers,
+        start: end_ms,
+        end: end_ms,
+        step: 0,
+        window_ms: 60_000,
+    })
+    .unwrap();
+    let (code, raw_body) = post_internal(&c.nodes[1], None, &raw);
+    assert_eq!(code, 200);
+    let (code, pushed_body) = post_internal(&c.nodes[1], None, &pushed);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&pushed_body));
+    eprintln!(
+        "bytes from one member for sum by (job) (rate(x[1m])), 1 s scrapes: raw {} pushed down {}",
+        raw_body.len(),
+        pushed_body.len()
+    );
+    assert!(
+        raw_body.len() >= 10 * pushed_body.len(),
+        "raw {} bytes, pushed down {} bytes",
+        raw_body.len(),
+        pushed_body.len()
+    );
+
+    // The answer through pushdown (series stayed put over the last 10 s) equals the
+    // single node's, on every node, instant and range.
+    let q = "sum by (job) (rate(fleet_requests_total[10s]))";
+    let want = vector(&instant(&reference, q, end, ""));
+    let want_range = matrix(&reference, q, end - 4.0, end, 1.0);
+    for n in &c.nodes {
+        let got = vector(&instant(n, q, end, ""));
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        for (k, w) in &want {
+            assert!(
+                (got[k] - w).abs() <= 0.05 * w,
+                "{q} on {}: {} vs {w}",
+                n.addr(),
+                got[k]
+            );
+        }
+        assert_close_matrix(q, &matrix(n, q, end - 4.0, end, 1.0), &want_range, 0.05);
+        let avg = vector(&instant(n, "avg by (job) (fleet_metric)", end, ""));
+        assert_eq!(avg.values().copied().collect::<Vec<_>>(), vec![1.0]);
+        let count = vector(&instant(n, "count(fleet_metric)", end, ""));
+        assert_eq!(
+            count.values().copied().collect::<Vec<_>>(),
+            vec![TARGETS as f64]
+        );
+    }
+    let pushed_down = c
+        .nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
+        .filter(|l| l.contains("aggregation pushed down"))
+        .count();
+    assert_eq!(
+        pushed_down,
+        3,
+        "every node pushed the aggregation down:\n{}",
+        c.logs()
+    );
+}
