@@ -221,6 +221,22 @@ impl MemberServer {
                         .map_err(storage)?,
                 )
             }
+            Request::Covered {
+                mint,
+                maxt,
+                matchers,
+            } => {
+                let ms = wire::matchers(&matchers).map_err(bad)?;
+                let span = pushdown::Span {
+                    start: mint,
+                    end: maxt,
+                    step: 0,
+                    window_ms: 0,
+                };
+                let hashes = pushdown::covered(self.local.as_ref(), &ms, span)
+                    .map_err(ServeError::Storage)?;
+                Response::Covered(pushdown::pack(&hashes))
+            }
             Request::Aggregate {
                 queries,
                 matchers,
@@ -243,7 +259,7 @@ impl MemberServer {
                     pushdown::evaluate(&self.engine, self.local.as_ref(), &queries, &ms, span)
                         .map_err(ServeError::Storage)?;
                 Response::Aggregate {
-                    covered: pushdown::pack(&part.covered),
+                    digest: part.digest,
                     results: part.results.iter().map(|r| wire::series_block(r)).collect(),
                 }
             }
@@ -453,6 +469,31 @@ impl ClusterQueryable {
             step,
             window_ms: plan.range_ms.unwrap_or(lookback),
         };
+        // First the cheap check (index lookups, 4 bytes per series): is every series
+        // on one member only? Any doubt (an overlap, a member that fails) → no pushdown.
+        let check = Request::Covered {
+            mint: start - span.window_ms,
+            maxt: end,
+            matchers: wire::wire_matchers(&plan.matchers),
+        };
+        let local = self.inner.local.as_ref();
+        let local_covered = || pushdown::covered(local, &plan.matchers, span).map_err(StorageError);
+        let (mine, answers, _) = self.fan_out(&check, local_covered).ok()?;
+        let self_id = self.inner.opts.self_id;
+        let mut lists: BTreeMap<u64, Vec<u32>> = BTreeMap::from([(self_id, mine)]);
+        for (m, r) in answers {
+            match r {
+                Ok(Response::Covered(b)) => lists.insert(m.id, pushdown::unpack(&b).ok()?),
+                _ => return None,
+            };
+        }
+        if !pushdown::disjoint_lists(lists.values().map(Vec::as_slice)) {
+            tracing::debug!(
+                query,
+                "pushdown not exact (a series on several members); evaluating normally"
+            );
+            return None;
+        }
         let req = Request::Aggregate {
             queries: plan.member_queries.clone(),
             matchers: wire::wire_matchers(&plan.matchers),
@@ -461,28 +502,33 @@ impl ClusterQueryable {
             step,
             window_ms: span.window_ms,
         };
-        let local = self.inner.local.as_ref();
         let eval = || {
             pushdown::evaluate(engine, local, &plan.member_queries, &plan.matchers, span)
                 .map_err(StorageError)
         };
         // A local failure (e.g. too many samples) is left to the normal path to report.
         let (local_part, answers, down) = self.fan_out(&req, eval).ok()?;
-        let mut parts = vec![local_part];
+        let mut parts = vec![(self_id, local_part)];
         let mut failed = Vec::new();
         for (m, r) in answers {
             match r.and_then(part_of) {
-                Ok(p) => parts.push(p),
+                Ok(p) => parts.push((m.id, p)),
                 Err(e) => failed.push((m, e)),
             }
         }
-        if !pushdown::disjoint(&parts) {
-            tracing::debug!(
-                query,
-                "pushdown not exact (a series on several members); evaluating normally"
-            );
+        // Every part must have been evaluated over the series its member listed: a
+        // series that appeared in between (a target just moved) could be counted twice.
+        let unchanged = parts.iter().all(|(id, p)| {
+            lists
+                .get(id)
+                .is_some_and(|l| pushdown::Digest::of(l) == p.digest)
+        });
+        if !unchanged {
+            tracing::debug!(query, "series changed during pushdown; evaluating normally");
             return None;
         }
+        let covered: usize = lists.values().map(Vec::len).sum();
+        let parts: Vec<pushdown::Part> = parts.into_iter().map(|(_, p)| p).collect();
         let checked = ClusterQueryable {
             inner: self.inner.clone(),
             strict,
@@ -494,7 +540,7 @@ impl ClusterQueryable {
         tracing::debug!(
             query,
             members = parts.len(),
-            series = parts.iter().map(|p| p.covered.len()).sum::<usize>(),
+            series = covered,
             "aggregation pushed down"
         );
         let series = pushdown::combine(plan.combine, parts);
@@ -570,8 +616,8 @@ fn strings_of(r: Response) -> Result<Vec<String>, String> {
 
 fn part_of(r: Response) -> Result<pushdown::Part, String> {
     match r {
-        Response::Aggregate { covered, results } => Ok(pushdown::Part {
-            covered: pushdown::unpack(&covered)?,
+        Response::Aggregate { digest, results } => Ok(pushdown::Part {
+            digest,
             results: results
                 .into_iter()
                 .map(SeriesBlock::decode)

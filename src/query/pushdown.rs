@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashSet};
 use promql_parser::parser::{Expr, LabelModifier, VectorSelector, token};
 
 use crate::model::{Labels, Matcher, Sample};
-
 use crate::promql::Engine;
 use crate::storage::{Queryable, Series};
 
@@ -129,13 +128,11 @@ fn plain(vs: &VectorSelector) -> bool {
     vs.offset.is_none() && vs.at.is_none() && vs.matchers.or_matchers.is_empty()
 }
 
-/// A member's part: the series it covered and, per member query, the result series
-/// (group labels → one point per step). A covered series is the low 32 bits of its
-/// stable label hash: the same series always gives the same value, so an overlap is
-/// never missed; a collision only makes the caller fall back to the normal path.
+/// A member's part: a digest of the series it covered and, per member query, the
+/// result series (group labels → one point per step).
 #[derive(Debug, Clone, Default)]
 pub struct Part {
-    pub covered: Vec<u32>,
+    pub digest: Digest,
     pub results: Vec<Vec<Series>>,
 }
 
@@ -149,7 +146,43 @@ pub struct Span {
     pub window_ms: i64,
 }
 
+/// An order-independent digest of a covered-series list: the caller checks that a
+/// member evaluated over exactly the series it listed in the first step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Digest {
+    pub count: u64,
+    pub sum: u64,
+}
+
+impl Digest {
+    pub fn of(covered: &[u32]) -> Digest {
+        Digest {
+            count: covered.len() as u64,
+            sum: covered.iter().map(|&h| u64::from(h)).sum(),
+        }
+    }
+}
+
+/// The series of `local` matching `matchers` with samples in the span's window
+/// (`[start - window_ms, end]`), as covered-series hashes: the low 32 bits of the
+/// stable label hash. The same series always gives the same value, so an overlap is
+/// never missed; a collision only makes the caller fall back to the normal path.
+pub fn covered(
+    local: &dyn Queryable,
+    matchers: &[Matcher],
+    span: Span,
+) -> Result<Vec<u32>, String> {
+    Ok(local
+        .series(span.start - span.window_ms, span.end, matchers)
+        .map_err(|e| e.0)?
+        .iter()
+        .map(|l| l.stable_hash() as u32)
+        .collect())
+}
+
 /// Evaluates a plan's member queries over `local` (on a member, or this node's part).
+/// The covered series are listed (digested) after the evaluation, so a series that
+/// appears in between changes the digest (a needless fallback), never goes unseen.
 pub fn evaluate(
     engine: &Engine,
     local: &dyn Queryable,
@@ -158,17 +191,8 @@ pub fn evaluate(
     span: Span,
 ) -> Result<Part, String> {
     let Span {
-        start,
-        end,
-        step,
-        window_ms,
+        start, end, step, ..
     } = span;
-    let covered = local
-        .series(start - window_ms, end, matchers)
-        .map_err(|e| e.0)?
-        .iter()
-        .map(|l| l.stable_hash() as u32)
-        .collect();
     let mut results = Vec::with_capacity(queries.len());
     for q in queries {
         let r = if step == 0 {
@@ -190,7 +214,16 @@ pub fn evaluate(
         };
         results.push(series);
     }
-    Ok(Part { covered, results })
+    Ok(Part {
+        digest: Digest::of(&covered(local, matchers, span)?),
+        results,
+    })
+}
+
+/// Whether covered-series lists are disjoint (no series on two of them).
+pub fn disjoint_lists<'a>(lists: impl IntoIterator<Item = &'a [u32]>) -> bool {
+    let mut seen = HashSet::new();
+    lists.into_iter().flatten().all(|h| seen.insert(*h))
 }
 
 /// Packs covered-series hashes for the wire (4 bytes each, little-endian).
@@ -207,15 +240,6 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<u32>, String> {
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
-}
-
-/// Whether the parts cover disjoint series (so combining them is exact).
-pub fn disjoint(parts: &[Part]) -> bool {
-    let mut seen = HashSet::new();
-    parts
-        .iter()
-        .flat_map(|p| &p.covered)
-        .all(|h| seen.insert(*h))
 }
 
 /// Folds the parts into the result series (sorted by labels).
@@ -335,11 +359,18 @@ mod tests {
                 step,
                 window_ms: window,
             };
+            let lists: Vec<Vec<u32>> = [&a, &b]
+                .iter()
+                .map(|s| covered(*s, &p.matchers, span).unwrap())
+                .collect();
+            assert!(disjoint_lists(lists.iter().map(Vec::as_slice)));
             let parts: Vec<Part> = [&a, &b]
                 .iter()
                 .map(|s| evaluate(&engine, *s, &p.member_queries, &p.matchers, span).unwrap())
                 .collect();
-            assert!(disjoint(&parts));
+            for (part, list) in parts.iter().zip(&lists) {
+                assert_eq!(part.digest, Digest::of(list));
+            }
             let got = combine(p.combine, parts);
             let crate::promql::Value::Matrix(want) = engine
                 .range_query(&whole, q, start, end, step)
@@ -369,8 +400,14 @@ mod tests {
             step: 0,
             window_ms: 300_000,
         };
-        let part =
-            |s: &MemStore| evaluate(&engine, s, &p.member_queries, &p.matchers, span).unwrap();
-        assert!(!disjoint(&[part(&whole), part(&a)]));
+        let list = |s: &MemStore| covered(s, &p.matchers, span).unwrap();
+        assert!(!disjoint_lists([
+            list(&whole).as_slice(),
+            list(&a).as_slice()
+        ]));
+        // Packing round-trips; a torn list is an error.
+        let l = list(&whole);
+        assert_eq!(unpack(&pack(&l)).unwrap(), l);
+        assert!(unpack(&[1, 2, 3]).is_err());
     }
 }

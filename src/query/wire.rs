@@ -53,6 +53,13 @@ pub enum Request {
         maxt: i64,
         matchers: Vec<WireMatcher>,
     },
+    /// Aggregation pushdown, first step: the series matching `matchers` with samples
+    /// in `[mint, maxt]`, as `pushdown::pack`ed hashes ([`Response::Covered`]).
+    Covered {
+        mint: i64,
+        maxt: i64,
+        matchers: Vec<WireMatcher>,
+    },
     /// Aggregation pushdown (`query::pushdown`): evaluate `queries` over the member's
     /// data at the steps of `start..=end` by `step` (0: instant at `end`) and list the
     /// series matching `matchers` with samples in `[start - window_ms, end]`.
@@ -151,10 +158,12 @@ pub enum Response {
     Series(SeriesBlock),
     /// Label names or values, sorted.
     Strings(Vec<String>),
-    /// A pushdown part: the series covered (`pushdown::pack`ed hashes), and per query
-    /// its result series (group labels, one point per step).
+    /// Covered-series hashes (`pushdown::pack`ed).
+    Covered(Vec<u8>),
+    /// A pushdown part: the digest of the series covered, and per query its result
+    /// series (group labels, one point per step).
     Aggregate {
-        covered: Vec<u8>,
+        digest: crate::query::pushdown::Digest,
         results: Vec<SeriesBlock>,
     },
 }
