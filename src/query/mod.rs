@@ -285,6 +285,10 @@ struct Inner {
     handle: tokio::runtime::Handle,
     /// Response bytes received from members (for measurements).
     bytes_received: AtomicU64,
+    /// Members that last timed out, until when they are not asked again: a stuck
+    /// member costs one timeout per member-timeout period, not one per read (a
+    /// dashboard's twenty panels, or a pushdown check and its fallback).
+    suspect: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
 }
 
 impl Drop for Inner {
@@ -327,6 +331,7 @@ impl ClusterQueryable {
                 opts,
                 client,
                 bytes_received: AtomicU64::new(0),
+                suspect: Mutex::default(),
             }),
             strict: false,
         })
@@ -345,25 +350,63 @@ impl ClusterQueryable {
         req: &Request,
         local: impl FnOnce() -> Result<T, StorageError>,
     ) -> Result<(T, Vec<MemberAnswer>, Vec<Member>), StorageError> {
-        let inner = &self.inner;
-        let mut members = (inner.members)();
-        members.retain(|m| m.id != inner.opts.self_id);
+        let (up, down) = self.members();
+        let (local, answers) = self.fan_out_to(up, req, local)?;
+        Ok((local, answers, down))
+    }
+
+    /// The other members, up ones first, each list in id order.
+    fn members(&self) -> (Vec<Member>, Vec<Member>) {
+        let mut members = (self.inner.members)();
+        members.retain(|m| m.id != self.inner.opts.self_id);
         members.sort_by_key(|m| m.id);
-        let (up, down): (Vec<Member>, Vec<Member>) = members.into_iter().partition(|m| m.up);
+        members.into_iter().partition(|m| m.up)
+    }
+
+    /// [`ClusterQueryable::fan_out`] to the given members.
+    fn fan_out_to<T>(
+        &self,
+        up: Vec<Member>,
+        req: &Request,
+        local: impl FnOnce() -> Result<T, StorageError>,
+    ) -> Result<(T, Vec<MemberAnswer>), StorageError> {
+        let inner = &self.inner;
+        let timeout = inner.opts.member_timeout;
+        let now = std::time::Instant::now();
+        let (up, skipped): (Vec<Member>, Vec<Member>) = {
+            let mut suspect = inner.suspect.lock().unwrap_or_else(|p| p.into_inner());
+            suspect.retain(|_, until| *until > now);
+            up.into_iter().partition(|m| !suspect.contains_key(&m.id))
+        };
+        let mut answers: Vec<MemberAnswer> = skipped
+            .into_iter()
+            .map(|m| {
+                (
+                    m,
+                    Err(format!("did not answer within {timeout:?} a moment ago")),
+                )
+            })
+            .collect();
         if up.is_empty() {
-            return Ok((local()?, Vec::new(), down));
+            return Ok((local()?, answers));
         }
         let body = Arc::new(wire::encode(req).map_err(|e| StorageError(e.to_string()))?);
         let (tx, rx) = std::sync::mpsc::channel::<MemberAnswer>();
-        let timeout = inner.opts.member_timeout;
         for m in up.iter().cloned() {
             let tx = tx.clone();
             let body = body.clone();
             let this = self.inner.clone();
             inner.handle.spawn(async move {
-                let r = tokio::time::timeout(timeout, this.call(&m.addr, body))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("did not answer within {timeout:?}")));
+                let r = match tokio::time::timeout(timeout, this.call(&m.addr, body)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        this.suspect
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(m.id, std::time::Instant::now() + timeout);
+                        Err(format!("did not answer within {timeout:?}"))
+                    }
+                };
                 let _ = tx.send((m, r));
             });
         }
@@ -371,8 +414,8 @@ impl ClusterQueryable {
         let local = local()?;
         // Each call ends within the timeout; the extra second covers scheduling.
         let deadline = std::time::Instant::now() + timeout + Duration::from_secs(1);
-        let mut answers: Vec<MemberAnswer> = Vec::with_capacity(up.len());
-        while answers.len() < up.len() {
+        let asked = answers.len() + up.len();
+        while answers.len() < asked {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(a) => answers.push(a),
@@ -385,7 +428,7 @@ impl ClusterQueryable {
             }
         }
         answers.sort_by_key(|(m, _)| m.id);
-        Ok((local, answers, down))
+        Ok((local, answers))
     }
 
     /// The warnings for members that are down or failed; an error instead when strict.
@@ -478,14 +521,29 @@ impl ClusterQueryable {
         };
         let local = self.inner.local.as_ref();
         let local_covered = || pushdown::covered(local, &plan.matchers, span).map_err(StorageError);
-        let (mine, answers, _) = self.fan_out(&check, local_covered).ok()?;
+        let (up, down) = self.members();
+        let (mine, answers) = self.fan_out_to(up, &check, local_covered).ok()?;
         let self_id = self.inner.opts.self_id;
         let mut lists: BTreeMap<u64, Vec<u32>> = BTreeMap::from([(self_id, mine)]);
+        // A member that fails here is missing from the answer (as it would be without
+        // pushdown) and not asked again: one timeout per query, not two.
+        let mut answered = Vec::new();
+        let mut failed = Vec::new();
         for (m, r) in answers {
-            match r {
-                Ok(Response::Covered(b)) => lists.insert(m.id, pushdown::unpack(&b).ok()?),
-                _ => return None,
+            let list = match r {
+                Ok(Response::Covered(b)) => {
+                    pushdown::unpack(&b).map_err(|e| format!("sent an unreadable answer: {e}"))
+                }
+                Ok(_) => Err("sent the wrong kind of answer".into()),
+                Err(e) => Err(e),
             };
+            match list {
+                Ok(l) => {
+                    lists.insert(m.id, l);
+                    answered.push(m);
+                }
+                Err(e) => failed.push((m, e)),
+            }
         }
         if !pushdown::disjoint_lists(lists.values().map(Vec::as_slice)) {
             tracing::debug!(
@@ -507,9 +565,8 @@ impl ClusterQueryable {
                 .map_err(StorageError)
         };
         // A local failure (e.g. too many samples) is left to the normal path to report.
-        let (local_part, answers, down) = self.fan_out(&req, eval).ok()?;
+        let (local_part, answers) = self.fan_out_to(answered, &req, eval).ok()?;
         let mut parts = vec![(self_id, local_part)];
-        let mut failed = Vec::new();
         for (m, r) in answers {
             match r.and_then(part_of) {
                 Ok(p) => parts.push((m.id, p)),
