@@ -822,3 +822,101 @@ impl Queryable for ClusterQueryable {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemStore;
+
+    /// A member answers selects without the series of global recording rules (every
+    /// node has them), metadata reads with everything, and refuses garbage.
+    #[test]
+    fn member_server_reads_and_leaves_out_global_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.yml");
+        std::fs::write(
+            &rules,
+            "groups:\n  - name: g\n    scope: global\n    rules:\n      - record: job:up:sum\n        expr: sum by (job) (up)\n  - name: l\n    rules:\n      - record: instance:up:max\n        expr: max by (instance) (up)\n",
+        )
+        .unwrap();
+        let cfg = Arc::new(
+            crate::config::load_str(&format!("rule_files: ['{}']\n", rules.display())).unwrap(),
+        );
+        let global = GlobalRecords::new(Arc::new(move || cfg.clone()));
+        assert_eq!(
+            *global.names(),
+            HashSet::from(["job:up:sum".to_string()]),
+            "only records of global groups"
+        );
+        let store = MemStore::new();
+        for name in ["up", "job:up:sum", "instance:up:max"] {
+            store.insert(
+                &Labels::from_pairs(&[("__name__", name), ("job", "a")]),
+                1000,
+                1.0,
+            );
+        }
+        let server = MemberServer::new(
+            Arc::new(store),
+            global,
+            Engine::new(crate::promql::EngineOptions::default()),
+        );
+        let all = vec![any_job()];
+        let select = |exclude_global| {
+            let req = Request::Select {
+                hints: wire::WireHints {
+                    start: 0,
+                    end: 2000,
+                    step: 0,
+                    func: None,
+                    range: 0,
+                },
+                matchers: all.clone(),
+                exclude_global,
+            };
+            let bytes = server.handle(&wire::encode(&req).unwrap()).unwrap();
+            let series = series_of(wire::decode(&bytes).unwrap()).unwrap();
+            let mut names: Vec<String> = series
+                .iter()
+                .filter_map(|s| s.labels.metric_name().map(str::to_string))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(select(true), ["instance:up:max", "up"]);
+        assert_eq!(select(false), ["instance:up:max", "job:up:sum", "up"]);
+        assert!(matches!(
+            server.handle(b"\x01\xff\xff"),
+            Err(ServeError::BadRequest(_))
+        ));
+    }
+
+    /// A matcher that matches every series with a job label.
+    fn any_job() -> wire::WireMatcher {
+        wire::WireMatcher {
+            op: 2,
+            name: "job".into(),
+            value: ".+".into(),
+        }
+    }
+
+    #[test]
+    fn merged_series_are_sorted_and_deduplicated_per_label_set() {
+        let l = |v: &str| Labels::from_pairs(&[("__name__", "x"), ("i", v)]);
+        let s = |labels: Labels, ts: &[i64]| Series {
+            labels,
+            samples: ts.iter().map(|&t| Sample { t, v: 1.0 }).collect(),
+        };
+        let a = vec![s(l("1"), &[0, 15_000, 30_000]), s(l("3"), &[0])];
+        let b = vec![s(l("1"), &[2, 15_002, 30_002]), s(l("2"), &[5])];
+        let m = merge_series(vec![a, b]);
+        let names: Vec<&str> = m.iter().map(|s| s.labels.get("i").unwrap()).collect();
+        assert_eq!(names, ["1", "2", "3"]);
+        assert_eq!(
+            m[0].samples.len(),
+            3,
+            "replicas merged once: {:?}",
+            m[0].samples
+        );
+    }
+}

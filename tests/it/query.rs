@@ -149,7 +149,11 @@ fn assert_close_matrix(
 }
 
 /// Sum of `count_over_time(up[w])` per target, compared with the reference: each
-/// target within one sample (window edges), the total within `TARGETS / 10`.
+/// target within two samples, the total within `TARGETS / 5`. Scrapes on a loaded
+/// machine run late by hundreds of ms (the reference misses some too, replicas fill
+/// in); where a merge switches replicas, a skew of more than half an interval can add
+/// or drop one sample. Doubling (replicas, handoff overlaps) is far outside this, and
+/// [`assert_no_replica_duplicates`] catches it sample by sample.
 fn assert_same_sample_counts(
     what: &str,
     got: &BTreeMap<String, f64>,
@@ -161,15 +165,42 @@ fn assert_same_sample_counts(
     for (k, w) in want {
         let g = got.get(k).copied().unwrap_or(f64::NAN);
         assert!(
-            (g - w).abs() <= 1.0,
+            (g - w).abs() <= 2.0,
             "{what}: {k}: cluster {g} samples, single node {w}"
         );
         total += g - w;
     }
     assert!(
-        total.abs() <= (TARGETS / 10) as f64,
+        total.abs() <= (TARGETS / 5) as f64,
         "{what}: cluster has {total} samples more than the single node"
     );
+}
+
+/// The raw `up` samples of every target over `window` seconds before `end`, as
+/// `node` merges them: no two closer than a quarter of the 1 s interval (replicas of
+/// one scrape are milliseconds apart).
+fn assert_no_replica_duplicates(node: &Node, end: f64, window: u64) {
+    let v = instant(node, &format!("up{{job=\"fleet\"}}[{window}s]"), end, "");
+    let series = v["data"]["result"].as_array().unwrap();
+    assert_eq!(series.len(), TARGETS, "{v}");
+    for s in series {
+        let ts: Vec<f64> = s["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_f64().unwrap())
+            .collect();
+        for w in ts.windows(2) {
+            assert!(
+                w[1] - w[0] >= 0.25,
+                "{} on {}: samples {} and {} are replicas of one scrape",
+                s["metric"],
+                node.addr(),
+                w[0],
+                w[1]
+            );
+        }
+    }
 }
 
 #[test]
@@ -192,7 +223,7 @@ fn every_node_answers_like_one_prometheus_across_a_leave_and_a_join() {
     let new = c.add("node3", "127.0.0.1");
     wait_settled(&c, &[0, 1, new], 1);
     sleep_until(unix_now() + 8.0);
-    let end = unix_now().floor() - 2.0;
+    let end = unix_now().floor() - 5.0; // every sample up to here is committed, even late scrapes
     let window = (end - start).floor() as u64;
     let nodes = [&c.nodes[0], &c.nodes[1], &c.nodes[new]];
 
@@ -212,6 +243,7 @@ fn every_node_answers_like_one_prometheus_across_a_leave_and_a_join() {
     let want = vector(&instant(&reference, &q, end, ""));
     let first = instant(nodes[0], &q, end, "");
     assert!(first["warnings"].is_null(), "{first}");
+    assert_no_replica_duplicates(nodes[0], end, window);
     assert_same_sample_counts(&q, &vector(&first), &want);
     for n in &nodes[1..] {
         assert_eq!(
@@ -307,7 +339,7 @@ fn replication_factor_two_does_not_double_counts_or_sums() {
     wait_settled(&c, &[0, 1, 2], 2);
     let start = unix_now().ceil() + 1.0;
     sleep_until(start + 14.0);
-    let end = unix_now().floor() - 2.0;
+    let end = unix_now().floor() - 5.0;
     let window = (end - start).floor() as u64;
 
     for n in &c.nodes {
@@ -330,6 +362,7 @@ fn replication_factor_two_does_not_double_counts_or_sums() {
     let q = format!("sum by (idx) (count_over_time(up{{job=\"fleet\"}}[{window}s]))");
     let want = vector(&instant(&reference, &q, end, ""));
     for n in &c.nodes {
+        assert_no_replica_duplicates(n, end, window);
         assert_same_sample_counts(&q, &vector(&instant(n, &q, end, "")), &want);
     }
     let rq = "sum(rate(fleet_requests_total[5s]))";
@@ -599,7 +632,7 @@ fn aggregation_pushdown_moves_far_fewer_bytes_and_gives_the_same_answer() {
     let settled = unix_now();
     // A minute of data where every series stays on one node.
     sleep_until(settled + 62.0);
-    let end = unix_now().floor() - 1.0;
+    let end = unix_now().floor() - 5.0;
 
     // Bytes one member sends for `sum by (job) (rate(fleet_requests_total[1m]))`: the
     // raw select of the last minute (what the engine asks for) versus the pushed-down
