@@ -631,7 +631,7 @@ fn aggregation_pushdown_moves_far_fewer_bytes_and_gives_the_same_answer() {
     wait_settled(&c, &[0, 1, 2], 1);
     let settled = unix_now();
     // A minute of data where every series stays on one node.
-    sleep_until(settled + 62.0);
+    sleep_until(settled + 66.0);
     let end = unix_now().floor() - 5.0;
 
     // Bytes one member sends for `sum by (job) (rate(fleet_requests_total[1m]))`: the
