@@ -585,6 +585,8 @@ impl ClusterQueryable {
             return None;
         }
         let covered: usize = lists.values().map(Vec::len).sum();
+        // Member-id order on every node: the same float summation order, the same answer.
+        parts.sort_by_key(|(id, _)| *id);
         let parts: Vec<pushdown::Part> = parts.into_iter().map(|(_, p)| p).collect();
         let checked = ClusterQueryable {
             inner: self.inner.clone(),
