@@ -12,13 +12,16 @@
 //! - the merge keeps taking the current source's next sample while it comes at most
 //!   `1.5 d` after the last one taken;
 //! - otherwise (the current source has a gap or ends) it takes the earliest sample of
-//!   any source that is more than `d / 2` after the last one taken, and follows that
-//!   source from then on. Samples of other sources closer than `d / 2` to a sample
-//!   already taken are replicas of it and are dropped.
+//!   any source from a later scrape than the last one taken, and follows that source
+//!   from then on. "Same scrape" is decided by scrape slots: all sources scrape on one
+//!   phase and scrapes only ever run late, so the phase (estimated from the samples
+//!   around the switch) cuts time into slots of `d`, and a replica that ran up to
+//!   0.9 `d` late still falls in its own slot ([`slot_end`]). Samples of other sources
+//!   in the slot of a sample already taken are replicas of it and are dropped.
 //!
 //! Staleness markers are samples like any other here: a marker of the followed source
-//! is kept (the series really ended there); a replica's marker within `d / 2` of it
-//! is a duplicate. Ties are broken by source order, which callers make the same on
+//! is kept (the series really ended there); a replica's marker in the same slot is a
+//! duplicate. Ties are broken by source order, which callers make the same on
 //! every node (member id), so every node computes the same merged series.
 
 use crate::model::Sample;
@@ -37,7 +40,6 @@ pub fn merge(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
     }
     let d = spacing(&sources);
     let gap = d + d / 2;
-    let min_spacing = d / 2;
     let mut next = vec![0usize; sources.len()];
     let mut out: Vec<Sample> = Vec::with_capacity(sources.iter().map(Vec::len).max().unwrap_or(0));
     let mut cur: Option<usize> = None;
@@ -57,9 +59,9 @@ pub fn merge(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
                 continue;
             }
         }
-        // Switch: the earliest sample far enough from the last one taken.
+        // Switch: the earliest sample of a later scrape than the last one taken.
         let floor = match last_t {
-            Some(lt) => lt.saturating_add(min_spacing),
+            Some(lt) => slot_end(&sources, lt, d) - 1,
             None => i64::MIN,
         };
         let mut best: Option<(i64, usize)> = None;
@@ -88,6 +90,50 @@ pub fn merge(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
         cur = Some(i);
     }
     out
+}
+
+/// The end of the scrape slot of the sample at `t`: samples of other sources up to it
+/// come from the same scrape (replicas), even when one of them ran late.
+///
+/// Every source scrapes the target on the same phase (it comes from the target key),
+/// and a scrape can only start late, never early. The phase is estimated from the
+/// samples of all sources around `t` (ten intervals back, two ahead): the start of the
+/// densest `d / 10` window of their positions modulo `d` — the on-time scrapes. A slot
+/// starts `d / 10` before the phase (early jitter) and lasts `d`, so a scrape up to
+/// 0.9 `d` late still counts for its own slot.
+fn slot_end(sources: &[Vec<Sample>], t: i64, d: i64) -> i64 {
+    let tol = (d / 10).max(1);
+    let (lo, hi) = (t.saturating_sub(10 * d), t.saturating_add(2 * d));
+    let mut residues: Vec<i64> = sources
+        .iter()
+        .flat_map(|src| {
+            let from = src.partition_point(|x| x.t < lo);
+            src[from..].iter().take_while(|x| x.t <= hi)
+        })
+        .map(|x| (x.t - t).rem_euclid(d))
+        .collect();
+    residues.sort_unstable();
+    // The densest window [r, r + tol] (circular), earliest r on ties.
+    let n = residues.len();
+    let mut phase = 0;
+    let mut best = 0usize;
+    let mut j = 0usize;
+    for i in 0..n {
+        if j < i {
+            j = i;
+        }
+        // Advance j (modulo n, over at most one full turn) while within the window.
+        while j + 1 < i + n && (residues[(j + 1) % n] - residues[i]).rem_euclid(d) <= tol {
+            j += 1;
+        }
+        let count = j - i + 1;
+        if count > best {
+            best = count;
+            phase = residues[i];
+        }
+    }
+    let start = t - (tol - phase).rem_euclid(d);
+    start + d
 }
 
 /// The median gap between consecutive samples over all sources.
@@ -275,6 +321,26 @@ mod tests {
         let m = merge(vec![c, b, a]);
         assert_eq!(m.len(), 21);
         assert_sorted(&m);
+    }
+
+    #[test]
+    fn late_scrapes_on_a_loaded_machine_neither_add_nor_drop_samples() {
+        // Both replicas mostly on time; now and then one of them runs up to 0.8 of an
+        // interval late, sometimes both at neighbouring scrapes. One sample per scrape.
+        let late = |sec: i64, salt: i64| match (sec / 15 * 7 + salt) % 11 {
+            0 => 12_000,
+            3 => 9_000,
+            5 => 7_500,
+            _ => (sec + salt) % 4,
+        };
+        let a = counter(0, 3000, |sec| late(sec, 0), 1.0);
+        let b = counter(0, 3000, |sec| late(sec, 4), 1.0);
+        for sources in [vec![a.clone(), b.clone()], vec![b.clone(), a.clone()]] {
+            let m = merge(sources);
+            assert_eq!(m.len(), a.len(), "one sample per scrape");
+            assert_sorted(&m);
+            assert_eq!(resets(&m), 0);
+        }
     }
 
     #[test]
