@@ -289,7 +289,13 @@ struct Inner {
     /// member costs one timeout per member-timeout period, not one per read (a
     /// dashboard's twenty panels, or a pushdown check and its fallback).
     suspect: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    /// Queries whose pushdown check found a series on two members, with the query end
+    /// time before which the check would find it again (see `pushdown`).
+    no_pushdown_until: Mutex<std::collections::HashMap<String, i64>>,
 }
+
+/// How many such queries are remembered (then the memory starts over).
+const NO_PUSHDOWN_MEMORY: usize = 1024;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -332,6 +338,7 @@ impl ClusterQueryable {
                 client,
                 bytes_received: AtomicU64::new(0),
                 suspect: Mutex::default(),
+                no_pushdown_until: Mutex::default(),
             }),
             strict: false,
         })
@@ -512,6 +519,19 @@ impl ClusterQueryable {
             step,
             window_ms: plan.range_ms.unwrap_or(lookback),
         };
+        // A series on two members stays in the window of this query (same text, same
+        // length) until its data there has aged out: at most the query's span plus the
+        // window after this query's end. Don't check again before.
+        let key = format!("{query}\u{0}{}\u{0}{step}", end - start);
+        let skip = self
+            .inner
+            .no_pushdown_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if skip.get(&key).is_some_and(|&until| end < until) {
+            return None;
+        }
+        drop(skip);
         // First the cheap check (index lookups, 4 bytes per series): is every series
         // on one member only? Any doubt (an overlap, a member that fails) → no pushdown.
         let check = Request::Covered {
@@ -550,6 +570,15 @@ impl ClusterQueryable {
                 query,
                 "pushdown not exact (a series on several members); evaluating normally"
             );
+            let mut skip = self
+                .inner
+                .no_pushdown_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if skip.len() >= NO_PUSHDOWN_MEMORY {
+                skip.clear();
+            }
+            skip.insert(key, end + (end - start) + span.window_ms);
             return None;
         }
         let req = Request::Aggregate {
