@@ -23,6 +23,7 @@ use crate::cluster::{ClusterData, ClusterHandle, ClusterOptions};
 use crate::config::{self, Config};
 use crate::discovery::DiscoveryManager;
 use crate::promql::EngineOptions;
+use crate::query;
 use crate::scrape::ScrapeManager;
 use crate::scrape::manager::{
     ApplyConfig, ApplyMembership, ApplyTargetGroups, HandoffDone, Membership, SetClusterSecret,
@@ -341,6 +342,7 @@ impl Node {
             opts.local_address = Some(ip);
         }
         let cluster_data = opts.data.clone();
+        let opts_local_address = opts.local_address;
         let cluster = ClusterHandle::start(opts)
             .await
             .context("starting the cluster member")?;
@@ -370,6 +372,7 @@ impl Node {
         )));
         let cluster_metrics = {
             let cluster = cluster.clone();
+            let status_cache = status_cache.clone();
             tokio::spawn(async move {
                 loop {
                     status_cache.set(cluster.status().await);
@@ -383,17 +386,45 @@ impl Node {
             Arc::new(move || left.notify_one())
         };
 
+        // Reads answer for the whole cluster (query any node); `local` is this node.
+        let engine_opts = EngineOptions {
+            lookback_delta: args.query_lookback_delta,
+            timeout: args.query_timeout,
+            max_samples: args.query_max_samples,
+            default_subquery_step: cfg.global.evaluation_interval,
+        };
+        let member_reads = Arc::new(query::MemberServer::new(
+            queryable.clone(),
+            query::GlobalRecords::new({
+                let lock = config_lock.clone();
+                Arc::new(move || match lock.read() {
+                    Ok(c) => c.clone(),
+                    Err(p) => p.into_inner().clone(),
+                })
+            }),
+            crate::promql::Engine::new(engine_opts.clone()),
+        ));
+        let cluster_reads = query::ClusterQueryable::new(
+            queryable.clone(),
+            members_fn(&cluster, status_cache.clone()),
+            query::FanOutOptions {
+                self_id: cluster.node_id(),
+                member_timeout: member_timeout(args.query_timeout),
+                secret: cluster.secret().map(str::to_owned),
+                local_address: opts_local_address,
+                pushdown: args.cluster.replication_factor == 1,
+            },
+        )
+        .context("starting the query fan-out")?;
+
         let ready = Arc::new(AtomicBool::new(false));
         let targets_for_node = targets.clone();
         let state = AppState {
-            storage: queryable.clone(),
+            storage: Arc::new(cluster_reads.clone()),
             local: queryable,
-            engine_opts: EngineOptions {
-                lookback_delta: args.query_lookback_delta,
-                timeout: args.query_timeout,
-                max_samples: args.query_max_samples,
-                default_subquery_step: cfg.global.evaluation_interval,
-            },
+            member_reads: Some(member_reads),
+            pushdown: Some(cluster_reads),
+            engine_opts,
             query_slots: Arc::new(tokio::sync::Semaphore::new(
                 args.query_max_concurrency.max(1),
             )),
@@ -551,6 +582,44 @@ impl Node {
         }
         tracing::info!("shoal stopped");
     }
+}
+
+/// The members a cluster read asks: the up members of the committed view (current at
+/// once) plus the members the last status snapshot (≤ 1 s old) lists as down, so that
+/// reads warn about their missing data.
+fn members_fn(cluster: &ClusterHandle, status: telemetry::ClusterStatusCache) -> query::MembersFn {
+    let views = cluster.membership_view();
+    Arc::new(move || {
+        let view = views.borrow().clone();
+        let mut out: Vec<query::Member> = view
+            .up
+            .iter()
+            .map(|(id, addr)| query::Member {
+                id: *id,
+                addr: addr.clone(),
+                up: true,
+            })
+            .collect();
+        if let Some(st) = status.get() {
+            for m in st.members {
+                if m.state == crate::cluster::MemberState::Down && !view.up.contains_key(&m.id) {
+                    out.push(query::Member {
+                        id: m.id,
+                        addr: m.addr,
+                        up: false,
+                    });
+                }
+            }
+        }
+        out
+    })
+}
+
+/// How long a cluster read waits for one member: half the query timeout, at most 30 s,
+/// so that a dead or stuck member makes the answer partial rather than the query time
+/// out.
+fn member_timeout(query_timeout: std::time::Duration) -> std::time::Duration {
+    (query_timeout / 2).min(std::time::Duration::from_secs(30))
 }
 
 fn reload_config(

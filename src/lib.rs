@@ -12,6 +12,7 @@
 //! - [`promql`]: the PromQL engine (over `storage::Queryable`) and the test-script runner.
 //! - [`scrape`]: the actix actors that scrape targets.
 //! - [`cluster`]: Raft membership (openraft): who is in the cluster and who is up.
+//! - [`query`]: the distributed select: fan-out to every member, merge and dedup.
 //! - [`web`]: the HTTP API (the only module that names actix-web).
 //! - [`telemetry`]: logging set-up and shoal's own metrics.
 //! - [`app`]: the composition root that wires the parts of a node together.
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod discovery;
 pub mod model;
 pub mod promql;
+pub mod query;
 pub mod scrape;
 pub mod shard;
 pub mod storage;

@@ -8,6 +8,8 @@
 
 pub mod memory;
 
+use std::sync::Arc;
+
 use crate::model::{Labels, Matcher, Sample};
 
 /// Opaque handle of a series inside one store, valid until the process restarts.
@@ -120,4 +122,60 @@ pub trait Queryable: Send + Sync {
         maxt: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError>;
+
+    /// [`Queryable::series`] with warnings (an unreachable cluster member).
+    fn series_warned(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Warned<Vec<Labels>>, StorageError> {
+        self.series(mint, maxt, matchers).map(Warned::new)
+    }
+
+    /// [`Queryable::label_names`] with warnings.
+    fn label_names_warned(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Warned<Vec<String>>, StorageError> {
+        self.label_names(mint, maxt, matchers).map(Warned::new)
+    }
+
+    /// [`Queryable::label_values`] with warnings.
+    fn label_values_warned(
+        &self,
+        name: &str,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Warned<Vec<String>>, StorageError> {
+        self.label_values(name, mint, maxt, matchers)
+            .map(Warned::new)
+    }
+
+    /// This store refusing incomplete answers (`partial_response=false`): where a
+    /// store would warn that part of the data is missing (a cluster member did not
+    /// answer), the strict one fails instead. `None` for stores that are always
+    /// complete.
+    fn strict(&self) -> Option<Arc<dyn Queryable>> {
+        None
+    }
+}
+
+/// A read's value plus warnings to pass on to the user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Warned<T> {
+    pub value: T,
+    pub warnings: Vec<String>,
+}
+
+impl<T> Warned<T> {
+    pub fn new(value: T) -> Warned<T> {
+        Warned {
+            value,
+            warnings: Vec::new(),
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! Handlers of `/api/v1/*`, `/metrics` and `/-/reload`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::{Value as Json, json};
 
 use crate::model::{Labels, Matcher};
@@ -11,7 +12,10 @@ use crate::promql::{Engine, EvalError};
 
 use super::AppState;
 use super::json::{ApiError, ErrorType, encode_query_data, success, success_raw};
-use super::params::{MAX_TIME_MS, MIN_TIME_MS, parse_duration_ms, parse_selector, parse_time};
+use super::params::{
+    MAX_TIME_MS, MIN_TIME_MS, parse_bool, parse_duration_ms, parse_selector, parse_time,
+};
+use crate::storage::{Queryable, StorageError, Warned};
 
 /// Request parameters from the query string and, for form posts, the body (as
 /// Prometheus's `r.ParseForm`). Repeated keys (`match[]`) keep every value.
@@ -63,6 +67,14 @@ impl Params {
         }
     }
 
+    fn flag(&self, k: &str, default: bool) -> Result<bool, ApiError> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(s) => parse_bool(s)
+                .map_err(|e| ApiError::bad_data(format!("invalid parameter \"{k}\": {e}"))),
+        }
+    }
+
     fn matchers(&self) -> Result<Vec<Vec<Matcher>>, ApiError> {
         let mut out = Vec::new();
         for s in self.all("match[]") {
@@ -83,8 +95,46 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The store a read route answers from: the whole cluster, or this node only with
+/// `local=1` (drill-down); with `partial_response=false` a cluster read that misses a
+/// member fails instead of warning.
+fn storage_for(st: &AppState, p: &Params) -> Result<Arc<dyn Queryable>, ApiError> {
+    if p.flag("local", false)? {
+        return Ok(st.local.clone());
+    }
+    if !p.flag("partial_response", true)? {
+        return Ok(st.storage.strict().unwrap_or_else(|| st.storage.clone()));
+    }
+    Ok(st.storage.clone())
+}
+
+/// The cluster reads to try aggregation pushdown with (not with `local=1`), and
+/// whether partial answers are refused.
+fn pushdown_for(
+    st: &AppState,
+    p: &Params,
+) -> Result<(Option<crate::query::ClusterQueryable>, bool), ApiError> {
+    let strict = !p.flag("partial_response", true)?;
+    if p.flag("local", false)? {
+        return Ok((None, strict));
+    }
+    Ok((st.pushdown.clone(), strict))
+}
+
+/// A storage failure of a read route: a refused partial answer is `unavailable`.
+fn storage_error(e: StorageError) -> ApiError {
+    if e.0.starts_with(crate::query::INCOMPLETE) {
+        ApiError::new(ErrorType::Unavailable, e.0)
+    } else {
+        ApiError::internal(e.0)
+    }
+}
+
 fn eval_error(e: EvalError) -> ApiError {
     match e {
+        EvalError::Execution(m) if m.starts_with(crate::query::INCOMPLETE) => {
+            ApiError::new(ErrorType::Unavailable, m)
+        }
         EvalError::Parse(m) | EvalError::BadData(m) => ApiError::bad_data(m),
         EvalError::Execution(m) => ApiError::new(ErrorType::Execution, m),
         EvalError::Timeout(m) => ApiError::new(ErrorType::Timeout, m),
@@ -151,8 +201,17 @@ pub async fn query(
     let q = query_param(&p)?;
     let t = p.time("time", now_ms())?;
     let engine = engine_for(&st, &p)?;
-    let storage = st.storage.clone();
-    run_query(&st, move || engine.instant_query(storage.as_ref(), &q, t)).await
+    let storage = storage_for(&st, &p)?;
+    let (cluster, strict) = pushdown_for(&st, &p)?;
+    run_query(&st, move || {
+        if let Some(c) = cluster
+            && let Some(r) = c.pushdown(&engine, &q, t, t, 0, strict)
+        {
+            return r;
+        }
+        engine.instant_query(storage.as_ref(), &q, t)
+    })
+    .await
 }
 
 pub async fn query_range(
@@ -201,8 +260,14 @@ pub async fn query_range(
         ));
     }
     let engine = engine_for(&st, &p)?;
-    let storage = st.storage.clone();
+    let storage = storage_for(&st, &p)?;
+    let (cluster, strict) = pushdown_for(&st, &p)?;
     run_query(&st, move || {
+        if let Some(c) = cluster
+            && let Some(r) = c.pushdown(&engine, &q, start, end, step, strict)
+        {
+            return r;
+        }
         engine.range_query(storage.as_ref(), &q, start, end, step)
     })
     .await
@@ -213,26 +278,40 @@ fn range_params(p: &Params) -> Result<(i64, i64), ApiError> {
 }
 
 /// Runs `f` on a blocking thread once per `match[]` alternative (once with no matchers
-/// when there are none) and returns the sorted union of the results.
-async fn union_over<T, F>(sets: Vec<Vec<Matcher>>, f: F) -> Result<Vec<T>, ApiError>
+/// when there are none) and returns the sorted union of the results with the warnings.
+async fn union_over<T, F>(sets: Vec<Vec<Matcher>>, f: F) -> Result<Warned<Vec<T>>, ApiError>
 where
     T: Ord + Send + 'static,
-    F: Fn(&[Matcher]) -> Result<Vec<T>, crate::storage::StorageError> + Send + 'static,
+    F: Fn(&[Matcher]) -> Result<Warned<Vec<T>>, StorageError> + Send + 'static,
 {
-    web::block(move || -> Result<Vec<T>, ApiError> {
+    web::block(move || -> Result<Warned<Vec<T>>, ApiError> {
         if sets.is_empty() {
-            return Ok(f(&[])?);
+            return f(&[]).map_err(storage_error);
         }
-        let mut all = Vec::new();
+        let mut all = Warned::new(Vec::new());
         for ms in &sets {
-            all.extend(f(ms)?);
+            let w = f(ms).map_err(storage_error)?;
+            all.value.extend(w.value);
+            for x in w.warnings {
+                if !all.warnings.contains(&x) {
+                    all.warnings.push(x);
+                }
+            }
         }
-        all.sort();
-        all.dedup();
+        all.value.sort();
+        all.value.dedup();
         Ok(all)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+/// A success envelope with `data` and the read's warnings.
+fn success_warned<T: serde::Serialize>(data: &T, warnings: &[String]) -> HttpResponse {
+    match serde_json::to_string(data) {
+        Ok(s) => success_raw(&s, warnings),
+        Err(e) => ApiError::internal(e.to_string()).error_response(),
+    }
 }
 
 pub async fn series(
@@ -246,9 +325,10 @@ pub async fn series(
         return Err(ApiError::bad_data("no match[] parameter provided"));
     }
     let (start, end) = range_params(&p)?;
-    let storage = st.storage.clone();
-    let res = union_over(sets, move |ms| storage.series(start, end, ms)).await?;
+    let storage = storage_for(&st, &p)?;
+    let res = union_over(sets, move |ms| storage.series_warned(start, end, ms)).await?;
     let data: Vec<BTreeMap<&str, &str>> = res
+        .value
         .iter()
         .map(|l| {
             l.iter()
@@ -256,7 +336,7 @@ pub async fn series(
                 .collect()
         })
         .collect();
-    Ok(success(&data))
+    Ok(success_warned(&data, &res.warnings))
 }
 
 pub async fn labels(
@@ -267,9 +347,9 @@ pub async fn labels(
     let p = Params::from_request(&req, &body)?;
     let sets = p.matchers()?;
     let (start, end) = range_params(&p)?;
-    let storage = st.storage.clone();
-    let res = union_over(sets, move |ms| storage.label_names(start, end, ms)).await?;
-    Ok(success(&res))
+    let storage = storage_for(&st, &p)?;
+    let res = union_over(sets, move |ms| storage.label_names_warned(start, end, ms)).await?;
+    Ok(success_warned(&res.value, &res.warnings))
 }
 
 pub async fn label_values(
@@ -284,9 +364,62 @@ pub async fn label_values(
     let p = Params::from_request(&req, &[])?;
     let sets = p.matchers()?;
     let (start, end) = range_params(&p)?;
-    let storage = st.storage.clone();
-    let res = union_over(sets, move |ms| storage.label_values(&name, start, end, ms)).await?;
-    Ok(success(&res))
+    let storage = storage_for(&st, &p)?;
+    let res = union_over(sets, move |ms| {
+        storage.label_values_warned(&name, start, end, ms)
+    })
+    .await?;
+    Ok(success_warned(&res.value, &res.warnings))
+}
+
+/// `POST /internal/query` (`query::wire::PATH`): another member's fan-out reads this
+/// node's store. Bincode in and out; the cluster secret is required when set (401,
+/// nothing read); a malformed body is a 400.
+pub async fn member_read(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let plain = |status: actix_web::http::StatusCode, msg: String| {
+        HttpResponse::build(status)
+            .content_type("text/plain; charset=utf-8")
+            .body(msg)
+    };
+    let Some(server) = st.member_reads.clone() else {
+        return plain(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "this node is not in a cluster".into(),
+        );
+    };
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let secret = st.cluster.as_ref().and_then(|c| c.handle.secret());
+    if crate::cluster::rpc::check_secret(secret, header).is_err() {
+        tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "rejected internal read without the right cluster secret");
+        return plain(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster secret".into(),
+        );
+    }
+    match web::block(move || server.handle(&body)).await {
+        Ok(Ok(bytes)) => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(bytes),
+        Ok(Err(e @ crate::query::ServeError::BadRequest(_))) => {
+            tracing::warn!(peer = ?req.peer_addr(), error = %e, "rejected malformed internal read");
+            plain(actix_web::http::StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Ok(Err(e)) => plain(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        ),
+        Err(e) => plain(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        ),
+    }
 }
 
 fn labels_json(l: &Labels) -> Json {

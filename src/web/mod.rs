@@ -31,6 +31,12 @@ pub struct AppState {
     pub storage: Arc<dyn Queryable>,
     /// This node's own store (`local=1`, the internal select route, `/federate?local=1`).
     pub local: Arc<dyn Queryable>,
+    /// Serves the internal read route (`query::wire::PATH`) that other members' fan-outs
+    /// call; `None` when the node is not in a cluster (the route answers 404).
+    pub member_reads: Option<Arc<crate::query::MemberServer>>,
+    /// The cluster-wide reads again, for aggregation pushdown on the query routes
+    /// (`query::ClusterQueryable::pushdown`); `None` outside a cluster.
+    pub pushdown: Option<crate::query::ClusterQueryable>,
     pub engine_opts: EngineOptions,
     pub query_slots: Arc<tokio::sync::Semaphore>,
     pub targets: TargetsView,
@@ -70,6 +76,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             crate::scrape::manager::HANDOFF_PATH,
             web::post().to(cluster::handoff),
         )
+        .route(crate::query::wire::PATH, web::post().to(api::member_read))
         .service(
             web::scope("/api/v1")
                 .route("/query", web::get().to(api::query))

@@ -50,6 +50,16 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("cannot parse {s:?} to a valid duration"))
 }
 
+/// Parses a boolean parameter as Go's `strconv.ParseBool` (`1`, `t`, `true`, `0`, `f`,
+/// `false`, any case of the words).
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("cannot parse {s:?} as a boolean")),
+    }
+}
+
 /// Parses one `match[]` selector into alternatives of matcher lists (a selector with
 /// `or` gives several).
 pub fn parse_selector(s: &str) -> Result<Vec<Vec<Matcher>>, String> {
@@ -116,6 +126,15 @@ mod tests {
         assert_eq!(parse_duration_ms("0.5").unwrap(), 500);
         assert_eq!(parse_duration_ms("1m").unwrap(), 60_000);
         assert!(parse_duration_ms("1x").is_err());
+    }
+
+    #[test]
+    fn booleans() {
+        assert_eq!(parse_bool("1"), Ok(true));
+        assert_eq!(parse_bool("true"), Ok(true));
+        assert_eq!(parse_bool("False"), Ok(false));
+        assert_eq!(parse_bool("0"), Ok(false));
+        assert!(parse_bool("yes").is_err());
     }
 
     #[test]

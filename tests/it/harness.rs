@@ -284,6 +284,14 @@ impl Node {
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Instant query at "now" over this node's own data only (`local=1`, no cluster
+    /// fan-out); returns the `data.result` array.
+    pub fn query_local(&self, q: &str) -> Vec<serde_json::Value> {
+        let v = self.get_json(&format!("/api/v1/query?local=1&query={}", urlencode(q)));
+        assert_eq!(v["status"], "success", "query {q}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();

@@ -10,6 +10,8 @@
 //!   command takes over a share of the targets.
 //! - `sharding`: target assignment over the membership: disjoint split, replication,
 //!   movement on join and graceful leave.
+//! - `query`: query any node: cluster-wide answers equal to a single node's, dedup with
+//!   replication, partial answers when a member is down, the internal read route.
 
 mod api;
 mod cluster;
@@ -17,5 +19,6 @@ mod demo;
 mod harness;
 mod lifecycle;
 mod promtool;
+mod query;
 mod scrape;
 mod sharding;

@@ -14,10 +14,10 @@ use serde_json::Value;
 use crate::cluster::{DOWN_AFTER, SECRET, TestCluster, str_of, view, write_secret};
 use crate::harness::*;
 
-const TARGETS: usize = 60;
+pub(crate) const TARGETS: usize = 60;
 const CONVERGE: Duration = Duration::from_secs(40);
 
-fn fleet_config(server: &TargetServer) -> String {
+pub(crate) fn fleet_config(server: &TargetServer) -> String {
     fleet_config_n(server, TARGETS)
 }
 
@@ -62,7 +62,7 @@ fn owned(node: &Node) -> Result<BTreeSet<usize>, String> {
 /// those nodes agree on the assignment: same `assignmentViewIndex`, `n_up` members,
 /// every member's `targets` equal to what it actually scrapes, and each of the
 /// `TARGETS` targets on exactly `replicas` nodes.
-fn settled_assignment(
+pub(crate) fn settled_assignment(
     c: &TestCluster,
     idx: &[usize],
     replicas: usize,
@@ -121,7 +121,7 @@ fn settled_assignment(
 }
 
 /// Waits for [`settled_assignment`], then checks it holds still for 2 s.
-fn wait_settled(
+pub(crate) fn wait_settled(
     c: &TestCluster,
     idx: &[usize],
     replicas: usize,
@@ -150,7 +150,7 @@ fn wait_settled(
     );
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -162,7 +162,7 @@ fn unix_now() -> f64 {
 fn up_times(node: &Node, t: usize, from: f64, to: f64) -> Vec<f64> {
     let window = (to - from).ceil().max(1.0) as u64;
     let q = urlencode(&format!("up{{job=\"fleet\",idx=\"{t}\"}}[{window}s]"));
-    let v = node.get_json(&format!("/api/v1/query?query={q}&time={to:.3}"));
+    let v = node.get_json(&format!("/api/v1/query?local=1&query={q}&time={to:.3}"));
     assert_eq!(v["status"], "success", "{v}");
     v["data"]["result"]
         .as_array()
@@ -240,7 +240,7 @@ fn three_nodes_split_sixty_targets_disjointly() {
             CONVERGE,
             || {
                 let fresh: BTreeSet<usize> = n
-                    .query("time() - timestamp(up{job=\"fleet\"}) < 2.5")
+                    .query_local("time() - timestamp(up{job=\"fleet\"}) < 2.5")
                     .iter()
                     .filter_map(|s| str_of(&s["metric"]["idx"]).parse().ok())
                     .collect();
@@ -380,7 +380,7 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
     // still visible there within the lookback.
     for t in &moved {
         let old = *before[t].iter().next().expect("one owner");
-        let r = c.nodes[old].query(&format!("up{{job=\"fleet\",idx=\"{t}\"}}"));
+        let r = c.nodes[old].query_local(&format!("up{{job=\"fleet\",idx=\"{t}\"}}"));
         assert_eq!(
             r.len(),
             1,
@@ -429,7 +429,9 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
         assert_overlap(&leaver, &c.nodes[gainer], *t, leave_start, leave_end);
         // And the leaver wrote no staleness marker: its last sample is still visible.
         let q = urlencode(&format!("up{{job=\"fleet\",idx=\"{t}\"}}"));
-        let v = leaver.get_json(&format!("/api/v1/query?query={q}&time={leave_end:.3}"));
+        let v = leaver.get_json(&format!(
+            "/api/v1/query?local=1&query={q}&time={leave_end:.3}"
+        ));
         assert_eq!(
             v["data"]["result"].as_array().map(Vec::len),
             Some(1),
@@ -502,7 +504,7 @@ fn a_target_that_leaves_discovery_is_marked_stale_in_a_cluster() {
     for (i, q) in &removed_queries {
         let want = q.matches('|').count() + 1;
         wait_for("up of the targets to remove", CONVERGE, || {
-            let got = c.nodes[*i].query(q).len();
+            let got = c.nodes[*i].query_local(q).len();
             if got == want {
                 Ok(())
             } else {
@@ -523,7 +525,7 @@ fn a_target_that_leaves_discovery_is_marked_stale_in_a_cluster() {
     for (i, q) in &removed_queries {
         let n = &c.nodes[*i];
         wait_for("staleness markers of removed targets", CONVERGE, || {
-            let r = n.query(q);
+            let r = n.query_local(q);
             if r.is_empty() {
                 Ok(())
             } else {

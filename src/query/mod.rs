@@ -1,0 +1,953 @@
+//! Query any node: the distributed select. [`ClusterQueryable`] implements
+//! [`Queryable`] over the whole cluster — it sends each read to every up member over
+//! the internal route [`wire::PATH`] (bincode, samples as XOR chunks, the cluster
+//! secret as bearer token), runs the same read on this node's store, and merges:
+//! series with equal label sets are merged by time without replica duplicates
+//! ([`dedup::merge`]); label names, values and series lists are unions.
+//!
+//! - Every remote call is bounded by the member timeout. A member that is down, does
+//!   not answer in time or answers garbage makes the answer partial: a warning naming
+//!   it (Prometheus's `warnings`), never an error — unless the caller asked for a
+//!   strict answer ([`Queryable::strict`], `partial_response=false`), then the read
+//!   fails with a message starting with [`INCOMPLETE`].
+//! - Series recorded by `scope: global` rule groups are written on every node by the
+//!   Raft state machine; they are read from this node only ([`GlobalRecords`]): members
+//!   leave them out of their select answers.
+//! - [`MemberServer`] is the serving side of the route (the handler lives in `web`).
+//!
+//! The [`Queryable`] trait is synchronous and called from blocking threads; the remote
+//! calls run on a small runtime of their own and the calling thread waits for them
+//! (with a bound) while it reads the local store.
+//!
+//! Must not: name actix-web (the route is mounted by `web`) or openraft (members come
+//! in as plain [`Member`]s from `app`).
+
+pub mod dedup;
+pub mod pushdown;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::config::rules::RuleScope;
+use crate::model::{Labels, Matcher, Sample};
+use crate::promql::{Engine, EvalError, QueryResult, Value, VectorSample};
+use crate::storage::{Queryable, SelectHints, Series, SeriesSet, StorageError, Warned};
+use wire::{Request, Response, SeriesBlock};
+
+/// Start of the error message of a read that refused a partial answer.
+pub const INCOMPLETE: &str = "partial response disallowed";
+
+/// A cluster member as the fan-out sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// `host:port` of its HTTP server.
+    pub addr: String,
+    /// False when the cluster committed it as down: it is not asked, and answers are
+    /// partial.
+    pub up: bool,
+}
+
+/// The current members (this node included or not; it is skipped by id).
+pub type MembersFn = Arc<dyn Fn() -> Vec<Member> + Send + Sync>;
+
+/// Settings of the fan-out.
+#[derive(Debug, Clone)]
+pub struct FanOutOptions {
+    /// This node's member id (its part is read from the local store).
+    pub self_id: u64,
+    /// Bound of each member call, body included.
+    pub member_timeout: Duration,
+    /// The cluster secret, sent as `Authorization: Bearer`.
+    pub secret: Option<String>,
+    /// Source address of outgoing calls (several nodes on one host in tests).
+    pub local_address: Option<std::net::IpAddr>,
+    /// Whether aggregations may be pushed down to members ([`pushdown`]). Off with a
+    /// replication factor above 1: every series is on two nodes, the check would always
+    /// fall back and the members' work would be wasted.
+    pub pushdown: bool,
+}
+
+/// The names of the series recorded by `scope: global` rule groups of the current
+/// configuration: those series exist on every node (written through Raft), so a
+/// cluster read takes them from the local store only. Recomputed (rule files read)
+/// when the configuration changes.
+#[derive(Clone)]
+pub struct GlobalRecords {
+    config: Arc<dyn Fn() -> Arc<Config> + Send + Sync>,
+    cache: Arc<Mutex<Option<NamesOf>>>,
+}
+
+/// The record names computed for one configuration.
+type NamesOf = (Arc<Config>, Arc<HashSet<String>>);
+
+impl GlobalRecords {
+    /// `config` returns the running configuration (reloads included).
+    pub fn new(config: Arc<dyn Fn() -> Arc<Config> + Send + Sync>) -> GlobalRecords {
+        GlobalRecords {
+            config,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The record names of global groups in the running configuration.
+    pub fn names(&self) -> Arc<HashSet<String>> {
+        let cfg = (self.config)();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, names)) = cache.as_ref()
+            && Arc::ptr_eq(c, &cfg)
+        {
+            return names.clone();
+        }
+        let names = Arc::new(global_record_names(&cfg));
+        *cache = Some((cfg, names.clone()));
+        names
+    }
+
+    /// Whether a series is one of them (by its metric name).
+    pub fn contains(names: &HashSet<String>, labels: &Labels) -> bool {
+        labels.metric_name().is_some_and(|n| names.contains(n))
+    }
+}
+
+/// Record names of the `scope: global` groups in `cfg`'s rule files. A rule file that
+/// cannot be read is skipped with a warning (the rule manager reports it too).
+pub fn global_record_names(cfg: &Config) -> HashSet<String> {
+    let mut names = HashSet::new();
+    let paths = match cfg.rule_file_paths() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list rule files for the global-record filter");
+            return names;
+        }
+    };
+    for p in paths {
+        match crate::config::rules::load_rule_file(&p) {
+            Ok(f) => {
+                for g in f.groups.iter().filter(|g| g.scope == RuleScope::Global) {
+                    for r in g.rules.iter().filter(|r| r.record.is_some()) {
+                        names.insert(r.name().to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(file = %p.display(), error = %e, "cannot read rule file for the global-record filter");
+            }
+        }
+    }
+    names
+}
+
+/// The serving side of [`wire::PATH`]: runs a member's read over the local store.
+pub struct MemberServer {
+    local: Arc<dyn Queryable>,
+    global: GlobalRecords,
+    /// Evaluates pushed-down aggregations.
+    engine: Engine,
+}
+
+/// Why the internal route refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl MemberServer {
+    pub fn new(local: Arc<dyn Queryable>, global: GlobalRecords, engine: Engine) -> MemberServer {
+        MemberServer {
+            local,
+            global,
+            engine,
+        }
+    }
+
+    /// Decodes a request body, reads the local store, returns the encoded answer.
+    /// Blocking (sled): call it from a blocking thread.
+    pub fn handle(&self, body: &[u8]) -> Result<Vec<u8>, ServeError> {
+        let req: Request = wire::decode(body).map_err(|e| ServeError::BadRequest(e.to_string()))?;
+        let bad = ServeError::BadRequest;
+        let storage = |e: StorageError| ServeError::Storage(e.0);
+        let resp = match req {
+            Request::Select {
+                hints,
+                matchers,
+                exclude_global,
+            } => {
+                let ms = wire::matchers(&matchers).map_err(bad)?;
+                let mut set = self.local.select(&hints.into(), &ms).map_err(storage)?;
+                if exclude_global {
+                    let names = self.global.names();
+                    if !names.is_empty() {
+                        set.series
+                            .retain(|s| !GlobalRecords::contains(&names, &s.labels));
+                    }
+                }
+                Response::Series(wire::series_block(&set.series))
+            }
+            Request::Series {
+                mint,
+                maxt,
+                matchers,
+            } => {
+                let ms = wire::matchers(&matchers).map_err(bad)?;
+                let sets = self.local.series(mint, maxt, &ms).map_err(storage)?;
+                Response::Series(wire::labels_block(&sets))
+            }
+            Request::LabelNames {
+                mint,
+                maxt,
+                matchers,
+            } => {
+                let ms = wire::matchers(&matchers).map_err(bad)?;
+                Response::Strings(self.local.label_names(mint, maxt, &ms).map_err(storage)?)
+            }
+            Request::LabelValues {
+                name,
+                mint,
+                maxt,
+                matchers,
+            } => {
+                let ms = wire::matchers(&matchers).map_err(bad)?;
+                Response::Strings(
+                    self.local
+                        .label_values(&name, mint, maxt, &ms)
+                        .map_err(storage)?,
+                )
+            }
+            Request::Covered {
+                mint,
+                maxt,
+                matchers,
+            } => {
+                let ms = wire::matchers(&matchers).map_err(bad)?;
+                let span = pushdown::Span {
+                    start: mint,
+                    end: maxt,
+                    step: 0,
+                    window_ms: 0,
+                };
+                let hashes = pushdown::covered(self.local.as_ref(), &ms, span)
+                    .map_err(ServeError::Storage)?;
+                Response::Covered(pushdown::pack(&hashes))
+            }
+            Request::Aggregate {
+                queries,
+                matchers,
+                start,
+                end,
+                step,
+                window_ms,
+            } => {
+                let ms = wire::matchers(&matchers).map_err(bad)?;
+                if queries.is_empty() || queries.iter().any(|q| pushdown::plan(q).is_none()) {
+                    return Err(ServeError::BadRequest("not a pushable aggregation".into()));
+                }
+                let span = pushdown::Span {
+                    start,
+                    end,
+                    step,
+                    window_ms,
+                };
+                let part =
+                    pushdown::evaluate(&self.engine, self.local.as_ref(), &queries, &ms, span)
+                        .map_err(ServeError::Storage)?;
+                Response::Aggregate {
+                    digest: part.digest,
+                    results: part.results.iter().map(|r| wire::series_block(r)).collect(),
+                }
+            }
+        };
+        wire::encode(&resp).map_err(|e| ServeError::Storage(e.to_string()))
+    }
+}
+
+/// The cluster-wide [`Queryable`] (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterQueryable {
+    inner: Arc<Inner>,
+    /// Refuse partial answers instead of warning.
+    strict: bool,
+}
+
+struct Inner {
+    local: Arc<dyn Queryable>,
+    members: MembersFn,
+    opts: FanOutOptions,
+    client: reqwest::Client,
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    /// Response bytes received from members (for measurements).
+    bytes_received: AtomicU64,
+    /// Members that last timed out, until when they are not asked again: a stuck
+    /// member costs one timeout per member-timeout period, not one per read (a
+    /// dashboard's twenty panels, or a pushdown check and its fallback).
+    suspect: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    /// Queries whose pushdown check found a series on two members, with the query end
+    /// time before which the check would find it again (see `pushdown`).
+    no_pushdown_until: Mutex<std::collections::HashMap<String, i64>>,
+}
+
+/// How many such queries are remembered (then the memory starts over).
+const NO_PUSHDOWN_MEMORY: usize = 1024;
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code panics; this one may be dropped anywhere.
+        if let Some(rt) = self.rt.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// What one member said (or why it said nothing).
+type MemberAnswer = (Member, Result<Response, String>);
+
+impl ClusterQueryable {
+    /// A fan-out over `members()` plus `local` (this node's store).
+    pub fn new(
+        local: Arc<dyn Queryable>,
+        members: MembersFn,
+        opts: FanOutOptions,
+    ) -> std::io::Result<ClusterQueryable> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("shoal-query")
+            .enable_all()
+            .build()?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(opts.member_timeout.min(Duration::from_secs(3)))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(ip) = opts.local_address {
+            builder = builder.local_address(ip);
+        }
+        let client = builder.build().map_err(std::io::Error::other)?;
+        Ok(ClusterQueryable {
+            inner: Arc::new(Inner {
+                local,
+                members,
+                handle: rt.handle().clone(),
+                rt: Mutex::new(Some(rt)),
+                opts,
+                client,
+                bytes_received: AtomicU64::new(0),
+                suspect: Mutex::default(),
+                no_pushdown_until: Mutex::default(),
+            }),
+            strict: false,
+        })
+    }
+
+    /// Total response bytes received from members so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.inner.bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// Sends `req` to every up member but this node while `local` reads this node's
+    /// store on the calling thread. Returns the local result, the members' answers
+    /// (ordered by member id) and the members that were down.
+    fn fan_out<T>(
+        &self,
+        req: &Request,
+        local: impl FnOnce() -> Result<T, StorageError>,
+    ) -> Result<(T, Vec<MemberAnswer>, Vec<Member>), StorageError> {
+        let (up, down) = self.members();
+        let (local, answers) = self.fan_out_to(up, req, local)?;
+        Ok((local, answers, down))
+    }
+
+    /// The other members, up ones first, each list in id order.
+    fn members(&self) -> (Vec<Member>, Vec<Member>) {
+        let mut members = (self.inner.members)();
+        members.retain(|m| m.id != self.inner.opts.self_id);
+        members.sort_by_key(|m| m.id);
+        members.into_iter().partition(|m| m.up)
+    }
+
+    /// [`ClusterQueryable::fan_out`] to the given members.
+    fn fan_out_to<T>(
+        &self,
+        up: Vec<Member>,
+        req: &Request,
+        local: impl FnOnce() -> Result<T, StorageError>,
+    ) -> Result<(T, Vec<MemberAnswer>), StorageError> {
+        let inner = &self.inner;
+        let timeout = inner.opts.member_timeout;
+        let now = std::time::Instant::now();
+        let (up, skipped): (Vec<Member>, Vec<Member>) = {
+            let mut suspect = inner.suspect.lock().unwrap_or_else(|p| p.into_inner());
+            suspect.retain(|_, until| *until > now);
+            up.into_iter().partition(|m| !suspect.contains_key(&m.id))
+        };
+        let mut answers: Vec<MemberAnswer> = skipped
+            .into_iter()
+            .map(|m| {
+                (
+                    m,
+                    Err(format!("did not answer within {timeout:?} a moment ago")),
+                )
+            })
+            .collect();
+        if up.is_empty() {
+            return Ok((local()?, answers));
+        }
+        let body = Arc::new(wire::encode(req).map_err(|e| StorageError(e.to_string()))?);
+        let (tx, rx) = std::sync::mpsc::channel::<MemberAnswer>();
+        for m in up.iter().cloned() {
+            let tx = tx.clone();
+            let body = body.clone();
+            let this = self.inner.clone();
+            inner.handle.spawn(async move {
+                let r = match tokio::time::timeout(timeout, this.call(&m.addr, body)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        this.suspect
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(m.id, std::time::Instant::now() + timeout);
+                        Err(format!("did not answer within {timeout:?}"))
+                    }
+                };
+                let _ = tx.send((m, r));
+            });
+        }
+        drop(tx);
+        let local = local()?;
+        // Each call ends within the timeout; the extra second covers scheduling.
+        let deadline = std::time::Instant::now() + timeout + Duration::from_secs(1);
+        let asked = answers.len() + up.len();
+        while answers.len() < asked {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(a) => answers.push(a),
+                Err(_) => break,
+            }
+        }
+        for m in up {
+            if !answers.iter().any(|(a, _)| a.id == m.id) {
+                answers.push((m, Err(format!("did not answer within {timeout:?}"))));
+            }
+        }
+        answers.sort_by_key(|(m, _)| m.id);
+        Ok((local, answers))
+    }
+
+    /// The warnings for members that are down or failed; an error instead when strict.
+    fn incomplete(
+        &self,
+        down: &[Member],
+        failed: Vec<(Member, String)>,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut warnings: Vec<String> = down
+            .iter()
+            .map(|m| {
+                format!(
+                    "cluster member {} ({}) is down; its data is missing from the result",
+                    m.id, m.addr
+                )
+            })
+            .collect();
+        for (m, why) in failed {
+            tracing::warn!(member = m.id, addr = %m.addr, error = %why, "cluster member failed a read; answering partially");
+            warnings.push(format!(
+                "cluster member {} ({}) {}; its data is missing from the result",
+                m.id, m.addr, why
+            ));
+        }
+        if self.strict && !warnings.is_empty() {
+            return Err(StorageError(format!(
+                "{INCOMPLETE}: {}",
+                warnings.join("; ")
+            )));
+        }
+        Ok(warnings)
+    }
+
+    /// Runs a label-set or string read everywhere and returns the sorted union.
+    fn union<T: Ord>(
+        &self,
+        req: Request,
+        local: impl FnOnce() -> Result<Vec<T>, StorageError>,
+        from: impl Fn(Response) -> Result<Vec<T>, String>,
+    ) -> Result<Warned<Vec<T>>, StorageError> {
+        let (mut all, answers, down) = self.fan_out(&req, local)?;
+        let mut failed = Vec::new();
+        for (m, r) in answers {
+            match r.and_then(&from) {
+                Ok(v) => all.extend(v),
+                Err(e) => failed.push((m, e)),
+            }
+        }
+        let warnings = self.incomplete(&down, failed)?;
+        all.sort();
+        all.dedup();
+        Ok(Warned {
+            value: all,
+            warnings,
+        })
+    }
+}
+
+impl ClusterQueryable {
+    /// Evaluates `query` with aggregation pushdown when [`pushdown::plan`] accepts it
+    /// and every series turns out to live on one member only; `None` when the query
+    /// must be evaluated the normal way (over [`Queryable::select`]). `step == 0` (and
+    /// `start == end`) for an instant query. `strict`: refuse a partial answer.
+    pub fn pushdown(
+        &self,
+        engine: &Engine,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        strict: bool,
+    ) -> Option<Result<QueryResult, EvalError>> {
+        if !self.inner.opts.pushdown {
+            return None;
+        }
+        let plan = pushdown::plan(query)?;
+        let lookback = engine.options().lookback_delta.as_millis() as i64;
+        let span = pushdown::Span {
+            start,
+            end,
+            step,
+            window_ms: plan.range_ms.unwrap_or(lookback),
+        };
+        // A series on two members stays in the window of this query (same text, same
+        // length) until its data there has aged out: at most the query's span plus the
+        // window after this query's end. Don't check again before.
+        let key = format!("{query}\u{0}{}\u{0}{step}", end - start);
+        let skip = self
+            .inner
+            .no_pushdown_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if skip.get(&key).is_some_and(|&until| end < until) {
+            return None;
+        }
+        drop(skip);
+        // First the cheap check (index lookups, 4 bytes per series): is every series
+        // on one member only? Any doubt (an overlap, a member that fails) → no pushdown.
+        let check = Request::Covered {
+            mint: start - span.window_ms,
+            maxt: end,
+            matchers: wire::wire_matchers(&plan.matchers),
+        };
+        let local = self.inner.local.as_ref();
+        let local_covered = || pushdown::covered(local, &plan.matchers, span).map_err(StorageError);
+        let (up, down) = self.members();
+        let (mine, answers) = self.fan_out_to(up, &check, local_covered).ok()?;
+        let self_id = self.inner.opts.self_id;
+        let mut lists: BTreeMap<u64, Vec<u32>> = BTreeMap::from([(self_id, mine)]);
+        // A member that fails here is missing from the answer (as it would be without
+        // pushdown) and not asked again: one timeout per query, not two.
+        let mut answered = Vec::new();
+        let mut failed = Vec::new();
+        for (m, r) in answers {
+            let list = match r {
+                Ok(Response::Covered(b)) => {
+                    pushdown::unpack(&b).map_err(|e| format!("sent an unreadable answer: {e}"))
+                }
+                Ok(_) => Err("sent the wrong kind of answer".into()),
+                Err(e) => Err(e),
+            };
+            match list {
+                Ok(l) => {
+                    lists.insert(m.id, l);
+                    answered.push(m);
+                }
+                Err(e) => failed.push((m, e)),
+            }
+        }
+        if !pushdown::disjoint_lists(lists.values().map(Vec::as_slice)) {
+            tracing::debug!(
+                query,
+                "pushdown not exact (a series on several members); evaluating normally"
+            );
+            let mut skip = self
+                .inner
+                .no_pushdown_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if skip.len() >= NO_PUSHDOWN_MEMORY {
+                skip.clear();
+            }
+            skip.insert(key, end + (end - start) + span.window_ms);
+            return None;
+        }
+        let req = Request::Aggregate {
+            queries: plan.member_queries.clone(),
+            matchers: wire::wire_matchers(&plan.matchers),
+            start,
+            end,
+            step,
+            window_ms: span.window_ms,
+        };
+        let eval = || {
+            pushdown::evaluate(engine, local, &plan.member_queries, &plan.matchers, span)
+                .map_err(StorageError)
+        };
+        // A local failure (e.g. too many samples) is left to the normal path to report.
+        let (local_part, answers) = self.fan_out_to(answered, &req, eval).ok()?;
+        let mut parts = vec![(self_id, local_part)];
+        for (m, r) in answers {
+            match r.and_then(part_of) {
+                Ok(p) => parts.push((m.id, p)),
+                Err(e) => failed.push((m, e)),
+            }
+        }
+        // Every part must have been evaluated over the series its member listed: a
+        // series that appeared in between (a target just moved) could be counted twice.
+        let unchanged = parts.iter().all(|(id, p)| {
+            lists
+                .get(id)
+                .is_some_and(|l| pushdown::Digest::of(l) == p.digest)
+        });
+        if !unchanged {
+            tracing::debug!(query, "series changed during pushdown; evaluating normally");
+            return None;
+        }
+        let covered: usize = lists.values().map(Vec::len).sum();
+        // Member-id order on every node: the same float summation order, the same answer.
+        parts.sort_by_key(|(id, _)| *id);
+        let parts: Vec<pushdown::Part> = parts.into_iter().map(|(_, p)| p).collect();
+        let checked = ClusterQueryable {
+            inner: self.inner.clone(),
+            strict,
+        };
+        let warnings = match checked.incomplete(&down, failed) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(EvalError::Execution(e.0))),
+        };
+        tracing::debug!(
+            query,
+            members = parts.len(),
+            series = covered,
+            "aggregation pushed down"
+        );
+        let series = pushdown::combine(plan.combine, parts);
+        let value = if step == 0 {
+            Value::Vector(
+                series
+                    .into_iter()
+                    .filter_map(|s| {
+                        let x = s.samples.first().copied()?;
+                        Some(VectorSample {
+                            labels: s.labels,
+                            t: x.t,
+                            v: x.v,
+                        })
+                    })
+                    .collect(),
+            )
+        } else {
+            Value::Matrix(series)
+        };
+        Some(Ok(QueryResult { value, warnings }))
+    }
+}
+
+impl Inner {
+    async fn call(&self, addr: &str, body: Arc<Vec<u8>>) -> Result<Response, String> {
+        let mut rb = self
+            .client
+            .post(format!("http://{addr}{}", wire::PATH))
+            .header("content-type", "application/octet-stream")
+            .body(body.as_ref().clone());
+        if let Some(s) = &self.opts.secret {
+            rb = rb.bearer_auth(s);
+        }
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| format!("could not be reached: {e}"))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("broke off its answer: {e}"))?;
+        self.bytes_received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+            return Err(format!(
+                "answered HTTP {}: {}",
+                status.as_u16(),
+                text.trim()
+            ));
+        }
+        wire::decode(&bytes).map_err(|e| format!("sent an unreadable answer: {e}"))
+    }
+}
+
+fn series_of(r: Response) -> Result<Vec<Series>, String> {
+    match r {
+        Response::Series(b) => b
+            .decode()
+            .map_err(|e| format!("sent an unreadable answer: {e}")),
+        _ => Err("sent the wrong kind of answer".into()),
+    }
+}
+
+fn strings_of(r: Response) -> Result<Vec<String>, String> {
+    match r {
+        Response::Strings(v) => Ok(v),
+        _ => Err("sent the wrong kind of answer".into()),
+    }
+}
+
+fn part_of(r: Response) -> Result<pushdown::Part, String> {
+    match r {
+        Response::Aggregate { digest, results } => Ok(pushdown::Part {
+            digest,
+            results: results
+                .into_iter()
+                .map(SeriesBlock::decode)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("sent an unreadable answer: {e}"))?,
+        }),
+        _ => Err("sent the wrong kind of answer".into()),
+    }
+}
+
+/// Merges per-member series lists (each sorted by labels, one entry per label set) into
+/// one list sorted by labels; equal label sets are merged with [`dedup::merge`] in the
+/// order of `parts` (member id order, the same on every node).
+pub fn merge_series(parts: Vec<Vec<Series>>) -> Vec<Series> {
+    let mut by_labels: BTreeMap<Labels, Vec<Vec<Sample>>> = BTreeMap::new();
+    for part in parts {
+        for s in part {
+            by_labels.entry(s.labels).or_default().push(s.samples);
+        }
+    }
+    by_labels
+        .into_iter()
+        .filter_map(|(labels, sources)| {
+            let samples = dedup::merge(sources);
+            (!samples.is_empty()).then_some(Series { labels, samples })
+        })
+        .collect()
+}
+
+impl Queryable for ClusterQueryable {
+    fn select(&self, hints: &SelectHints, matchers: &[Matcher]) -> Result<SeriesSet, StorageError> {
+        let req = Request::Select {
+            hints: hints.into(),
+            matchers: wire::wire_matchers(matchers),
+            exclude_global: true,
+        };
+        let (local, answers, down) =
+            self.fan_out(&req, || self.inner.local.select(hints, matchers))?;
+        let self_id = self.inner.opts.self_id;
+        let mut parts: Vec<(u64, Vec<Series>)> = vec![(self_id, local.series)];
+        let mut failed = Vec::new();
+        for (m, r) in answers {
+            match r.and_then(series_of) {
+                Ok(s) => parts.push((m.id, s)),
+                Err(e) => failed.push((m, e)),
+            }
+        }
+        let mut warnings = self.incomplete(&down, failed)?;
+        warnings.extend(local.warnings);
+        parts.sort_by_key(|(id, _)| *id);
+        let series = merge_series(parts.into_iter().map(|(_, s)| s).collect());
+        Ok(SeriesSet { series, warnings })
+    }
+
+    fn series(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Labels>, StorageError> {
+        self.series_warned(mint, maxt, matchers).map(|w| w.value)
+    }
+
+    fn label_names(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.label_names_warned(mint, maxt, matchers)
+            .map(|w| w.value)
+    }
+
+    fn label_values(
+        &self,
+        name: &str,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.label_values_warned(name, mint, maxt, matchers)
+            .map(|w| w.value)
+    }
+
+    fn series_warned(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Warned<Vec<Labels>>, StorageError> {
+        let req = Request::Series {
+            mint,
+            maxt,
+            matchers: wire::wire_matchers(matchers),
+        };
+        self.union(
+            req,
+            || self.inner.local.series(mint, maxt, matchers),
+            |r| Ok(series_of(r)?.into_iter().map(|s| s.labels).collect()),
+        )
+    }
+
+    fn label_names_warned(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Warned<Vec<String>>, StorageError> {
+        let req = Request::LabelNames {
+            mint,
+            maxt,
+            matchers: wire::wire_matchers(matchers),
+        };
+        self.union(
+            req,
+            || self.inner.local.label_names(mint, maxt, matchers),
+            strings_of,
+        )
+    }
+
+    fn label_values_warned(
+        &self,
+        name: &str,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Warned<Vec<String>>, StorageError> {
+        let req = Request::LabelValues {
+            name: name.to_string(),
+            mint,
+            maxt,
+            matchers: wire::wire_matchers(matchers),
+        };
+        self.union(
+            req,
+            || self.inner.local.label_values(name, mint, maxt, matchers),
+            strings_of,
+        )
+    }
+
+    fn strict(&self) -> Option<Arc<dyn Queryable>> {
+        Some(Arc::new(ClusterQueryable {
+            inner: self.inner.clone(),
+            strict: true,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemStore;
+
+    /// A member answers selects without the series of global recording rules (every
+    /// node has them), metadata reads with everything, and refuses garbage.
+    #[test]
+    fn member_server_reads_and_leaves_out_global_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.yml");
+        std::fs::write(
+            &rules,
+            "groups:\n  - name: g\n    scope: global\n    rules:\n      - record: job:up:sum\n        expr: sum by (job) (up)\n  - name: l\n    rules:\n      - record: instance:up:max\n        expr: max by (instance) (up)\n",
+        )
+        .unwrap();
+        let cfg = Arc::new(
+            crate::config::load_str(&format!("rule_files: ['{}']\n", rules.display())).unwrap(),
+        );
+        let global = GlobalRecords::new(Arc::new(move || cfg.clone()));
+        assert_eq!(
+            *global.names(),
+            HashSet::from(["job:up:sum".to_string()]),
+            "only records of global groups"
+        );
+        let store = MemStore::new();
+        for name in ["up", "job:up:sum", "instance:up:max"] {
+            store.insert(
+                &Labels::from_pairs(&[("__name__", name), ("job", "a")]),
+                1000,
+                1.0,
+            );
+        }
+        let server = MemberServer::new(
+            Arc::new(store),
+            global,
+            Engine::new(crate::promql::EngineOptions::default()),
+        );
+        let all = vec![any_job()];
+        let select = |exclude_global| {
+            let req = Request::Select {
+                hints: wire::WireHints {
+                    start: 0,
+                    end: 2000,
+                    step: 0,
+                    func: None,
+                    range: 0,
+                },
+                matchers: all.clone(),
+                exclude_global,
+            };
+            let bytes = server.handle(&wire::encode(&req).unwrap()).unwrap();
+            let series = series_of(wire::decode(&bytes).unwrap()).unwrap();
+            let mut names: Vec<String> = series
+                .iter()
+                .filter_map(|s| s.labels.metric_name().map(str::to_string))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(select(true), ["instance:up:max", "up"]);
+        assert_eq!(select(false), ["instance:up:max", "job:up:sum", "up"]);
+        assert!(matches!(
+            server.handle(b"\x01\xff\xff"),
+            Err(ServeError::BadRequest(_))
+        ));
+    }
+
+    /// A matcher that matches every series with a job label.
+    fn any_job() -> wire::WireMatcher {
+        wire::WireMatcher {
+            op: 2,
+            name: "job".into(),
+            value: ".+".into(),
+        }
+    }
+
+    #[test]
+    fn merged_series_are_sorted_and_deduplicated_per_label_set() {
+        let l = |v: &str| Labels::from_pairs(&[("__name__", "x"), ("i", v)]);
+        let s = |labels: Labels, ts: &[i64]| Series {
+            labels,
+            samples: ts.iter().map(|&t| Sample { t, v: 1.0 }).collect(),
+        };
+        let a = vec![s(l("1"), &[0, 15_000, 30_000]), s(l("3"), &[0])];
+        let b = vec![s(l("1"), &[2, 15_002, 30_002]), s(l("2"), &[5])];
+        let m = merge_series(vec![a, b]);
+        let names: Vec<&str> = m.iter().map(|s| s.labels.get("i").unwrap()).collect();
+        assert_eq!(names, ["1", "2", "3"]);
+        assert_eq!(
+            m[0].samples.len(),
+            3,
+            "replicas merged once: {:?}",
+            m[0].samples
+        );
+    }
+}
