@@ -23,6 +23,7 @@ use crate::cluster::{ClusterData, ClusterHandle, ClusterOptions};
 use crate::config::{self, Config};
 use crate::discovery::DiscoveryManager;
 use crate::promql::EngineOptions;
+use crate::rules::{self, RuleManager};
 use crate::scrape::ScrapeManager;
 use crate::scrape::manager::{
     ApplyConfig, ApplyMembership, ApplyTargetGroups, HandoffDone, Membership, SetClusterSecret,
@@ -168,6 +169,7 @@ pub struct Node {
     cluster: ClusterHandle,
     cluster_data: ClusterData,
     cluster_metrics: tokio::task::JoinHandle<()>,
+    rules: RuleManager,
     /// Notified when this node has left the cluster through the HTTP API.
     pub left: Arc<tokio::sync::Notify>,
 }
@@ -285,7 +287,7 @@ impl Node {
         let queryable: Arc<dyn Queryable> = Arc::new(tsdb.clone());
 
         let manager = ScrapeManager::new(
-            appendable,
+            appendable.clone(),
             metrics.clone(),
             cfg.clone(),
             args.cluster.replication_factor,
@@ -308,15 +310,9 @@ impl Node {
         });
 
         let config_lock = Arc::new(RwLock::new(cfg.clone()));
-        let reload: ReloadFn = {
-            let path = args.config.clone();
-            let config_lock = config_lock.clone();
-            let manager = manager.clone();
-            let discovery = discovery.clone();
-            let metrics = metrics.clone();
-            Arc::new(move || reload_config(&path, &config_lock, &manager, &discovery, &metrics))
-        };
-        metrics.config_last_reload_successful.set(1);
+        let first_groups = rules::load_groups(&cfg)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("loading the rule files of {}", args.config.display()))?;
 
         let bound =
             web::bind(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
@@ -359,6 +355,40 @@ impl Node {
                 }
             });
         }
+        let engine_opts = EngineOptions {
+            lookback_delta: args.query_lookback_delta,
+            timeout: args.query_timeout,
+            max_samples: args.query_max_samples,
+            default_subquery_step: cfg.global.evaluation_interval,
+        };
+        // Rule groups: local ones run here over this node's own store, with its `shard`
+        // label; global ones are held for the master loop.
+        let rule_manager = RuleManager::new(
+            queryable.clone(),
+            appendable.clone(),
+            engine_opts.clone(),
+            &cluster.node_id().to_string(),
+        );
+        rule_manager.apply(&cfg, first_groups);
+        let reload: ReloadFn = {
+            let path = args.config.clone();
+            let config_lock = config_lock.clone();
+            let manager = manager.clone();
+            let discovery = discovery.clone();
+            let metrics = metrics.clone();
+            let rule_manager = rule_manager.clone();
+            Arc::new(move || {
+                reload_config(
+                    &path,
+                    &config_lock,
+                    &manager,
+                    &discovery,
+                    &rule_manager,
+                    &metrics,
+                )
+            })
+        };
+        metrics.config_last_reload_successful.set(1);
         let status_cache = telemetry::ClusterStatusCache::default();
         metrics.register_collector(Box::new(telemetry::RaftCollector::new(
             status_cache.clone(),
@@ -383,12 +413,7 @@ impl Node {
         let state = AppState {
             storage: queryable.clone(),
             local: queryable,
-            engine_opts: EngineOptions {
-                lookback_delta: args.query_lookback_delta,
-                timeout: args.query_timeout,
-                max_samples: args.query_max_samples,
-                default_subquery_step: cfg.global.evaluation_interval,
-            },
+            engine_opts,
             query_slots: Arc::new(tokio::sync::Semaphore::new(
                 args.query_max_concurrency.max(1),
             )),
@@ -406,6 +431,7 @@ impl Node {
                 handle: cluster.clone(),
                 exit_after_leave,
             }),
+            rules: Some(rule_manager.clone()),
         };
         let addrs = bound.addrs.clone();
         let server =
@@ -429,6 +455,7 @@ impl Node {
             cluster,
             cluster_data,
             cluster_metrics,
+            rules: rule_manager,
             left,
         })
     }
@@ -536,6 +563,7 @@ impl Node {
         self.cluster_metrics.abort();
         self.cluster.shutdown().await;
         drop(self.cluster);
+        self.rules.stop();
         let _ = self.manager.send(StopAll).await;
         drop(self.discovery);
         let tsdb = self.tsdb.clone();
@@ -553,17 +581,24 @@ fn reload_config(
     lock: &RwLock<Arc<Config>>,
     manager: &Addr<ScrapeManager>,
     discovery: &DiscoveryManager,
+    rule_manager: &RuleManager,
     metrics: &Metrics,
 ) -> Result<(), String> {
     metrics.config_reloads_total.inc();
-    match config::load_file(path) {
-        Ok(cfg) => {
+    // Everything is loaded and checked before anything is swapped: a bad config or rule
+    // file leaves the running configuration and rules untouched.
+    let loaded = config::load_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| rules::load_groups(&cfg).map(|groups| (cfg, groups)));
+    match loaded {
+        Ok((cfg, groups)) => {
             let cfg = Arc::new(cfg);
             match lock.write() {
                 Ok(mut g) => *g = cfg.clone(),
                 Err(p) => *p.into_inner() = cfg.clone(),
             }
             discovery.update_config(&cfg);
+            rule_manager.apply(&cfg, groups);
             manager.do_send(ApplyConfig(cfg));
             metrics.config_last_reload_successful.set(1);
             tracing::info!(file = %path.display(), "configuration reloaded");
@@ -573,7 +608,7 @@ fn reload_config(
             metrics.config_reload_failures_total.inc();
             metrics.config_last_reload_successful.set(0);
             tracing::error!(file = %path.display(), error = %e, "configuration reload failed; keeping the running configuration");
-            Err(e.to_string())
+            Err(e)
         }
     }
 }

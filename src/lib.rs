@@ -10,6 +10,7 @@
 //! - [`tsdb`]: the sled-backed implementation of the storage traits (head, XOR chunks,
 //!   WAL, index, retention).
 //! - [`promql`]: the PromQL engine (over `storage::Queryable`) and the test-script runner.
+//! - [`rules`]: recording and alerting rule groups (local groups run on every node).
 //! - [`scrape`]: the actix actors that scrape targets.
 //! - [`cluster`]: Raft membership (openraft): who is in the cluster and who is up.
 //! - [`web`]: the HTTP API (the only module that names actix-web).
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod discovery;
 pub mod model;
 pub mod promql;
+pub mod rules;
 pub mod scrape;
 pub mod shard;
 pub mod storage;

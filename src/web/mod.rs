@@ -7,6 +7,7 @@ pub mod api;
 pub mod cluster;
 pub mod json;
 pub mod params;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Told the key of a target whose new owner has scraped it and the view index of
     /// the move (the internal handoff route); the scrape manager then stops its handoff.
     pub handoff: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+    /// The rule groups (`/api/v1/rules`, `/api/v1/alerts`); None: no rules at all.
+    pub rules: Option<crate::rules::RuleManager>,
 }
 
 impl AppState {
@@ -82,6 +85,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/labels", web::post().to(api::labels))
                 .route("/label/{name}/values", web::get().to(api::label_values))
                 .route("/targets", web::get().to(api::targets))
+                .route("/rules", web::get().to(rules::rules))
+                .route("/alerts", web::get().to(rules::alerts))
                 .route("/status/buildinfo", web::get().to(api::buildinfo))
                 .route("/status/config", web::get().to(api::status_config))
                 .route("/status/flags", web::get().to(api::status_flags))

@@ -8,11 +8,13 @@
 //!   partitions (iptables), bad internal requests.
 //! - `sharding`: target assignment over the membership: disjoint split, replication,
 //!   movement on join and graceful leave.
+//! - `rules`: recording and alerting rules, `/api/v1/rules`, `/api/v1/alerts`, reloads.
 
 mod api;
 mod cluster;
 mod harness;
 mod lifecycle;
 mod promtool;
+mod rules;
 mod scrape;
 mod sharding;
