@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod federate;
 pub mod json;
 pub mod params;
 pub mod rules;
@@ -68,6 +69,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/-/reload", web::post().to(api::reload))
         .route("/-/reload", web::put().to(api::reload))
         .route("/metrics", web::get().to(api::metrics))
+        .route("/federate", web::get().to(federate::federate))
         .route("/", web::get().to(index))
         .route(
             crate::scrape::manager::HANDOFF_PATH,

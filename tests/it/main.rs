@@ -8,10 +8,12 @@
 //!   partitions (iptables), bad internal requests.
 //! - `sharding`: target assignment over the membership: disjoint split, replication,
 //!   movement on join and graceful leave.
+//! - `federate`: `/federate` with a real Prometheus on both sides.
 //! - `rules`: recording and alerting rules, `/api/v1/rules`, `/api/v1/alerts`, reloads.
 
 mod api;
 mod cluster;
+mod federate;
 mod harness;
 mod lifecycle;
 mod promtool;
