@@ -170,6 +170,7 @@ pub struct Node {
     cluster_data: ClusterData,
     cluster_metrics: tokio::task::JoinHandle<()>,
     rules: RuleManager,
+    master_loop: tokio::task::JoinHandle<()>,
     /// Notified when this node has left the cluster through the HTTP API.
     pub left: Arc<tokio::sync::Notify>,
 }
@@ -332,6 +333,8 @@ impl Node {
             opts.local_address = Some(ip);
         }
         let cluster_data = opts.data.clone();
+        // Samples of global rule groups committed through Raft land in the TSDB.
+        opts.sample_sink = Some(Arc::new(TsdbSink(tsdb.clone())));
         let cluster = ClusterHandle::start(opts)
             .await
             .context("starting the cluster member")?;
@@ -370,6 +373,7 @@ impl Node {
             &cluster.node_id().to_string(),
         );
         rule_manager.apply(&cfg, first_groups);
+        let master_loop = crate::federation::spawn(rule_manager.clone(), cluster.clone());
         let reload: ReloadFn = {
             let path = args.config.clone();
             let config_lock = config_lock.clone();
@@ -456,6 +460,7 @@ impl Node {
             cluster_data,
             cluster_metrics,
             rules: rule_manager,
+            master_loop,
             left,
         })
     }
@@ -563,6 +568,7 @@ impl Node {
         self.cluster_metrics.abort();
         self.cluster.shutdown().await;
         drop(self.cluster);
+        self.master_loop.abort();
         self.rules.stop();
         let _ = self.manager.send(StopAll).await;
         drop(self.discovery);
@@ -629,6 +635,33 @@ fn spawn_sighup_reloader(reload: ReloadFn) {
             let _ = tokio::task::spawn_blocking(move || f()).await;
         }
     });
+}
+
+/// The cluster state machine's sink for committed samples: one appender batch per
+/// entry, then a WAL flush, so that a slot the state machine records as applied is on
+/// disk. Exact duplicates (an entry applied again after a crash) are no-ops in the TSDB.
+struct TsdbSink(Tsdb);
+
+impl crate::cluster::SampleSink for TsdbSink {
+    fn append(&self, batches: &[crate::cluster::SampleBatch]) -> Result<(), String> {
+        for b in batches {
+            let series: Vec<(crate::model::Labels, f64)> = b
+                .series
+                .iter()
+                .map(|(pairs, bits)| {
+                    let labels = crate::model::Labels::new(
+                        pairs
+                            .iter()
+                            .map(|(n, v)| crate::model::Label::new(n, v))
+                            .collect(),
+                    );
+                    (labels, f64::from_bits(*bits))
+                })
+                .collect();
+            rules::write_samples(&self.0, b.slot, &series);
+        }
+        self.0.flush().map_err(|e| e.to_string())
+    }
 }
 
 /// Exposes the TSDB's counters on `/metrics`.

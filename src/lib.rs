@@ -13,6 +13,8 @@
 //! - [`rules`]: recording and alerting rule groups (local groups run on every node).
 //! - [`scrape`]: the actix actors that scrape targets.
 //! - [`cluster`]: Raft membership (openraft): who is in the cluster and who is up.
+//! - [`federation`]: the leader's master loop: global rule groups over the members'
+//!   federated data, results committed through Raft.
 //! - [`web`]: the HTTP API (the only module that names actix-web).
 //! - [`telemetry`]: logging set-up and shoal's own metrics.
 //! - [`app`]: the composition root that wires the parts of a node together.
@@ -25,6 +27,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod federation;
 pub mod model;
 pub mod promql;
 pub mod rules;

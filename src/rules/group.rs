@@ -80,6 +80,8 @@ pub struct GroupState {
     /// Series of rules that a reload removed from the group: marked stale by the next
     /// evaluation.
     pub(crate) pending_stale: Vec<Labels>,
+    /// Global groups on the leader: the last master-loop round.
+    pub federation: Option<FederationStats>,
 }
 
 /// What a group evaluation reads and adds besides its rules.
@@ -91,6 +93,26 @@ pub struct EvalEnv<'a> {
     pub extra_labels: &'a Labels,
     /// `$externalLabels` of templates.
     pub external_labels: &'a Labels,
+    /// When set, expressions are evaluated at this time instead of the slot (the
+    /// master loop: federated data is the latest at fetch time; results are still
+    /// stamped with the slot).
+    pub query_time: Option<i64>,
+}
+
+/// Figures of the master loop's last round of a global group.
+#[derive(Debug, Clone, Default)]
+pub struct FederationStats {
+    pub members: usize,
+    pub failed_members: usize,
+    /// Bytes federated from all members.
+    pub bytes: u64,
+    /// Samples federated.
+    pub series: usize,
+    pub fetch_time: Duration,
+    /// Fetch, evaluation and commit.
+    pub total_time: Duration,
+    pub committed_samples: usize,
+    pub last_error: String,
 }
 
 /// A loaded group: its definition and its evaluation state.
@@ -284,7 +306,7 @@ impl Group {
 pub(crate) fn query(env: &EvalEnv<'_>, expr: &Expr, ts: i64) -> Result<Vec<(Labels, f64)>, String> {
     let res = env
         .engine
-        .instant_query_expr(env.queryable, expr, ts)
+        .instant_query_expr(env.queryable, expr, env.query_time.unwrap_or(ts))
         .map_err(|e: EvalError| e.to_string())?;
     match res.value {
         Value::Vector(v) => Ok(v.into_iter().map(|s| (s.labels, s.v)).collect()),

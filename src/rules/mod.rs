@@ -221,6 +221,7 @@ impl RuleManager {
             engine: &self.inner.engine,
             extra_labels: &self.inner.shard,
             external_labels: &ext,
+            query_time: None,
         };
         let samples = g.evaluate(&env, ts);
         write_samples(self.inner.appendable.as_ref(), ts, &samples);

@@ -26,6 +26,7 @@ fn eval(g: &Group, store: &MemStore, ts: i64) -> Vec<(Labels, f64)> {
         engine: &engine,
         extra_labels: &shard,
         external_labels: &ext,
+        query_time: None,
     };
     let mut out = g.evaluate(&env, ts);
     out.sort_by(|a, b| a.0.cmp(&b.0));

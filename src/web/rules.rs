@@ -130,7 +130,7 @@ pub async fn rules(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
         if typ.is_some() && rules.is_empty() {
             continue;
         }
-        groups.push(json!({
+        let mut gj = json!({
             "name": g.name,
             "file": g.file.display().to_string(),
             "rules": rules,
@@ -139,7 +139,20 @@ pub async fn rules(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResp
             "evaluationTime": state.evaluation_time.as_secs_f64(),
             "lastEvaluation": rfc3339(state.last_evaluation),
             "scope": match g.scope { RuleScope::Local => "local", RuleScope::Global => "global" },
-        }));
+        });
+        if let Some(f) = &state.federation {
+            gj["federation"] = json!({
+                "members": f.members,
+                "failedMembers": f.failed_members,
+                "bytes": f.bytes,
+                "samples": f.series,
+                "fetchTime": f.fetch_time.as_secs_f64(),
+                "totalTime": f.total_time.as_secs_f64(),
+                "committedSamples": f.committed_samples,
+                "lastError": f.last_error,
+            });
+        }
+        groups.push(gj);
     }
     Ok(success(&json!({ "groups": groups })))
 }

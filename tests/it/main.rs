@@ -9,6 +9,7 @@
 //! - `sharding`: target assignment over the membership: disjoint split, replication,
 //!   movement on join and graceful leave.
 //! - `federate`: `/federate` with a real Prometheus on both sides.
+//! - `master`: leader as master: shard rules, global rules committed through Raft.
 //! - `rules`: recording and alerting rules, `/api/v1/rules`, `/api/v1/alerts`, reloads.
 
 mod api;
@@ -16,6 +17,7 @@ mod cluster;
 mod federate;
 mod harness;
 mod lifecycle;
+mod master;
 mod promtool;
 mod rules;
 mod scrape;
