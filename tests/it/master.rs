@@ -44,7 +44,7 @@ impl Counters {
     fn start(n: usize) -> Counters {
         let servers: Vec<TargetServer> = (0..n).map(|_| TargetServer::start()).collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let setters: Vec<TargetServer> = servers.iter().map(|s| s.clone()).collect();
+        let setters: Vec<TargetServer> = servers.to_vec();
         let st = stop.clone();
         std::thread::spawn(move || {
             let t0 = Instant::now();
