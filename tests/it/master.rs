@@ -241,3 +241,70 @@ fn job_level_series_committed_through_raft_survive_leader_kill() {
     });
     drop(counters);
 }
+
+fn dc_config(dc: &str, rules: &std::path::Path, targets: &[TargetServer]) -> String {
+    let mut cfg = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  external_labels: {{dc: {dc}}}\nrule_files: ['{}']\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n",
+        rules.display()
+    );
+    for s in targets {
+        cfg.push_str(&format!("      - targets: ['{}']\n", s.target()));
+    }
+    cfg
+}
+
+/// The global tier: two 2-node "datacenter" clusters compute `job:` series; a 2-node
+/// global cluster federates `{__name__=~"job:.*"}` from one node of each with
+/// `honor_labels: true` and holds both, told apart by their `dc` external label.
+#[test]
+fn global_tier_federates_job_series_of_two_datacenters() {
+    let counters = Counters::start(4);
+    let rules_dir = tempdir();
+    let rules = rules_dir.path().join("rules.yml");
+    std::fs::write(&rules, RULES).unwrap();
+    let hosts = ["127.0.0.1", "127.0.0.1"];
+    let eu = TestCluster::start_with_config(
+        &hosts,
+        &dc_config("eu", &rules, &counters.servers[0..2]),
+        &[],
+    );
+    let us = TestCluster::start_with_config(
+        &hosts,
+        &dc_config("us", &rules, &counters.servers[2..4]),
+        &[],
+    );
+    let global_cfg = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: federate\n    honor_labels: true\n    metrics_path: /federate\n    params:\n      'match[]': ['{{__name__=~\"job:.*\"}}']\n    static_configs:\n      - targets: ['{}', '{}']\n",
+        eu.nodes[0].addr(),
+        us.nodes[1].addr()
+    );
+    let global = TestCluster::start_with_config(&hosts, &global_cfg, &[]);
+    wait_for(
+        "job:x:rate1m of both datacenters in the global cluster",
+        T,
+        || {
+            // Each federation target is scraped by one global node: the union of their
+            // own stores is the global cluster's data.
+            let mut by_dc = std::collections::BTreeMap::new();
+            for n in &global.nodes {
+                for s in local_query(n, "job:x:rate1m")? {
+                    if s["metric"]["job"] != "fleet" || s["metric"].get("shard").is_some() {
+                        return Err(format!("labels: {}", s["metric"]));
+                    }
+                    by_dc.insert(str_of(&s["metric"]["dc"]), val(&s));
+                }
+            }
+            let want: Vec<&str> = vec!["eu", "us"];
+            if by_dc.keys().map(String::as_str).collect::<Vec<_>>() != want {
+                return Err(format!("{by_dc:?}"));
+            }
+            for (dc, v) in &by_dc {
+                if !close(*v, 20.0, 0.15) {
+                    return Err(format!("{dc}: {v}, want about 20"));
+                }
+            }
+            Ok(())
+        },
+    );
+    drop(counters);
+}
