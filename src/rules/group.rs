@@ -141,9 +141,10 @@ impl Group {
                     r.name()
                 )
             })?;
-            for (what, t) in r
-                .labels
-                .iter()
+            // Only alerting rules template their labels (recording rule labels are
+            // literal, as in Prometheus).
+            let templated = r.is_alert().then_some(&r.labels).into_iter().flatten();
+            for (what, t) in templated
                 .chain(r.annotations.iter())
                 .map(|l| (&l.name, &l.value))
             {
@@ -254,7 +255,13 @@ impl Group {
     pub fn evaluate(&self, env: &EvalEnv<'_>, ts: i64) -> Vec<(Labels, f64)> {
         let started = Instant::now();
         let wall = SystemTime::now();
-        let mut st = self.state();
+        // Work on a copy: readers (`/api/v1/rules`) never wait for an evaluation.
+        let mut st = {
+            let mut g = self.state();
+            let copy = g.clone();
+            g.pending_stale.clear();
+            copy
+        };
         let pending = std::mem::take(&mut st.pending_stale);
         let mut out: Vec<(Labels, f64)> = Vec::new();
         for (i, r) in self.rules.iter().enumerate() {
@@ -297,6 +304,7 @@ impl Group {
         st.last_evaluation = Some(wall);
         st.evaluation_time = started.elapsed();
         st.last_slot = Some(ts);
+        *self.state() = st;
         out
     }
 }

@@ -219,3 +219,14 @@ fn load_rejects_bad_templates() {
     .unwrap_err();
     assert!(e.contains("template of x"), "{e}");
 }
+
+#[test]
+fn recording_rule_labels_are_literal() {
+    let s = MemStore::new();
+    s.insert(&l(&[("__name__", "x")]), 1000, 1.0);
+    let g = group(
+        "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x\n    labels: {t: '{{ range . }}'}\n",
+    );
+    let out = eval(&g, &s, 1000);
+    assert_eq!(out[0].0.get("t"), Some("{{ range . }}"));
+}
