@@ -4,7 +4,9 @@
 //! [`crate::rules`]), the leader
 //!
 //! 1. skips the slot if it is not the leader or the slot is already committed (a
-//!    previous leader got there first);
+//!    previous leader got there first). A node that becomes leader runs the latest
+//!    slot at once if nobody committed it (followers check every 250 ms), so a leader
+//!    change costs at most one slot;
 //! 2. federates the series the group reads — every vector selector of its rules — from
 //!    every up member: `GET /federate?local=1&external_labels=0&match[]=...` (each
 //!    member's own data, with its `shard` label), concurrently, with a timeout;
@@ -51,63 +53,53 @@ async fn run(rules: RuleManager, cluster: ClusterHandle) {
             return;
         }
     };
-    // Next slot per group key.
-    let mut next: BTreeMap<String, i64> = BTreeMap::new();
+    // Last slot this node, as leader, handled per group key.
+    let mut done: BTreeMap<String, i64> = BTreeMap::new();
     loop {
         let groups = rules.global_groups();
-        let now = now_ms();
-        next.retain(|k, _| groups.iter().any(|g| g.key() == *k));
+        done.retain(|k, _| groups.iter().any(|g| g.key() == *k));
+        let mut wake = now_ms() + CHECK_EVERY_MS;
         for g in &groups {
             let iv = interval_ms(g);
             let off = crate::rules::group::offset_ms(&g.key(), iv);
-            next.entry(g.key())
-                .or_insert_with(|| slot_at_or_before(now, iv, off) + iv);
-        }
-        // Wake for the earliest slot, or within a second to see reloads.
-        let wake = next
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(i64::MAX)
-            .min(now + 1000);
-        sleep_until_ms(wake).await;
-        let now = now_ms();
-        for g in &groups {
-            let Some(slot) = next.get(&g.key()).copied() else {
-                continue;
-            };
-            if slot > now {
-                continue;
+            // The latest slot that has come: on time normally, late (at once) on a node
+            // that just became leader and finds it uncommitted.
+            let due = slot_at_or_before(now_ms(), iv, off);
+            if done.get(&g.key()).is_none_or(|d| *d < due)
+                && run_slot(&rules, &cluster, &client, g, due).await
+            {
+                done.insert(g.key(), due);
             }
-            let iv = interval_ms(g);
-            let off = crate::rules::group::offset_ms(&g.key(), iv);
-            run_slot(&rules, &cluster, &client, g, slot).await;
-            // Missed slots (a slow round) are skipped.
-            next.insert(g.key(), slot_at_or_before(now_ms(), iv, off) + iv);
+            wake = wake.min(slot_at_or_before(now_ms(), iv, off) + iv);
         }
+        sleep_until_ms(wake).await;
     }
 }
+
+/// How often a follower checks whether it became leader (and reloads are seen).
+const CHECK_EVERY_MS: i64 = 250;
 
 fn interval_ms(g: &Group) -> i64 {
     g.interval.as_millis().max(1) as i64
 }
 
-/// One slot of one global group on this node.
+/// One slot of one global group on this node. Returns false when this node is not
+/// the leader (the slot stays open for a node that becomes leader before the next one).
 async fn run_slot(
     rules: &RuleManager,
     cluster: &ClusterHandle,
     client: &reqwest::Client,
     g: &Arc<Group>,
     slot: i64,
-) {
+) -> bool {
     if !cluster.is_leader() {
         // Whatever this node wrote as leader is someone else's series now.
         g.forget_series();
-        return;
+        return false;
     }
     let key = g.key();
     if cluster.last_committed_slot(&key).is_some_and(|l| l >= slot) {
-        return;
+        return true;
     }
     let started = Instant::now();
     let selectors = selectors(g);
@@ -126,7 +118,7 @@ async fn run_slot(
         tracing::warn!(group = %g.name, member = %addr, error = %e, "master loop: member not federated this slot");
     }
     if !cluster.is_leader() {
-        return;
+        return false;
     }
     let eval_at = now_ms();
     let (rules2, g2) = (rules.clone(), g.clone());
@@ -147,7 +139,7 @@ async fn run_slot(
         Ok(s) => s,
         Err(e) => {
             tracing::error!(group = %g.name, error = %e, "global rule evaluation panicked");
-            return;
+            return true;
         }
     };
     let batch = SampleBatch {
@@ -190,6 +182,7 @@ async fn run_slot(
         }
     }
     g.state().federation = Some(stats);
+    true
 }
 
 /// The vector selectors of every rule of the group, as `match[]` strings.
