@@ -24,6 +24,7 @@ use crate::config::{self, Config};
 use crate::discovery::DiscoveryManager;
 use crate::promql::EngineOptions;
 use crate::query;
+use crate::rules::{self, RuleManager};
 use crate::scrape::ScrapeManager;
 use crate::scrape::manager::{
     ApplyConfig, ApplyMembership, ApplyTargetGroups, HandoffDone, Membership, SetClusterSecret,
@@ -174,6 +175,8 @@ pub struct Node {
     cluster: ClusterHandle,
     cluster_data: ClusterData,
     cluster_metrics: tokio::task::JoinHandle<()>,
+    rules: RuleManager,
+    master_loop: tokio::task::JoinHandle<()>,
     /// Notified when this node has left the cluster through the HTTP API.
     pub left: Arc<tokio::sync::Notify>,
 }
@@ -291,7 +294,7 @@ impl Node {
         let queryable: Arc<dyn Queryable> = Arc::new(tsdb.clone());
 
         let manager = ScrapeManager::new(
-            appendable,
+            appendable.clone(),
             metrics.clone(),
             cfg.clone(),
             args.cluster.replication_factor,
@@ -314,15 +317,9 @@ impl Node {
         });
 
         let config_lock = Arc::new(RwLock::new(cfg.clone()));
-        let reload: ReloadFn = {
-            let path = args.config.clone();
-            let config_lock = config_lock.clone();
-            let manager = manager.clone();
-            let discovery = discovery.clone();
-            let metrics = metrics.clone();
-            Arc::new(move || reload_config(&path, &config_lock, &manager, &discovery, &metrics))
-        };
-        metrics.config_last_reload_successful.set(1);
+        let first_groups = rules::load_groups(&cfg)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("loading the rule files of {}", args.config.display()))?;
 
         let bound =
             web::bind(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
@@ -343,6 +340,8 @@ impl Node {
         }
         let cluster_data = opts.data.clone();
         let opts_local_address = opts.local_address;
+        // Samples of global rule groups committed through Raft land in the TSDB.
+        opts.sample_sink = Some(Arc::new(TsdbSink(tsdb.clone())));
         let cluster = ClusterHandle::start(opts)
             .await
             .context("starting the cluster member")?;
@@ -366,6 +365,41 @@ impl Node {
                 }
             });
         }
+        let engine_opts = EngineOptions {
+            lookback_delta: args.query_lookback_delta,
+            timeout: args.query_timeout,
+            max_samples: args.query_max_samples,
+            default_subquery_step: cfg.global.evaluation_interval,
+        };
+        // Rule groups: local ones run here over this node's own store, with its `shard`
+        // label; global ones are held for the master loop.
+        let rule_manager = RuleManager::new(
+            queryable.clone(),
+            appendable.clone(),
+            engine_opts.clone(),
+            &cluster.node_id().to_string(),
+        );
+        rule_manager.apply(&cfg, first_groups);
+        let master_loop = crate::federation::spawn(rule_manager.clone(), cluster.clone());
+        let reload: ReloadFn = {
+            let path = args.config.clone();
+            let config_lock = config_lock.clone();
+            let manager = manager.clone();
+            let discovery = discovery.clone();
+            let metrics = metrics.clone();
+            let rule_manager = rule_manager.clone();
+            Arc::new(move || {
+                reload_config(
+                    &path,
+                    &config_lock,
+                    &manager,
+                    &discovery,
+                    &rule_manager,
+                    &metrics,
+                )
+            })
+        };
+        metrics.config_last_reload_successful.set(1);
         let status_cache = telemetry::ClusterStatusCache::default();
         metrics.register_collector(Box::new(telemetry::RaftCollector::new(
             status_cache.clone(),
@@ -442,6 +476,7 @@ impl Node {
                 handle: cluster.clone(),
                 exit_after_leave,
             }),
+            rules: Some(rule_manager.clone()),
         };
         let addrs = bound.addrs.clone();
         let server =
@@ -465,6 +500,8 @@ impl Node {
             cluster,
             cluster_data,
             cluster_metrics,
+            rules: rule_manager,
+            master_loop,
             left,
         })
     }
@@ -572,6 +609,8 @@ impl Node {
         self.cluster_metrics.abort();
         self.cluster.shutdown().await;
         drop(self.cluster);
+        self.master_loop.abort();
+        self.rules.stop();
         let _ = self.manager.send(StopAll).await;
         drop(self.discovery);
         let tsdb = self.tsdb.clone();
@@ -627,17 +666,24 @@ fn reload_config(
     lock: &RwLock<Arc<Config>>,
     manager: &Addr<ScrapeManager>,
     discovery: &DiscoveryManager,
+    rule_manager: &RuleManager,
     metrics: &Metrics,
 ) -> Result<(), String> {
     metrics.config_reloads_total.inc();
-    match config::load_file(path) {
-        Ok(cfg) => {
+    // Everything is loaded and checked before anything is swapped: a bad config or rule
+    // file leaves the running configuration and rules untouched.
+    let loaded = config::load_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| rules::load_groups(&cfg).map(|groups| (cfg, groups)));
+    match loaded {
+        Ok((cfg, groups)) => {
             let cfg = Arc::new(cfg);
             match lock.write() {
                 Ok(mut g) => *g = cfg.clone(),
                 Err(p) => *p.into_inner() = cfg.clone(),
             }
             discovery.update_config(&cfg);
+            rule_manager.apply(&cfg, groups);
             manager.do_send(ApplyConfig(cfg));
             metrics.config_last_reload_successful.set(1);
             tracing::info!(file = %path.display(), "configuration reloaded");
@@ -647,7 +693,7 @@ fn reload_config(
             metrics.config_reload_failures_total.inc();
             metrics.config_last_reload_successful.set(0);
             tracing::error!(file = %path.display(), error = %e, "configuration reload failed; keeping the running configuration");
-            Err(e.to_string())
+            Err(e)
         }
     }
 }
@@ -668,6 +714,33 @@ fn spawn_sighup_reloader(reload: ReloadFn) {
             let _ = tokio::task::spawn_blocking(move || f()).await;
         }
     });
+}
+
+/// The cluster state machine's sink for committed samples: one appender batch per
+/// entry, then a WAL flush, so that a slot the state machine records as applied is on
+/// disk. Exact duplicates (an entry applied again after a crash) are no-ops in the TSDB.
+struct TsdbSink(Tsdb);
+
+impl crate::cluster::SampleSink for TsdbSink {
+    fn append(&self, batches: &[crate::cluster::SampleBatch]) -> Result<(), String> {
+        for b in batches {
+            let series: Vec<(crate::model::Labels, f64)> = b
+                .series
+                .iter()
+                .map(|(pairs, bits)| {
+                    let labels = crate::model::Labels::new(
+                        pairs
+                            .iter()
+                            .map(|(n, v)| crate::model::Label::new(n, v))
+                            .collect(),
+                    );
+                    (labels, f64::from_bits(*bits))
+                })
+                .collect();
+            rules::write_samples(&self.0, b.slot, &series);
+        }
+        self.0.flush().map_err(|e| e.to_string())
+    }
 }
 
 /// Exposes the TSDB's counters on `/metrics`.

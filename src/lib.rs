@@ -10,9 +10,12 @@
 //! - [`tsdb`]: the sled-backed implementation of the storage traits (head, XOR chunks,
 //!   WAL, index, retention).
 //! - [`promql`]: the PromQL engine (over `storage::Queryable`) and the test-script runner.
+//! - [`rules`]: recording and alerting rule groups (local groups run on every node).
 //! - [`scrape`]: the actix actors that scrape targets.
 //! - [`cluster`]: Raft membership (openraft): who is in the cluster and who is up.
 //! - [`query`]: the distributed select: fan-out to every member, merge and dedup.
+//! - [`federation`]: the leader's master loop: global rule groups over the members'
+//!   federated data, results committed through Raft.
 //! - [`web`]: the HTTP API (the only module that names actix-web).
 //! - [`telemetry`]: logging set-up and shoal's own metrics.
 //! - [`app`]: the composition root that wires the parts of a node together.
@@ -25,9 +28,11 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod federation;
 pub mod model;
 pub mod promql;
 pub mod query;
+pub mod rules;
 pub mod scrape;
 pub mod shard;
 pub mod storage;

@@ -26,7 +26,9 @@ use super::rpc::{
     ADMIN_TIMEOUT, ClusterInfo, JoinRequest, PATH_INFO, PATH_JOIN, PATH_REMOVE, RemoveRequest,
 };
 use super::state_machine::{SM_TREE, StateMachine};
-use super::types::{ClusterCommand, MembershipView, NodeId, NodeInfo, Raft};
+use super::types::{
+    ClusterCommand, MembershipView, NodeId, NodeInfo, Raft, SampleBatch, SampleSink,
+};
 
 const KEY_NODE_ID: &[u8] = b"node_id";
 
@@ -69,6 +71,8 @@ pub struct ClusterOptions {
     /// Set for nodes listening on a loopback address other than 127.0.0.1, so that
     /// several nodes on one host stay distinguishable by source address.
     pub local_address: Option<std::net::IpAddr>,
+    /// Where the state machine appends committed samples of global rule groups.
+    pub sample_sink: Option<Arc<dyn SampleSink>>,
 }
 
 impl ClusterOptions {
@@ -87,6 +91,7 @@ impl ClusterOptions {
             bootstrap_grace: Duration::from_secs(5),
             cluster_name: "shoal".to_owned(),
             local_address: None,
+            sample_sink: None,
         }
     }
 }
@@ -243,6 +248,7 @@ impl ClusterHandle {
         let id = node_id(&db).await?;
         let log_store = LogStore::open(&db).map_err(storage_err)?;
         let sm = StateMachine::open(&db).map_err(storage_err)?;
+        sm.set_sink(opts.sample_sink.clone());
 
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let config = Config {
@@ -347,6 +353,18 @@ impl ClusterHandle {
                 "not a cluster member after {timeout:?}"
             ))),
         }
+    }
+
+    /// Proposes the samples of one evaluation slot of a global rule group as one log
+    /// entry and waits until it is committed and applied here. Only the leader can;
+    /// others get an error. A slot already committed is ignored by every state machine.
+    pub async fn commit_samples(&self, batch: SampleBatch) -> Result<(), ClusterError> {
+        self.write(ClusterCommand::CommitSamples(batch)).await
+    }
+
+    /// The last slot of a global rule group this node's state machine has applied.
+    pub fn last_committed_slot(&self, group: &str) -> Option<i64> {
+        self.inner.sm.last_slot(group)
     }
 
     /// Whether this node is currently the Raft leader.

@@ -23,7 +23,9 @@ pub use handle::{
     MemberState, MemberStatus,
 };
 pub use rpc::configure;
-pub use types::{ClusterCommand, ClusterResponse, MembershipView, NodeId, NodeInfo};
+pub use types::{
+    ClusterCommand, ClusterResponse, MembershipView, NodeId, NodeInfo, SampleBatch, SampleSink,
+};
 
 #[cfg(test)]
 mod tests;

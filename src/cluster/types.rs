@@ -36,6 +36,29 @@ pub enum ClusterCommand {
     MarkUp { node: NodeId },
     /// Does nothing; lets a caller wait for the log to be applied up to "now".
     Noop,
+    /// Samples of one evaluation of a global rule group (the master loop); every
+    /// node's state machine appends them to its store through its [`SampleSink`].
+    CommitSamples(SampleBatch),
+}
+
+/// The results of one evaluation slot of one global rule group: every sample has the
+/// timestamp `slot`. Values are f64 bits (staleness markers stay bit-exact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleBatch {
+    /// The group's identity (`file;name`).
+    pub group: String,
+    /// Evaluation timestamp (ms since the epoch) on the group's schedule.
+    pub slot: i64,
+    /// Series as sorted label pairs (with `__name__`) and the value's bits.
+    pub series: Vec<(Vec<(String, String)>, u64)>,
+}
+
+/// Where the state machine puts committed samples (the node's TSDB). Called from a
+/// blocking thread; must make the samples durable before returning (a batch whose
+/// slot the state machine then records is never applied again), and must accept the
+/// same samples twice as a no-op (a crash between append and that record re-applies).
+pub trait SampleSink: Send + Sync {
+    fn append(&self, batches: &[SampleBatch]) -> Result<(), String>;
 }
 
 /// Reply to an applied [`ClusterCommand`] (and to blank / membership entries).

@@ -5,8 +5,10 @@
 
 pub mod api;
 pub mod cluster;
+pub mod federate;
 pub mod json;
 pub mod params;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +53,8 @@ pub struct AppState {
     /// Told the key of a target whose new owner has scraped it and the view index of
     /// the move (the internal handoff route); the scrape manager then stops its handoff.
     pub handoff: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+    /// The rule groups (`/api/v1/rules`, `/api/v1/alerts`); None: no rules at all.
+    pub rules: Option<crate::rules::RuleManager>,
 }
 
 impl AppState {
@@ -71,6 +75,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/-/reload", web::post().to(api::reload))
         .route("/-/reload", web::put().to(api::reload))
         .route("/metrics", web::get().to(api::metrics))
+        .route("/federate", web::get().to(federate::federate))
         .route("/", web::get().to(index))
         .route(
             crate::scrape::manager::HANDOFF_PATH,
@@ -89,6 +94,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/labels", web::post().to(api::labels))
                 .route("/label/{name}/values", web::get().to(api::label_values))
                 .route("/targets", web::get().to(api::targets))
+                .route("/rules", web::get().to(rules::rules))
+                .route("/alerts", web::get().to(rules::alerts))
                 .route("/status/buildinfo", web::get().to(api::buildinfo))
                 .route("/status/config", web::get().to(api::status_config))
                 .route("/status/flags", web::get().to(api::status_flags))

@@ -12,13 +12,19 @@
 //!   movement on join and graceful leave.
 //! - `query`: query any node: cluster-wide answers equal to a single node's, dedup with
 //!   replication, partial answers when a member is down, the internal read route.
+//! - `federate`: `/federate` with a real Prometheus on both sides.
+//! - `master`: leader as master: shard rules, global rules committed through Raft.
+//! - `rules`: recording and alerting rules, `/api/v1/rules`, `/api/v1/alerts`, reloads.
 
 mod api;
 mod cluster;
 mod demo;
+mod federate;
 mod harness;
 mod lifecycle;
+mod master;
 mod promtool;
 mod query;
+mod rules;
 mod scrape;
 mod sharding;
