@@ -46,6 +46,8 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             what: CheckCommand::Config { files },
         } => Ok(check_config(&files)),
         Command::Cluster { what } => cluster_command(what),
+        Command::Fleet(args) => crate::demo::run_fleet(args),
+        Command::Healthcheck { url, timeout } => Ok(healthcheck(&url, timeout)),
         Command::PromqlTest { files } => {
             let mut out = std::io::stdout();
             let summary = crate::promql::test_script::run_files(&files, &mut out);
@@ -698,9 +700,13 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
         .context("starting a runtime")?;
     rt.block_on(async move {
         match cmd {
-            ClusterCommand::Status(t) => {
-                let data = call_node(&t, reqwest::Method::GET, "/api/v1/cluster").await?;
-                print!("{}", render_table(&data));
+            ClusterCommand::Status { target, json } => {
+                let data = call_node(&target, reqwest::Method::GET, "/api/v1/cluster").await?;
+                if json {
+                    println!("{data}");
+                } else {
+                    print!("{}", render_table(&data));
+                }
                 Ok(ExitCode::SUCCESS)
             }
             ClusterCommand::Leave(t) => {
@@ -727,6 +733,37 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// `shoal healthcheck URL`: GET the URL; success (exit 0) on a 2xx answer, else a
+/// line on stderr and exit 1. Used as the container HEALTHCHECK (no curl in the image).
+pub fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    let probe = async {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("building the HTTP client")?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url} failed"))?;
+        let status = resp.status();
+        anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+        anyhow::Ok(())
+    };
+    let res = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")
+        .and_then(|rt| rt.block_on(probe));
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: unhealthy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn base_url(node: &str) -> String {
