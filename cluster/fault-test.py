@@ -154,6 +154,15 @@ class Stack:
     def ids(self):
         return [c for _, c in self.containers()]
 
+    def fleet(self):
+        out = sh("docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
+                 "--filter", "label=com.docker.compose.service=fleet").stdout.split()
+        check(len(out) == 1, f"expected one fleet container, got {out}")
+        return out[0]
+
+    def health(self, cid):
+        return sh("docker", "inspect", "-f", "{{.State.Health.Status}}", cid).stdout.strip()
+
     def network(self):
         return f"{self.project}_default"
 
@@ -278,6 +287,10 @@ def scenario_form(stack):
     log("  targets per node: " + ", ".join(f"{c}={len(o)}" for c, o in owned.items()))
     t1 = time.time()
     wait_until("fresh samples of every target", lambda: fresh_since(stack, stack.ids(), t1 - 1))
+    everyone = stack.ids() + [stack.fleet()]
+    wait_until("every container healthy (HEALTHCHECK: `shoal healthcheck`)",
+               lambda: all(stack.health(c) == "healthy" for c in everyone))
+    record("form", "all 4 containers report healthy (from `up -d`)", time.monotonic() - t0)
 
 
 def scenario_kill(stack):
@@ -307,8 +320,8 @@ def scenario_kill(stack):
 
     log(f"kill: docker start {victim}")
     stack.forget_port(victim)
-    sh("docker", "start", victim)
     t0 = time.monotonic()
+    sh("docker", "start", victim)
     views, _ = wait_until("the restarted node up again", lambda: agreed(stack, ids, 3))
     check(any(v["nodeId"] == victim_id for v in views),
           f"{victim} came back under another id: {[v['nodeId'] for v in views]}")
@@ -392,9 +405,13 @@ def scenario_restart(stack):
     sel = "|".join(i.replace(".", "\\\\.") for i in mine)
     q = f'count(up{{instance=~"{sel}"}})'
     log(f"restart: docker restart {target} (node {before}, {len(mine)} targets)")
-    sh("docker", "restart", "-t", "30", target)
-    stack.forget_port(target)
+    started = sh("docker", "inspect", "-f", "{{.State.StartedAt}}", target).stdout
     t0 = time.monotonic()
+    sh("docker", "restart", "-t", "30", target)
+    check(sh("docker", "inspect", "-f", "{{.State.StartedAt}}", target).stdout != started,
+          f"{target} was not restarted")
+    stack.forget_port(target)
+    log(f"  docker restart returned after {time.monotonic() - t0:.1f} s")
     views, _ = wait_until("the restarted node back in the cluster", lambda: agreed(stack, ids, 3))
     after = stack.view(target)["nodeId"]
     check(after == before, f"node id changed across restart: {before} -> {after}")

@@ -910,3 +910,49 @@ mod cluster_cli_tests {
         assert_eq!(base_url("https://h:1"), "https://h:1");
     }
 }
+
+#[cfg(test)]
+mod healthcheck_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// Serves one HTTP request with `status_line` on a loopback port; returns the URL.
+    fn one_shot_server(status_line: &'static str) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status_line}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+            }
+        });
+        format!("http://{addr}/-/healthy")
+    }
+
+    #[test]
+    fn healthy_answer_exits_zero_anything_else_one() {
+        let t = Duration::from_secs(10);
+        assert_eq!(
+            healthcheck(&one_shot_server("200 OK"), t),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            healthcheck(&one_shot_server("503 Service Unavailable"), t),
+            ExitCode::from(1)
+        );
+        // Nothing listening: a closed port.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        assert_eq!(
+            healthcheck(&format!("http://{closed}/-/healthy"), t),
+            ExitCode::from(1)
+        );
+        assert_eq!(healthcheck("not a url", t), ExitCode::from(1));
+    }
+}

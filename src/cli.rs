@@ -332,4 +332,35 @@ mod tests {
         assert_eq!(node_id, "42");
         assert_eq!(target.node, "h:1");
     }
+
+    #[test]
+    fn container_subcommands_parse() {
+        let cli = Cli::try_parse_from(["shoal", "healthcheck"]).expect("parse");
+        let Command::Healthcheck { url, timeout } = cli.command else {
+            panic!("not healthcheck");
+        };
+        assert_eq!(url, "http://127.0.0.1:9090/-/healthy");
+        assert_eq!(timeout, Duration::from_secs(5));
+        let cli =
+            Cli::try_parse_from(["shoal", "fleet", "--targets", "60", "--first-port", "19200"])
+                .expect("parse fleet");
+        let Command::Fleet(f) = cli.command else {
+            panic!("not fleet");
+        };
+        assert_eq!(
+            (f.targets, f.first_port, f.series_per_target),
+            (60, 19200, 300)
+        );
+        assert_eq!(f.host, "0.0.0.0");
+        let cli = Cli::try_parse_from(["shoal", "cluster", "status", "--json", "--node", "h:1"])
+            .expect("parse status");
+        let Command::Cluster {
+            what: ClusterCommand::Status { target, json },
+        } = cli.command
+        else {
+            panic!("not cluster status");
+        };
+        assert!(json);
+        assert_eq!(target.node, "h:1");
+    }
 }

@@ -321,4 +321,16 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn fleet_without_targets_is_an_error() {
+        let args = crate::cli::FleetArgs {
+            host: "127.0.0.1".into(),
+            targets: 0,
+            series_per_target: 10,
+            first_port: 19100,
+        };
+        let err = run_fleet(args).expect_err("zero targets accepted");
+        assert!(err.to_string().contains("--targets"), "{err}");
+    }
 }
