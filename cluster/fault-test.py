@@ -2,7 +2,8 @@
 """Fault scenarios across real containers: docker-compose.yml brought up for real.
 
 Brings up the compose stack (3 shoal nodes + the synthetic fleet of 60 targets) under
-a unique project name and checks, printing the time each recovery took:
+a unique project name, with the nodes' API on random loopback ports, and checks,
+printing the time each recovery took:
 
   form       the 3 nodes agree on one leader with 3 up members; each node scrapes
              some targets, no target twice, all 60 together
@@ -14,9 +15,12 @@ a unique project name and checks, printing the time each recovery took:
              reconnected, the node rejoins and follows
   restart    `docker restart` one node: same node id, its samples from before the
              restart are still there (its volume), it rejoins
-  scale      `up --scale shoal=5`: 5 members, every node scrapes some targets;
-             then the 2 extra nodes leave (SIGTERM) and `--scale shoal=3` removes
-             them: 3 members, targets back on 3 nodes
+  recreate   `up -d --force-recreate` (what an image upgrade does): all three nodes
+             re-created at once come back under their ids and agree
+  scale      `up` with cluster/compose.5-nodes.yml: 5 members, every node scrapes
+             some targets; then the 2 extra nodes leave (SIGTERM) and `up
+             --remove-orphans` without that file removes them: 3 members, targets
+             back on 3 nodes
 
 Everything is torn down at the end (`down -v`: containers, network, volumes), also on
 failure or Ctrl-C. Without a working Docker engine it says so and exits 0 (skipped).
@@ -125,31 +129,29 @@ class Stack:
         self.compose = compose
         self.project = project
         self.env = dict(os.environ)
-        self.env.update(
-            {
-                "COMPOSE_PROJECT_NAME": project,
-                "SHOAL_IMAGE": image,
-                "SHOAL_PUBLISH": "127.0.0.1:",  # random loopback host ports
-                "SHOAL_REPLICAS": "3",
-            }
-        )
+        self.env.update({"COMPOSE_PROJECT_NAME": project, "SHOAL_IMAGE": image,
+                         "SHOAL_BIND": "127.0.0.1"})
+        for n in range(1, 6):  # random host ports
+            self.env[f"SHOAL_PORT_{n}"] = ""
+        self.files = ["docker-compose.yml"]
         self.ports = {}  # container id -> host:port of its API
         self.isolated = set()  # container ids cut off the network
 
-    def run(self, *args, timeout=600):
-        return sh(*self.compose, "-f", "docker-compose.yml", *args, env=self.env, timeout=timeout)
+    def run(self, *args, files=None, timeout=600):
+        fs = [a for f in (files or self.files) for a in ("-f", f)]
+        return sh(*self.compose, *fs, *args, env=self.env, timeout=timeout)
 
     def containers(self, running_only=True):
-        """[(number, id)] of the shoal service's containers, by number."""
+        """[(n, id)] of the shoal-n services' containers, by n."""
         args = ["docker", "ps", "--no-trunc", "--format",
-                '{{.ID}} {{.Label "com.docker.compose.container-number"}}',
-                "--filter", f"label=com.docker.compose.project={self.project}",
-                "--filter", "label=com.docker.compose.service=shoal"]
+                '{{.ID}} {{.Label "com.docker.compose.service"}}',
+                "--filter", f"label=com.docker.compose.project={self.project}"]
         if not running_only:
             args.insert(2, "-a")
         out = sh(*args).stdout.split()
-        pairs = [(int(out[i + 1]), out[i][:12]) for i in range(0, len(out), 2)]
-        return sorted(pairs)
+        pairs = [(out[i + 1], out[i][:12]) for i in range(0, len(out), 2)]
+        return sorted((int(svc[6:]), cid) for svc, cid in pairs
+                      if svc.startswith("shoal-") and svc[6:].isdigit())
 
     def ids(self):
         return [c for _, c in self.containers()]
@@ -275,7 +277,7 @@ def leader_cid(stack, view):
 
 
 def scenario_form(stack):
-    log("form: docker compose up -d (3 nodes + fleet)")
+    log("form: docker compose up -d (shoal-1..3 + fleet)")
     t0 = time.monotonic()
     stack.run("up", "-d")
     _, _ = wait_until("3 running shoal containers", lambda: len(stack.ids()) == 3)
@@ -375,8 +377,9 @@ def scenario_partition(stack):
     check(iso is not None, "the cut-off node stopped answering on loopback")
     log(f"  cut-off node sees itself as {iso['raftState']} in term {iso['term']}")
 
-    log(f"partition: docker network connect {victim} (alias shoal)")
-    sh("docker", "network", "connect", "--alias", "shoal", net, victim)
+    log(f"partition: docker network connect {victim} (aliases shoal, its service name)")
+    n = next(n for n, c in stack.containers() if c == victim)
+    sh("docker", "network", "connect", "--alias", "shoal", "--alias", f"shoal-{n}", net, victim)
     stack.isolated.discard(victim)
     stack.forget_port(victim)
     t0 = time.monotonic()
@@ -425,22 +428,47 @@ def scenario_restart(stack):
     record("restart", "targets spread over 3 nodes again", time.monotonic() - t0)
 
 
-def scenario_scale(stack):
-    log("scale: docker compose up -d --scale shoal=5")
+def scenario_recreate(stack):
+    before = {n: stack.view(c)["nodeId"] for n, c in stack.containers()}
+    old_ids = set(stack.ids())
+    log("recreate: docker compose up -d --force-recreate (all nodes at once, as an upgrade)")
     t0 = time.monotonic()
-    stack.run("up", "-d", "--scale", "shoal=5", "--no-recreate")
+    stack.run("up", "-d", "--force-recreate")
+    stack.ports.clear()
+    new = dict(stack.containers())
+    check(sorted(new) == sorted(before) and not set(new.values()) & old_ids,
+          f"containers not re-created: {new}")
+    ids = list(new.values())
+    views, _ = wait_until("the re-created nodes agreeing", lambda: agreed(stack, ids, 3))
+    after = {n: stack.view(c)["nodeId"] for n, c in new.items()}
+    check(after == before, f"node ids changed by re-creation: {before} -> {after}")
+    record("recreate", "3 re-created nodes agree, same ids (from `up --force-recreate`)",
+           time.monotonic() - t0)
+    t1 = time.time()
+    wait_until("targets spread and scraped after re-creation",
+               lambda: spread(stack, ids) and fresh_since(stack, ids, t1))
+    record("recreate", "all 60 targets scraped again (fresh `up`)", time.monotonic() - t0)
+
+
+def scenario_scale(stack):
+    five = ["docker-compose.yml", "cluster/compose.5-nodes.yml"]
+    log("scale: docker compose -f docker-compose.yml -f cluster/compose.5-nodes.yml up -d")
+    first3 = stack.ids()
+    t0 = time.monotonic()
+    stack.run("up", "-d", files=five)
     wait_until("5 running shoal containers", lambda: len(stack.ids()) == 5)
     ids = stack.ids()
+    check(set(first3) <= set(ids), f"adding nodes re-created the first three: {first3} -> {ids}")
     wait_until("5 nodes agreeing", lambda: agreed(stack, ids, 5))
-    record("scale", "5 nodes agree (from `--scale shoal=5`)", time.monotonic() - t0)
+    record("scale", "5 nodes agree (from `up` with compose.5-nodes.yml)", time.monotonic() - t0)
     owned, _ = wait_until("targets spread over 5 nodes", lambda: spread(stack, ids))
     record("scale", "every one of 5 nodes scrapes targets, all 60 once", time.monotonic() - t0)
     log("  targets per node: " + ", ".join(f"{c}={len(o)}" for c, o in owned.items()))
 
     extra = [c for n, c in stack.containers() if n > 3]
-    check(len(extra) == 2, f"expected replicas 4 and 5, got {stack.containers()}")
+    check(len(extra) == 2, f"expected shoal-4 and shoal-5, got {stack.containers()}")
     keep = [c for c in ids if c not in extra]
-    log(f"scale: SIGTERM (leave) {extra}, then --scale shoal=3")
+    log(f"scale: SIGTERM (leave) shoal-4 and shoal-5 {extra}, then up --remove-orphans")
     t_leave, t0 = time.time(), time.monotonic()
     for c in extra:
         sh("docker", "kill", "-s", "SIGTERM", c)
@@ -449,9 +477,9 @@ def scenario_scale(stack):
     wait_until("3 members left", lambda: agreed(stack, keep, 3) and all(
         len(stack.view(c)["members"]) == 3 for c in keep))
     record("scale", "2 nodes left gracefully: 3 members (from SIGTERM)", time.monotonic() - t0)
-    stack.run("up", "-d", "--scale", "shoal=3", "--no-recreate")
+    stack.run("up", "-d", "--remove-orphans")
     remaining = [c for _, c in stack.containers(running_only=False)]
-    check(sorted(remaining) == sorted(keep), f"--scale shoal=3 kept {remaining}, expected {keep}")
+    check(sorted(remaining) == sorted(keep), f"up --remove-orphans kept {remaining}, expected {keep}")
     wait_until("targets spread over the 3 remaining nodes",
                lambda: spread(stack, keep) and fresh_since(stack, keep, t_leave))
     record("scale", "targets back on 3 nodes (fresh `up`)", time.monotonic() - t0)
@@ -496,6 +524,7 @@ def main():
         scenario_kill(stack)
         scenario_partition(stack)
         scenario_restart(stack)
+        scenario_recreate(stack)
         scenario_scale(stack)
         ok = True
     except Failure as e:
@@ -504,16 +533,20 @@ def main():
         log("interrupted")
     finally:
         if not ok:
-            r = stack.run("logs", "--no-color", "--tail", "40", timeout=120) if compose else None
-            if r is not None:
+            try:
+                r = stack.run("logs", "--no-color", "--tail", "40", timeout=120,
+                              files=["docker-compose.yml", "cluster/compose.5-nodes.yml"])
                 print(r.stdout[-20000:], flush=True)
+            except Exception as e:
+                log(f"cannot show the logs: {e}")
         if args.keep:
             log(f"--keep: stack {project} left running; `COMPOSE_PROJECT_NAME={project} "
                 f"{' '.join(compose)} down -v` removes it")
         else:
             log("tearing down (down -v)")
             try:
-                stack.run("down", "-v", "--remove-orphans", "--timeout", "10", timeout=300)
+                stack.run("down", "-v", "--remove-orphans", "--timeout", "10", timeout=300,
+                          files=["docker-compose.yml", "cluster/compose.5-nodes.yml"])
             except Exception as e:  # report, but keep the test's verdict
                 log(f"teardown failed: {e}")
     print("\nContainer fault scenarios (seconds):")
