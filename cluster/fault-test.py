@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -86,7 +87,8 @@ def docker_works():
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"docker info failed: {e}"
     if r.returncode != 0:
-        return f"docker info failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}"
+        lines = r.stderr.strip().splitlines()
+        return f"docker info failed: {lines[-1] if lines else f'exit {r.returncode}'}"
     return None
 
 
@@ -497,6 +499,11 @@ def build_image(image, profile, force):
     log(f"image built in {time.monotonic() - t0:.0f} s")
 
 
+def on_sigterm(_signum, _frame):
+    """A CI timeout's SIGTERM tears the stack down like Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="release", choices=["release", "debug"])
@@ -513,6 +520,7 @@ def main():
         print(f"SKIPPED container fault tests: {why}", flush=True)
         return 0
 
+    signal.signal(signal.SIGTERM, on_sigterm)
     build_image(args.image, args.profile, args.build)
     project = f"shoalft{os.getpid()}"
     stack = Stack(compose, project, args.image)
