@@ -50,6 +50,11 @@ if ldd "$bin" >/dev/null 2>&1; then
     done
 fi
 
+previous=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
 echo "== docker build -t $tag ($(du -sh "$stage" | cut -f1) staged)"
 docker build -f cluster/Dockerfile -t "$tag" .
+# The image this tag named before, now untagged (kept if a container still uses it).
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 docker image ls "$tag"
