@@ -53,6 +53,8 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             what: CheckCommand::Config { files },
         } => Ok(check_config(&files)),
         Command::Cluster { what } => cluster_command(what),
+        Command::Fleet(args) => crate::demo::run_fleet(args),
+        Command::Healthcheck { url, timeout } => Ok(healthcheck(&url, timeout)),
         Command::PromqlTest { files } => {
             let mut out = std::io::stdout();
             let summary = crate::promql::test_script::run_files(&files, &mut out);
@@ -845,9 +847,13 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
         .context("starting a runtime")?;
     rt.block_on(async move {
         match cmd {
-            ClusterCommand::Status(t) => {
-                let data = call_node(&t, reqwest::Method::GET, "/api/v1/cluster").await?;
-                print!("{}", render_table(&data));
+            ClusterCommand::Status { target, json } => {
+                let data = call_node(&target, reqwest::Method::GET, "/api/v1/cluster").await?;
+                if json {
+                    println!("{data}");
+                } else {
+                    print!("{}", render_table(&data));
+                }
                 Ok(ExitCode::SUCCESS)
             }
             ClusterCommand::Leave(t) => {
@@ -874,6 +880,37 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// `shoal healthcheck URL`: GET the URL; success (exit 0) on a 2xx answer, else a
+/// line on stderr and exit 1. Used as the container HEALTHCHECK (no curl in the image).
+pub fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    let probe = async {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("building the HTTP client")?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url} failed"))?;
+        let status = resp.status();
+        anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+        anyhow::Ok(())
+    };
+    let res = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")
+        .and_then(|rt| rt.block_on(probe));
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: unhealthy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn base_url(node: &str) -> String {
@@ -1018,5 +1055,51 @@ mod cluster_cli_tests {
         assert!(lines[3].contains("learner  down"), "{t}");
         assert_eq!(base_url("h:1/"), "http://h:1");
         assert_eq!(base_url("https://h:1"), "https://h:1");
+    }
+}
+
+#[cfg(test)]
+mod healthcheck_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// Serves one HTTP request with `status_line` on a loopback port; returns the URL.
+    fn one_shot_server(status_line: &'static str) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status_line}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+            }
+        });
+        format!("http://{addr}/-/healthy")
+    }
+
+    #[test]
+    fn healthy_answer_exits_zero_anything_else_one() {
+        let t = Duration::from_secs(10);
+        assert_eq!(
+            healthcheck(&one_shot_server("200 OK"), t),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            healthcheck(&one_shot_server("503 Service Unavailable"), t),
+            ExitCode::from(1)
+        );
+        // Nothing listening: a closed port.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        assert_eq!(
+            healthcheck(&format!("http://{closed}/-/healthy"), t),
+            ExitCode::from(1)
+        );
+        assert_eq!(healthcheck("not a url", t), ExitCode::from(1));
     }
 }

@@ -52,6 +52,18 @@ pub enum Command {
         #[command(subcommand)]
         what: ClusterCommand,
     },
+    /// Serve only the demo's synthetic target fleet (for a container of its own).
+    Fleet(FleetArgs),
+    /// Probe a URL (default: a local node's `/-/healthy`); exit 0 on a 2xx answer,
+    /// 1 otherwise. The container image's HEALTHCHECK, which has no curl.
+    Healthcheck {
+        /// URL to GET.
+        #[arg(default_value = "http://127.0.0.1:9090/-/healthy")]
+        url: String,
+        /// Longest wait for the answer.
+        #[arg(long = "timeout", default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Run PromQL test scripts (Prometheus's promqltest format).
     #[command(name = "promql-test")]
     PromqlTest {
@@ -165,7 +177,13 @@ impl Default for ClusterArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Print a node's view of the cluster as a table.
-    Status(ClusterTarget),
+    Status {
+        #[command(flatten)]
+        target: ClusterTarget,
+        /// Print the `GET /api/v1/cluster` data as JSON instead of a table.
+        #[arg(long = "json")]
+        json: bool,
+    },
     /// Make a node leave the cluster gracefully (it leaves, then exits).
     Leave(ClusterTarget),
     /// Remove a member that is gone for good (sent to any node; forwarded to the leader).
@@ -243,6 +261,23 @@ pub struct DemoArgs {
     pub fleet_port: u16,
 }
 
+/// `shoal fleet`: the demo's synthetic targets without a node.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// Host (address) to bind the targets on.
+    #[arg(long = "host", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Number of synthetic targets, on consecutive ports from `--first-port`.
+    #[arg(long = "targets", default_value_t = 10)]
+    pub targets: usize,
+    /// Series per synthetic target.
+    #[arg(long = "series-per-target", default_value_t = 300)]
+    pub series_per_target: usize,
+    /// Port of the first target.
+    #[arg(long = "first-port", default_value_t = 19100)]
+    pub first_port: u16,
+}
+
 /// Parses a Prometheus duration for a flag.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::model::duration::parse(s).map_err(|e| e.to_string())
@@ -298,6 +333,37 @@ mod tests {
             panic!("not cluster remove");
         };
         assert_eq!(node_id, "42");
+        assert_eq!(target.node, "h:1");
+    }
+
+    #[test]
+    fn container_subcommands_parse() {
+        let cli = Cli::try_parse_from(["shoal", "healthcheck"]).expect("parse");
+        let Command::Healthcheck { url, timeout } = cli.command else {
+            panic!("not healthcheck");
+        };
+        assert_eq!(url, "http://127.0.0.1:9090/-/healthy");
+        assert_eq!(timeout, Duration::from_secs(5));
+        let cli =
+            Cli::try_parse_from(["shoal", "fleet", "--targets", "60", "--first-port", "19200"])
+                .expect("parse fleet");
+        let Command::Fleet(f) = cli.command else {
+            panic!("not fleet");
+        };
+        assert_eq!(
+            (f.targets, f.first_port, f.series_per_target),
+            (60, 19200, 300)
+        );
+        assert_eq!(f.host, "0.0.0.0");
+        let cli = Cli::try_parse_from(["shoal", "cluster", "status", "--json", "--node", "h:1"])
+            .expect("parse status");
+        let Command::Cluster {
+            what: ClusterCommand::Status { target, json },
+        } = cli.command
+        else {
+            panic!("not cluster status");
+        };
+        assert!(json);
         assert_eq!(target.node, "h:1");
     }
 }

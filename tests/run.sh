@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Runs shoal's whole test suite on a fresh machine: installs what the tests need
 # (promtool from Debian's `prometheus` package, iptables, cargo-nextest), checks formatting and
-# lints, then runs every test. Used by README.md and .ci/run.
+# lints, then runs every test; then, when a Docker engine answers, the container fault
+# tests (cluster/fault-test.py: docker-compose.yml brought up for real, with an image of
+# the debug binary the tests just built). Used by README.md and .ci/run.
+#
+# Arguments go to `cargo nextest run` (e.g. a filter); with arguments the container
+# tests are skipped unless SHOAL_FAULT_TESTS=1. SHOAL_FAULT_TESTS=0 always skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,3 +39,20 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo nextest run"
 cargo nextest run --locked --no-fail-fast "$@"
+
+fault_tests=${SHOAL_FAULT_TESTS:-auto}
+if [ "$fault_tests" = auto ]; then
+  if [ $# -eq 0 ]; then fault_tests=1; else fault_tests=0; fi
+fi
+if [ "$fault_tests" = 1 ]; then
+  echo "== container fault tests (cluster/fault-test.py)"
+  if docker info >/dev/null 2>&1; then
+    # The image of the binary built above (debug: no second, release build in CI); its
+    # own tag, so a user's shoal:latest is left alone.
+    python3 cluster/fault-test.py --profile debug --build --image shoal:test
+  else
+    echo "SKIPPED container fault tests: no Docker engine answers \`docker info\`"
+  fi
+else
+  echo "== container fault tests skipped (nextest arguments given; SHOAL_FAULT_TESTS=1 runs them)"
+fi

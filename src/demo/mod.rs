@@ -346,6 +346,37 @@ fn print_banner(
     println!("Press Ctrl-C to stop the demo.");
 }
 
+/// `shoal fleet`: only the synthetic targets, until SIGINT or SIGTERM (the demo target
+/// service of `docker-compose.yml`).
+pub fn run_fleet(args: crate::cli::FleetArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    anyhow::ensure!(args.targets > 0, "--targets must be at least 1");
+    actix::System::new().block_on(async {
+        let fleet = Fleet::start(
+            &args.host,
+            args.first_port,
+            args.targets,
+            args.series_per_target,
+        )
+        .with_context(|| {
+            format!(
+                "starting {} synthetic targets on {}:{}+",
+                args.targets, args.host, args.first_port
+            )
+        })?;
+        tracing::info!(
+            targets = fleet.addrs.len(),
+            series_per_target = args.series_per_target,
+            first = ?fleet.addrs.first(),
+            "synthetic fleet is serving /metrics"
+        );
+        crate::app::wait_for_shutdown_signal().await;
+        fleet.stop().await;
+        anyhow::Ok(())
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// A fresh directory under the system temp dir for a demo without `--data-dir`.
 fn tempdir_in_system() -> std::io::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("shoal-demo-{}", std::process::id()));
@@ -380,5 +411,17 @@ mod tests {
                 assert!(vb >= va);
             }
         }
+    }
+
+    #[test]
+    fn fleet_without_targets_is_an_error() {
+        let args = crate::cli::FleetArgs {
+            host: "127.0.0.1".into(),
+            targets: 0,
+            series_per_target: 10,
+            first_port: 19100,
+        };
+        let err = run_fleet(args).expect_err("zero targets accepted");
+        assert!(err.to_string().contains("--targets"), "{err}");
     }
 }
