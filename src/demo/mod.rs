@@ -198,12 +198,32 @@ impl Fleet {
     }
 }
 
+/// The demo's rule file (written beside its config as `demo-rules.yml`): the classic
+/// sharding recipe, so a newcomer sees `shard:` series on every node and `job:` series
+/// computed by the leader and committed through Raft.
+pub const DEMO_RULES: &str = "\
+# shoal demo rules (generated): the classic sharding recipe.
+groups:
+  - name: shard
+    interval: 5s
+    rules:
+      - record: shard:http_requests:rate1m
+        expr: sum without (instance) (rate(http_requests_total[1m]))
+  - name: job
+    interval: 10s
+    scope: global
+    rules:
+      - record: job:http_requests:rate1m
+        expr: sum without (shard) (shard:http_requests:rate1m)
+";
+
 /// The embedded demo configuration scraping the fleet's targets.
 pub fn demo_config(fleet: &[SocketAddr]) -> String {
     let targets: Vec<String> = fleet.iter().map(|a| format!("'{a}'")).collect();
     format!(
         "# shoal demo configuration (generated)\n\
          global:\n  scrape_interval: 5s\n  evaluation_interval: 15s\n  external_labels:\n    demo: 'true'\n\
+         rule_files: ['demo-rules.yml']\n\
          scrape_configs:\n\
          \x20 - job_name: fleet\n    static_configs:\n      - targets: [{}]\n        labels:\n          env: demo\n",
         targets.join(", ")
@@ -238,6 +258,7 @@ pub fn run(args: crate::cli::DemoArgs) -> anyhow::Result<std::process::ExitCode>
         )
         .with_context(|| format!("starting the synthetic fleet on ports {}+", args.fleet_port))?;
         let config_path = data_dir.join("demo-prometheus.yml");
+        std::fs::write(data_dir.join("demo-rules.yml"), DEMO_RULES)?;
         std::fs::write(&config_path, demo_config(&fleet.addrs))?;
         let mut cluster =
             local_cluster::LocalCluster::start(&exe, &config_path, &data_dir, &addrs)?;
@@ -325,6 +346,12 @@ fn print_banner(
     println!("  targets:  {url}/api/v1/targets  (each node lists the targets it scrapes)");
     println!(
         "  query:    {url}/api/v1/query?query=sum%20by%20(handler)%20(rate(http_requests_total%5B1m%5D))"
+    );
+    println!(
+        "  rules:    {url}/api/v1/rules  (shard:* on every node, job:* by the leader through Raft)"
+    );
+    println!(
+        "  job level: {url}/api/v1/query?query=sum%20by%20(handler)%20(job:http_requests:rate1m)"
     );
     println!("  Grafana/promtool: use any node as a Prometheus data source.");
     println!();

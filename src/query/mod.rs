@@ -542,6 +542,10 @@ impl ClusterQueryable {
         let local = self.inner.local.as_ref();
         let local_covered = || pushdown::covered(local, &plan.matchers, span).map_err(StorageError);
         let (up, down) = self.members();
+        if up.is_empty() && down.is_empty() {
+            // A cluster of one: the normal evaluation reads the local store only.
+            return None;
+        }
         let (mine, answers) = self.fan_out_to(up, &check, local_covered).ok()?;
         let self_id = self.inner.opts.self_id;
         let mut lists: BTreeMap<u64, Vec<u32>> = BTreeMap::from([(self_id, mine)]);
@@ -719,7 +723,12 @@ fn part_of(r: Response) -> Result<pushdown::Part, String> {
 /// Merges per-member series lists (each sorted by labels, one entry per label set) into
 /// one list sorted by labels; equal label sets are merged with [`dedup::merge`] in the
 /// order of `parts` (member id order, the same on every node).
-pub fn merge_series(parts: Vec<Vec<Series>>) -> Vec<Series> {
+pub fn merge_series(mut parts: Vec<Vec<Series>>) -> Vec<Series> {
+    parts.retain(|p| !p.is_empty());
+    if parts.len() <= 1 {
+        // One source (e.g. a cluster of one): already sorted, nothing to merge.
+        return parts.pop().unwrap_or_default();
+    }
     let mut by_labels: BTreeMap<Labels, Vec<Vec<Sample>>> = BTreeMap::new();
     for part in parts {
         for s in part {

@@ -87,6 +87,24 @@ fn demo_forms_a_cluster_and_its_add_node_command_rebalances() {
     let _ = fourth.kill();
     let _ = fourth.wait();
 
+    // The demo's rules: shard series on the nodes, job series committed by the leader.
+    for q in ["shard:http_requests:rate1m", "job:http_requests:rate1m"] {
+        let url = format!("http://{first}/api/v1/query?query={q}");
+        wait_for(
+            &format!("{q} in the demo"),
+            Duration::from_secs(120),
+            || {
+                let (_, body) = http_get(&url)?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                match v["data"]["result"].as_array() {
+                    Some(r) if !r.is_empty() => Ok(()),
+                    _ => Err(body),
+                }
+            },
+        );
+    }
+
     // Ctrl-C stops the demo and every node it started.
     Command::new("kill")
         .arg("-INT")

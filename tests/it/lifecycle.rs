@@ -248,8 +248,9 @@ fn check_config_accepts_a_valid_file_with_rules() {
 #[test]
 fn demo_runs_a_node_with_its_fleet_and_stops_on_ctrl_c() {
     let dir = tempdir();
-    let port = free_port();
-    let fleet_port = free_port();
+    // The demo's nodes listen on port, port+1, port+2; its one target after them.
+    let port = crate::harness::free_port_range(4);
+    let fleet_port = port + 3;
     let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
     let mut child = Command::new(shoal_bin())
         .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
