@@ -22,6 +22,13 @@ import tempfile
 import time
 import urllib.request
 
+from benchutil import wait as poll
+
+
+def wait(what, timeout, f, step=0.02):
+    """Fine-grained polling: the figures are times to a condition."""
+    return poll(what, timeout, f, step)
+
 
 def free_port():
     s = socket.socket()
@@ -38,15 +45,6 @@ def view(addr):
     except Exception:
         return None
 
-
-def wait(what, timeout, f, step=0.02):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = f()
-        if v is not None:
-            return v
-        time.sleep(step)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 class Cluster:

@@ -24,25 +24,11 @@ import tempfile
 import time
 import urllib.request
 
+from benchutil import get, wait
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def get(addr, path, timeout=10):
-    try:
-        with urllib.request.urlopen(f"http://{addr}{path}", timeout=timeout) as r:
-            return json.load(r)["data"]
-    except Exception:
-        return None
-
-
-def wait(what, timeout, f, step=0.5):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = f()
-        if v is not None:
-            return v
-        time.sleep(step)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def groups(addr):

@@ -32,6 +32,8 @@ import time
 import urllib.parse
 import urllib.request
 
+from benchutil import get, wait
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -53,22 +55,6 @@ def free_port_range(n):
                 s.close()
 
 
-def get(addr, path, timeout=5):
-    try:
-        with urllib.request.urlopen(f"http://{addr}{path}", timeout=timeout) as r:
-            return json.load(r)["data"]
-    except Exception:
-        return None
-
-
-def wait(what, timeout, f, step=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = f()
-        if v is not None:
-            return v
-        time.sleep(step)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 class Bench:
