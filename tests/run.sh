@@ -47,6 +47,12 @@ fi
 if [ "$fault_tests" = 1 ]; then
   echo "== container fault tests (cluster/fault-test.py)"
   if docker info >/dev/null 2>&1; then
+    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+      echo "== installing Debian package docker-compose (container fault tests)"
+      export DEBIAN_FRONTEND=noninteractive
+      sudo_if_needed apt-get update -qq
+      sudo_if_needed apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+    fi
     # The image of the binary built above (debug: no second, release build in CI); its
     # own tag, so a user's shoal:latest is left alone.
     python3 cluster/fault-test.py --profile debug --build --image shoal:test
