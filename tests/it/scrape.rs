@@ -22,15 +22,14 @@ fn config(interval: &str, jobs: &[(&str, Vec<String>, &str)]) -> String {
 }
 
 /// The active target of `job` from /api/v1/targets.
-fn target_of(node: &Node, job: &str) -> serde_json::Value {
+/// The active target of `job`; an error (to wait on) while discovery has not got it yet.
+fn target_of(node: &Node, job: &str) -> Result<serde_json::Value, String> {
     let v = node.get_json("/api/v1/targets");
     v["data"]["activeTargets"]
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["scrapePool"] == job)
+        .and_then(|ts| ts.iter().find(|t| t["scrapePool"] == job))
         .cloned()
-        .unwrap_or_else(|| panic!("no active target for job {job}: {v}"))
+        .ok_or_else(|| format!("no active target for job {job}: {v}"))
 }
 
 #[test]
@@ -45,14 +44,14 @@ fn scrapes_a_target_and_serves_its_series() {
     );
 
     wait_for("the target to be up", Duration::from_secs(30), || {
-        let tg = target_of(&node, "demo");
+        let tg = target_of(&node, "demo")?;
         if tg["health"] == "up" {
             Ok(())
         } else {
             Err(tg.to_string())
         }
     });
-    let tg = target_of(&node, "demo");
+    let tg = target_of(&node, "demo").unwrap();
     assert_eq!(tg["labels"]["job"], "demo");
     assert_eq!(tg["labels"]["instance"], t.target());
     assert_eq!(tg["scrapeUrl"], format!("http://{}/metrics", t.target()));
@@ -197,7 +196,7 @@ fn bad_targets_fail_alone_with_prometheus_errors() {
             &format!("{job} to be down"),
             Duration::from_secs(30),
             || {
-                let tg = target_of(&node, job);
+                let tg = target_of(&node, job)?;
                 if tg["health"] == "down" {
                     Ok(tg)
                 } else {
@@ -229,7 +228,7 @@ fn bad_targets_fail_alone_with_prometheus_errors() {
         "body_size_limit: nothing stored"
     );
     // The good target was scraped all along.
-    let tg = target_of(&node, "good");
+    let tg = target_of(&node, "good").unwrap();
     assert_eq!(tg["health"], "up");
     let r = node.query("demo_requests_total{job=\"good\"}");
     assert_eq!(r.len(), 2);
