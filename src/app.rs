@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use actix::prelude::*;
 use anyhow::Context as _;
@@ -353,9 +354,27 @@ impl Node {
             let node_id = cluster.node_id();
             let mgr = manager.clone();
             mgr.do_send(SetClusterSecret(cluster.secret().map(str::to_owned)));
+            let formation = cluster.clone();
             actix::spawn(async move {
+                let mut formed = false;
                 loop {
                     let v = views.borrow_and_update().clone();
+                    let member = v.up.contains_key(&node_id);
+                    if !formed && member {
+                        // A new cluster: wait (boundedly) for the nodes started together.
+                        if let Some((n, until)) = formation.formation()
+                            && v.up.len() < n
+                            && Instant::now() < until
+                        {
+                            let until = tokio::time::Instant::from_std(until);
+                            tokio::select! {
+                                r = views.changed() => if r.is_err() { break },
+                                _ = tokio::time::sleep_until(until) => {}
+                            }
+                            continue;
+                        }
+                        formed = true;
+                    }
                     mgr.do_send(ApplyMembership(Membership {
                         node_id,
                         index: v.index,

@@ -179,6 +179,10 @@ struct Inner {
     /// of the leader's liveness; see [`ClusterHandle::last_seen`]).
     heard_leader: Mutex<Option<(NodeId, Instant)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// While a new cluster forms: how many nodes answered this node's seed probes
+    /// (itself included) when it initialized or asked to join, and until when to wait
+    /// for all of them (see [`ClusterHandle::formation`]).
+    formation: Mutex<Option<(usize, Instant)>>,
 }
 
 /// Cloneable front to this node's cluster member.
@@ -311,6 +315,7 @@ impl ClusterHandle {
                 leader_changes: AtomicU64::new(0),
                 heard_leader: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
+                formation: Mutex::new(None),
             }),
         };
         let bootstrap = tokio::spawn(handle.clone().bootstrap_loop());
@@ -338,6 +343,31 @@ impl ClusterHandle {
     /// The committed membership view (up members + the log index it changed at).
     pub fn membership_view(&self) -> watch::Receiver<MembershipView> {
         self.inner.sm.subscribe()
+    }
+
+    /// Set when this node formed or joined a cluster from scratch (not on a restart of
+    /// a member): the number of nodes that answered its seed probes, itself included,
+    /// and a deadline (the bootstrap grace). Nodes started together join one by one
+    /// within moments; an owner of targets that holds the views with fewer members
+    /// until then (bounded by the deadline) does not scrape targets it is about to hand
+    /// on, so a new cluster starts with no target scraped by two nodes.
+    pub fn formation(&self) -> Option<(usize, Instant)> {
+        *self
+            .inner
+            .formation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expect_formation(&self, nodes: usize) {
+        let mut f = self
+            .inner
+            .formation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some((nodes, Instant::now() + self.inner.bootstrap_grace));
+        }
     }
 
     /// Waits until this node appears as up in the committed membership view (it formed
@@ -719,7 +749,9 @@ impl ClusterHandle {
                     }
                 }
             }
+            let nodes: BTreeSet<NodeId> = peers.iter().map(|p| p.node_id).collect();
             if let Some(member) = peers.iter().find(|p| p.initialized) {
+                self.expect_formation(nodes.len() + 1);
                 let target = member
                     .leader
                     .as_ref()
@@ -754,6 +786,7 @@ impl ClusterHandle {
                             peers = peers.len(),
                             "no cluster found and this node sorts first: initializing"
                         );
+                        self.expect_formation(nodes.len() + 1);
                         let members = BTreeMap::from([(
                             self.inner.id,
                             NodeInfo {

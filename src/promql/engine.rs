@@ -40,6 +40,22 @@ impl Default for EngineOptions {
     }
 }
 
+/// Evaluates whole aggregation nodes somewhere else (a cluster's members each
+/// aggregate their own series, see `crate::query::pushdown`). The engine offers it
+/// every aggregation evaluated on the query's own time grid (not inside a subquery).
+pub trait Pushdown {
+    /// `expr` is the aggregation's text; `step == 0` (and `start == end`) for an
+    /// instant query. `None`: evaluate it here as usual. A vector result for an instant
+    /// query, a matrix (points on the query's steps) for a range query.
+    fn aggregate(
+        &self,
+        expr: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Option<Result<QueryResult, EvalError>>;
+}
+
 /// The PromQL engine. Stateless apart from its options; share it behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -66,6 +82,18 @@ impl Engine {
         self.instant_query_expr(q, &e, t_ms)
     }
 
+    /// [`Engine::instant_query`] offering aggregations to `push` first.
+    pub fn instant_query_pushdown(
+        &self,
+        q: &dyn Queryable,
+        push: &dyn Pushdown,
+        expr: &str,
+        t_ms: i64,
+    ) -> Result<QueryResult, EvalError> {
+        let e = parse_expr(expr)?;
+        self.instant_eval(q, Some(push), &e, t_ms)
+    }
+
     /// Evaluates an already parsed expression at `t_ms` (for rules).
     pub fn instant_query_expr(
         &self,
@@ -73,8 +101,18 @@ impl Engine {
         e: &Expr,
         t_ms: i64,
     ) -> Result<QueryResult, EvalError> {
+        self.instant_eval(q, None, e, t_ms)
+    }
+
+    fn instant_eval(
+        &self,
+        q: &dyn Queryable,
+        push: Option<&dyn Pushdown>,
+        e: &Expr,
+        t_ms: i64,
+    ) -> Result<QueryResult, EvalError> {
         check_ts(t_ms)?;
-        let g = self.global(q, t_ms, t_ms, 0);
+        let g = self.global(q, push, t_ms, t_ms, 0);
         let ev = Ev::new(&g, t_ms, t_ms, 1);
         let v = ev.eval(e)?;
         let value = match v {
@@ -125,10 +163,36 @@ impl Engine {
         self.range_query_expr(q, &e, start_ms, end_ms, step_ms)
     }
 
+    /// [`Engine::range_query`] offering aggregations to `push` first.
+    pub fn range_query_pushdown(
+        &self,
+        q: &dyn Queryable,
+        push: &dyn Pushdown,
+        expr: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<QueryResult, EvalError> {
+        let e = parse_expr(expr)?;
+        self.range_eval(q, Some(push), &e, start_ms, end_ms, step_ms)
+    }
+
     /// [`Engine::range_query`] for a parsed expression.
     pub fn range_query_expr(
         &self,
         q: &dyn Queryable,
+        e: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<QueryResult, EvalError> {
+        self.range_eval(q, None, e, start_ms, end_ms, step_ms)
+    }
+
+    fn range_eval(
+        &self,
+        q: &dyn Queryable,
+        push: Option<&dyn Pushdown>,
         e: &Expr,
         start_ms: i64,
         end_ms: i64,
@@ -162,7 +226,7 @@ impl Engine {
                 )));
             }
         }
-        let g = self.global(q, start_ms, end_ms, step_ms);
+        let g = self.global(q, push, start_ms, end_ms, step_ms);
         let ev = Ev::new(&g, start_ms, end_ms, step_ms);
         let v = ev.eval(e)?;
         let mut out = match v {
@@ -198,9 +262,17 @@ impl Engine {
         })
     }
 
-    fn global<'a>(&self, q: &'a dyn Queryable, start: i64, end: i64, step: i64) -> Global<'a> {
+    fn global<'a>(
+        &self,
+        q: &'a dyn Queryable,
+        push: Option<&'a dyn Pushdown>,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Global<'a> {
         Global {
             q,
+            push,
             lookback: dur_ms(self.opts.lookback_delta),
             started: Instant::now(),
             timeout: self.opts.timeout,
@@ -283,6 +355,7 @@ fn check_byte_escapes(expr: &str) -> Result<(), EvalError> {
 /// Per-query state shared by all (sub)evaluators.
 pub(crate) struct Global<'a> {
     pub q: &'a dyn Queryable,
+    pub push: Option<&'a dyn Pushdown>,
     pub lookback: i64,
     pub started: Instant,
     pub timeout: Duration,
@@ -497,12 +570,76 @@ impl<'g, 'a> Ev<'g, 'a> {
             )?)),
             Expr::Subquery(sq) => Ok(V::Range(self.eval_subquery(sq)?)),
             Expr::Binary(b) => super::binop::eval_binary(self, b),
-            Expr::Aggregate(a) => super::aggregation::eval_aggregate(self, a),
+            Expr::Aggregate(a) => match self.pushed(e)? {
+                Some(cols) => Ok(V::Vector(cols)),
+                None => super::aggregation::eval_aggregate(self, a),
+            },
             Expr::Call(c) => super::functions::eval_call(self, c),
             Expr::Extension(_) => Err(EvalError::Execution(
                 "extension expressions are not supported".into(),
             )),
         }
+    }
+
+    /// The result of aggregation `e` from [`Global::push`], when there is one and this
+    /// evaluator is on the query's own grid (a subquery's steps are not the query's).
+    fn pushed(&self, e: &Expr) -> Result<Option<Vec<Col>>, EvalError> {
+        let Some(push) = self.g.push else {
+            return Ok(None);
+        };
+        let (g, instant) = (self.g, self.g.qstep == 0);
+        let on_grid = self.start == g.qstart
+            && if instant {
+                self.n == 1
+            } else {
+                self.step == g.qstep && self.n as i64 == (g.qend - g.qstart) / g.qstep + 1
+            };
+        if !on_grid {
+            return Ok(None);
+        }
+        let Some(r) = push.aggregate(&e.to_string(), self.g.qstart, self.g.qend, self.g.qstep)
+        else {
+            return Ok(None);
+        };
+        let r = r?;
+        for w in r.warnings {
+            let mut a = self.g.annots.borrow_mut();
+            if !a.contains(&w) {
+                a.push(w);
+            }
+        }
+        let cols = match r.value {
+            Value::Vector(v) => v
+                .into_iter()
+                .map(|s| Col {
+                    labels: s.labels,
+                    vals: vec![Some(s.v)],
+                })
+                .collect(),
+            Value::Matrix(m) => m
+                .into_iter()
+                .map(|s| {
+                    let mut vals = vec![None; self.n];
+                    for x in s.samples {
+                        let i = (x.t - self.start) / self.step;
+                        if let Some(v) = vals.get_mut(i as usize).filter(|_| i >= 0) {
+                            *v = Some(x.v);
+                        }
+                    }
+                    Col {
+                        labels: s.labels,
+                        vals,
+                    }
+                })
+                .collect(),
+            other => {
+                return Err(EvalError::Execution(format!(
+                    "pushed-down aggregation gave a {}",
+                    other.type_name()
+                )));
+            }
+        };
+        Ok(Some(cols))
     }
 
     /// Evaluates `e` and requires an instant vector.
@@ -1101,5 +1238,79 @@ mod tests {
         assert_eq!(h[0].range, 60_000);
         assert_eq!(h[0].step, 60_000);
         assert_eq!(h[0].func.as_deref(), Some("rate"));
+    }
+
+    /// The pushdown hook is offered every aggregation on the query's own grid (also
+    /// inside a function), not those inside a subquery, and its answer is used.
+    #[test]
+    fn aggregations_on_the_query_grid_are_offered_to_pushdown() {
+        struct Push(std::sync::Mutex<Vec<(String, i64, i64, i64)>>);
+        impl Pushdown for Push {
+            fn aggregate(
+                &self,
+                expr: &str,
+                start: i64,
+                end: i64,
+                step: i64,
+            ) -> Option<Result<QueryResult, EvalError>> {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((expr.to_string(), start, end, step));
+                if !expr.starts_with("sum by (job)") {
+                    return None;
+                }
+                let labels = Labels::from_pairs(&[("job", "pushed")]);
+                let value = if step == 0 {
+                    Value::Vector(vec![VectorSample {
+                        labels,
+                        t: end,
+                        v: 42.0,
+                    }])
+                } else {
+                    Value::Matrix(vec![Series {
+                        labels,
+                        samples: vec![Sample {
+                            t: start + step,
+                            v: 7.0,
+                        }],
+                    }])
+                };
+                Some(Ok(QueryResult {
+                    value,
+                    warnings: vec!["from members".into()],
+                }))
+            }
+        }
+        let (st, e) = (store(), Engine::new(EngineOptions::default()));
+        let push = Push(Default::default());
+        let r = e
+            .instant_query_pushdown(&st, &push, "2 * sum by (job) (x)", 60_000)
+            .unwrap();
+        let Value::Vector(v) = r.value else {
+            panic!("vector")
+        };
+        assert_eq!((v.len(), v[0].v), (1, 84.0));
+        assert_eq!(r.warnings, vec!["from members".to_string()]);
+        let r = e
+            .range_query_pushdown(&st, &push, "sum by (job) (x)", 0, 100_000, 30_000)
+            .unwrap();
+        let Value::Matrix(m) = r.value else {
+            panic!("matrix")
+        };
+        assert_eq!(m[0].samples, vec![Sample { t: 30_000, v: 7.0 }]);
+        // Declined (and nested in a subquery: never offered): evaluated here.
+        push.0.lock().unwrap().clear();
+        let r = e
+            .instant_query_pushdown(&st, &push, "max_over_time(sum(x)[1m:15s]) + sum(x)", 60_000)
+            .unwrap();
+        let Value::Vector(v) = r.value else {
+            panic!("vector")
+        };
+        assert_eq!(v[0].v, 8.0 + 8.0);
+        assert_eq!(
+            *push.0.lock().unwrap(),
+            vec![("sum(x)".to_string(), 60_000, 60_000, 0)]
+        );
     }
 }

@@ -16,5 +16,5 @@ pub mod functions;
 pub mod test_script;
 pub mod value;
 
-pub use engine::{Engine, EngineOptions, parse_expr};
+pub use engine::{Engine, EngineOptions, Pushdown, parse_expr};
 pub use value::{EvalError, QueryResult, Value, VectorSample, format_value};

@@ -221,22 +221,6 @@ impl MemberServer {
                         .map_err(storage)?,
                 )
             }
-            Request::Covered {
-                mint,
-                maxt,
-                matchers,
-            } => {
-                let ms = wire::matchers(&matchers).map_err(bad)?;
-                let span = pushdown::Span {
-                    start: mint,
-                    end: maxt,
-                    step: 0,
-                    window_ms: 0,
-                };
-                let hashes = pushdown::covered(self.local.as_ref(), &ms, span)
-                    .map_err(ServeError::Storage)?;
-                Response::Covered(pushdown::pack(&hashes))
-            }
             Request::Aggregate {
                 queries,
                 matchers,
@@ -259,7 +243,7 @@ impl MemberServer {
                     pushdown::evaluate(&self.engine, self.local.as_ref(), &queries, &ms, span)
                         .map_err(ServeError::Storage)?;
                 Response::Aggregate {
-                    digest: part.digest,
+                    listing: pushdown::pack(&part.listing),
                     results: part.results.iter().map(|r| wire::series_block(r)).collect(),
                 }
             }
@@ -296,6 +280,10 @@ struct Inner {
 
 /// How many such queries are remembered (then the memory starts over).
 const NO_PUSHDOWN_MEMORY: usize = 1024;
+
+/// At most this many runs of steps of one pushed-down query are evaluated the normal
+/// way (more: the whole query is).
+const MAX_NORMAL_RUNS: usize = 8;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -529,62 +517,23 @@ impl ClusterQueryable {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if skip.get(&key).is_some_and(|&until| end < until) {
+            tracing::debug!(
+                query,
+                "pushdown: skipped, a series was on several members a moment ago"
+            );
             return None;
         }
         drop(skip);
-        // First the cheap check (index lookups, 4 bytes per series): is every series
-        // on one member only? Any doubt (an overlap, a member that fails) → no pushdown.
-        let check = Request::Covered {
-            mint: start - span.window_ms,
-            maxt: end,
-            matchers: wire::wire_matchers(&plan.matchers),
-        };
-        let local = self.inner.local.as_ref();
-        let local_covered = || pushdown::covered(local, &plan.matchers, span).map_err(StorageError);
+        // One round: every member evaluates its part and lists the series it holds
+        // (8 bytes each; with first and last sample times for those not spanning the
+        // whole query). A member that fails is missing from the answer, as it would be
+        // without pushdown.
         let (up, down) = self.members();
         if up.is_empty() && down.is_empty() {
             // A cluster of one: the normal evaluation reads the local store only.
             return None;
         }
-        let (mine, answers) = self.fan_out_to(up, &check, local_covered).ok()?;
-        let self_id = self.inner.opts.self_id;
-        let mut lists: BTreeMap<u64, Vec<u32>> = BTreeMap::from([(self_id, mine)]);
-        // A member that fails here is missing from the answer (as it would be without
-        // pushdown) and not asked again: one timeout per query, not two.
-        let mut answered = Vec::new();
-        let mut failed = Vec::new();
-        for (m, r) in answers {
-            let list = match r {
-                Ok(Response::Covered(b)) => {
-                    pushdown::unpack(&b).map_err(|e| format!("sent an unreadable answer: {e}"))
-                }
-                Ok(_) => Err("sent the wrong kind of answer".into()),
-                Err(e) => Err(e),
-            };
-            match list {
-                Ok(l) => {
-                    lists.insert(m.id, l);
-                    answered.push(m);
-                }
-                Err(e) => failed.push((m, e)),
-            }
-        }
-        if !pushdown::disjoint_lists(lists.values().map(Vec::as_slice)) {
-            tracing::debug!(
-                query,
-                "pushdown not exact (a series on several members); evaluating normally"
-            );
-            let mut skip = self
-                .inner
-                .no_pushdown_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if skip.len() >= NO_PUSHDOWN_MEMORY {
-                skip.clear();
-            }
-            skip.insert(key, end + (end - start) + span.window_ms);
-            return None;
-        }
+        let local = self.inner.local.as_ref();
         let req = Request::Aggregate {
             queries: plan.member_queries.clone(),
             matchers: wire::wire_matchers(&plan.matchers),
@@ -597,27 +546,56 @@ impl ClusterQueryable {
             pushdown::evaluate(engine, local, &plan.member_queries, &plan.matchers, span)
                 .map_err(StorageError)
         };
+        let t0 = std::time::Instant::now();
         // A local failure (e.g. too many samples) is left to the normal path to report.
-        let (local_part, answers) = self.fan_out_to(answered, &req, eval).ok()?;
+        let (local_part, answers) = match self.fan_out_to(up, &req, eval) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(query, error = %e, "pushdown: the local part failed");
+                return None;
+            }
+        };
+        let elapsed = t0.elapsed();
+        let self_id = self.inner.opts.self_id;
         let mut parts = vec![(self_id, local_part)];
+        let mut failed = Vec::new();
         for (m, r) in answers {
             match r.and_then(part_of) {
                 Ok(p) => parts.push((m.id, p)),
                 Err(e) => failed.push((m, e)),
             }
         }
-        // Every part must have been evaluated over the series its member listed: a
-        // series that appeared in between (a target just moved) could be counted twice.
-        let unchanged = parts.iter().all(|(id, p)| {
-            lists
-                .get(id)
-                .is_some_and(|l| pushdown::Digest::of(l) == p.digest)
-        });
-        if !unchanged {
-            tracing::debug!(query, "series changed during pushdown; evaluating normally");
+        // The steps at which a series is on two members are evaluated the normal way
+        // (over the data their windows read: never more than the whole query reads);
+        // when that is all of them, the whole query is.
+        let listings: Vec<&pushdown::Listing> = parts.iter().map(|(_, p)| &p.listing).collect();
+        let runs =
+            pushdown::overlapping_steps(span, &pushdown::overlaps(&listings, span.window_ms));
+        let steps = |(a, b): (i64, i64)| (b - a) / step.max(1) + 1;
+        let total = steps((start, end));
+        let overlapping: i64 = runs.iter().map(|&r| steps(r)).sum();
+        if overlapping == total || runs.len() > MAX_NORMAL_RUNS {
+            tracing::debug!(
+                query,
+                overlapping,
+                total,
+                "pushdown not exact (series on several members); evaluating normally"
+            );
+            let mut skip = self
+                .inner
+                .no_pushdown_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if skip.len() >= NO_PUSHDOWN_MEMORY {
+                skip.clear();
+            }
+            skip.insert(key, end + (end - start) + span.window_ms);
             return None;
         }
-        let covered: usize = lists.values().map(Vec::len).sum();
+        let covered: usize = listings
+            .iter()
+            .map(|l| l.full.len() + l.partial.len())
+            .sum();
         // Member-id order on every node: the same float summation order, the same answer.
         parts.sort_by_key(|(id, _)| *id);
         let parts: Vec<pushdown::Part> = parts.into_iter().map(|(_, p)| p).collect();
@@ -625,7 +603,7 @@ impl ClusterQueryable {
             inner: self.inner.clone(),
             strict,
         };
-        let warnings = match checked.incomplete(&down, failed) {
+        let mut warnings = match checked.incomplete(&down, failed) {
             Ok(w) => w,
             Err(e) => return Some(Err(EvalError::Execution(e.0))),
         };
@@ -633,9 +611,31 @@ impl ClusterQueryable {
             query,
             members = parts.len(),
             series = covered,
+            normal_steps = overlapping,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
             "aggregation pushed down"
         );
-        let series = pushdown::combine(plan.combine, parts);
+        let mut series = pushdown::combine(plan.combine, parts);
+        if !runs.is_empty() {
+            // Only a range query gets here (an instant query's one step is all of it).
+            let mut normal = Vec::new();
+            for &(a, b) in &runs {
+                match engine.range_query(&checked, query, a, b, step) {
+                    Ok(r) => {
+                        for w in r.warnings {
+                            if !warnings.contains(&w) {
+                                warnings.push(w);
+                            }
+                        }
+                        if let Value::Matrix(m) = r.value {
+                            normal.extend(m);
+                        }
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            series = pushdown::splice(series, &runs, normal);
+        }
         let value = if step == 0 {
             Value::Vector(
                 series
@@ -654,6 +654,29 @@ impl ClusterQueryable {
             Value::Matrix(series)
         };
         Some(Ok(QueryResult { value, warnings }))
+    }
+}
+
+/// [`ClusterQueryable::pushdown`] as the engine's [`crate::promql::Pushdown`] hook:
+/// every pushable aggregation of a query (also one inside `histogram_quantile` or a
+/// binary operation) is offered to the members.
+pub struct ClusterPushdown<'a> {
+    pub cluster: &'a ClusterQueryable,
+    pub engine: &'a Engine,
+    /// Refuse a partial answer (`partial_response=false`).
+    pub strict: bool,
+}
+
+impl crate::promql::Pushdown for ClusterPushdown<'_> {
+    fn aggregate(
+        &self,
+        expr: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Option<Result<QueryResult, EvalError>> {
+        self.cluster
+            .pushdown(self.engine, expr, start, end, step, self.strict)
     }
 }
 
@@ -708,8 +731,9 @@ fn strings_of(r: Response) -> Result<Vec<String>, String> {
 
 fn part_of(r: Response) -> Result<pushdown::Part, String> {
     match r {
-        Response::Aggregate { digest, results } => Ok(pushdown::Part {
-            digest,
+        Response::Aggregate { listing, results } => Ok(pushdown::Part {
+            listing: pushdown::unpack(&listing)
+                .map_err(|e| format!("sent an unreadable answer: {e}"))?,
             results: results
                 .into_iter()
                 .map(SeriesBlock::decode)

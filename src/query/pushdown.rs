@@ -3,19 +3,22 @@
 //! evaluate the aggregation over their own data and ship only the per-group results
 //! (one point per group and step) instead of the raw samples of every series.
 //!
-//! That is only the same as evaluating over the merged data when no series has
-//! samples on two members in the window the query reads (no replicas, no history
-//! split by a move): each member also sends the stable hashes of the series its part
-//! covered, and when any hash shows up twice the caller evaluates the normal way.
-//! [`plan`] recognises the shapes; [`combine`] folds the members' parts.
+//! That is only the same as evaluating over the merged data at a step when no series
+//! has samples on two members in the window that step reads (no replicas, no history
+//! split by a move). So each member first lists the series it holds ([`listing`]:
+//! stable 64-bit label hashes, with first and last sample times where the series does
+//! not span the whole query); the caller finds the times at which a series is on two
+//! members ([`overlaps`]) and evaluates only the steps there the normal way
+//! ([`overlapping_steps`]), usually a few steps around a target's move. [`plan`]
+//! recognises the shapes; [`combine`] folds the members' parts.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use promql_parser::parser::{Expr, LabelModifier, VectorSelector, token};
 
 use crate::model::{Labels, Matcher, Sample};
 use crate::promql::Engine;
-use crate::storage::{Queryable, Series};
+use crate::storage::{Presence, Queryable, Series};
 
 /// Range functions whose result for a series depends on that series' samples only.
 const RANGE_FUNCS: &[&str] = &[
@@ -128,11 +131,11 @@ fn plain(vs: &VectorSelector) -> bool {
     vs.offset.is_none() && vs.at.is_none() && vs.matchers.or_matchers.is_empty()
 }
 
-/// A member's part: a digest of the series it covered and, per member query, the
-/// result series (group labels → one point per step).
+/// A member's part: the series it holds for the span (listed after the evaluation)
+/// and, per member query, the result series (group labels → one point per step).
 #[derive(Debug, Clone, Default)]
 pub struct Part {
-    pub digest: Digest,
+    pub listing: Listing,
     pub results: Vec<Vec<Series>>,
 }
 
@@ -146,43 +149,102 @@ pub struct Span {
     pub window_ms: i64,
 }
 
-/// An order-independent digest of a covered-series list: the caller checks that a
-/// member evaluated over exactly the series it listed in the first step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Digest {
-    pub count: u64,
-    pub sum: u64,
-}
-
-impl Digest {
-    pub fn of(covered: &[u32]) -> Digest {
-        Digest {
-            count: covered.len() as u64,
-            sum: covered.iter().map(|&h| u64::from(h)).sum(),
-        }
-    }
+/// The series a member holds for a span: those whose samples reach into the window of
+/// every step (`full`, hashes only: most series in a settled cluster) and the others
+/// with the times of their first and last sample. Hashes are the stable 64-bit label
+/// hashes, so the same series on two members always has the same hash.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    pub full: Vec<u64>,
+    pub partial: Vec<Presence>,
 }
 
 /// The series of `local` matching `matchers` with samples in the span's window
-/// (`[start - window_ms, end]`), as covered-series hashes: the low 32 bits of the
-/// stable label hash. The same series always gives the same value, so an overlap is
-/// never missed; a collision only makes the caller fall back to the normal path.
-pub fn covered(
-    local: &dyn Queryable,
-    matchers: &[Matcher],
-    span: Span,
-) -> Result<Vec<u32>, String> {
-    Ok(local
-        .series(span.start - span.window_ms, span.end, matchers)
+/// (`[start - window_ms, end]`).
+pub fn listing(local: &dyn Queryable, matchers: &[Matcher], span: Span) -> Result<Listing, String> {
+    let mut out = Listing::default();
+    for p in local
+        .presence(span.start - span.window_ms, span.end, matchers)
         .map_err(|e| e.0)?
-        .iter()
-        .map(|l| l.stable_hash() as u32)
-        .collect())
+    {
+        if p.min_t <= span.start && p.max_t.saturating_add(span.window_ms) > span.end {
+            out.full.push(p.hash);
+        } else {
+            out.partial.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// The times `t` (half-open intervals, sorted, disjoint) at which some series has
+/// samples in the window `(t - window_ms, t]` on two members: there the members' parts
+/// are not the same as an evaluation over the merged data. A series with samples from
+/// `a` to `b` reaches the windows of `t ∈ [a, b + window_ms)`.
+pub fn overlaps(listings: &[&Listing], window_ms: i64) -> Vec<(i64, i64)> {
+    let mut all: Vec<(u64, i64, i64)> = Vec::new();
+    for l in listings {
+        all.extend(l.full.iter().map(|&h| (h, i64::MIN, i64::MAX)));
+        all.extend(
+            l.partial
+                .iter()
+                .map(|p| (p.hash, p.min_t, p.max_t.saturating_add(window_ms))),
+        );
+    }
+    all.sort_unstable();
+    let mut bad: Vec<(i64, i64)> = Vec::new();
+    for group in all.chunk_by(|x, y| x.0 == y.0).filter(|g| g.len() > 1) {
+        for (i, x) in group.iter().enumerate() {
+            for y in &group[i + 1..] {
+                let (lo, hi) = (x.1.max(y.1), x.2.min(y.2));
+                if lo < hi {
+                    bad.push((lo, hi));
+                }
+            }
+        }
+    }
+    bad.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(bad.len());
+    for (lo, hi) in bad {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+}
+
+/// The runs of consecutive steps of `span` whose times fall in `overlaps`, as
+/// inclusive `(first step, last step)` times. An instant query has one step, `end`.
+pub fn overlapping_steps(span: Span, overlaps: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let step = span.step.max(1);
+    let last_step = span.start + (span.end - span.start) / step * step;
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for &(lo, hi) in overlaps {
+        // The first step at or after lo, the last step before hi.
+        let first = if lo <= span.start {
+            span.start
+        } else {
+            span.start + (lo - span.start + step - 1) / step * step
+        };
+        let last = if hi > last_step {
+            last_step
+        } else {
+            span.start + (hi - 1 - span.start).div_euclid(step) * step
+        };
+        if first > last {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(r) if first <= r.1 + step => r.1 = r.1.max(last),
+            _ => runs.push((first, last)),
+        }
+    }
+    runs
 }
 
 /// Evaluates a plan's member queries over `local` (on a member, or this node's part).
-/// The covered series are listed (digested) after the evaluation, so a series that
-/// appears in between changes the digest (a needless fallback), never goes unseen.
+/// The series are listed after the evaluation, so a series that appears in between
+/// is listed (at worst a needless normal evaluation of some steps), never unseen.
 pub fn evaluate(
     engine: &Engine,
     local: &dyn Queryable,
@@ -215,31 +277,84 @@ pub fn evaluate(
         results.push(series);
     }
     Ok(Part {
-        digest: Digest::of(&covered(local, matchers, span)?),
+        listing: listing(local, matchers, span)?,
         results,
     })
 }
 
-/// Whether covered-series lists are disjoint (no series on two of them).
-pub fn disjoint_lists<'a>(lists: impl IntoIterator<Item = &'a [u32]>) -> bool {
-    let mut seen = HashSet::new();
-    lists.into_iter().flatten().all(|h| seen.insert(*h))
-}
-
-/// Packs covered-series hashes for the wire (4 bytes each, little-endian).
-pub fn pack(covered: &[u32]) -> Vec<u8> {
-    covered.iter().flat_map(|h| h.to_le_bytes()).collect()
+/// Packs a listing for the wire: the number of full hashes, the full hashes, then
+/// `(hash, first, last)` per partial series; 8 bytes each, little-endian.
+pub fn pack(l: &Listing) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 8 * l.full.len() + 24 * l.partial.len());
+    out.extend_from_slice(&(l.full.len() as u64).to_le_bytes());
+    for h in &l.full {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    for p in &l.partial {
+        out.extend_from_slice(&p.hash.to_le_bytes());
+        out.extend_from_slice(&p.min_t.to_le_bytes());
+        out.extend_from_slice(&p.max_t.to_le_bytes());
+    }
+    out
 }
 
 /// Unpacks [`pack`]'s bytes.
-pub fn unpack(bytes: &[u8]) -> Result<Vec<u32>, String> {
-    if !bytes.len().is_multiple_of(4) {
-        return Err("covered-series list is not a multiple of 4 bytes".into());
+pub fn unpack(bytes: &[u8]) -> Result<Listing, String> {
+    let words: Vec<u64> = bytes
+        .chunks(8)
+        .map(|c| <[u8; 8]>::try_from(c).map(u64::from_le_bytes))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "series listing is not a multiple of 8 bytes".to_string())?;
+    let (&nfull, rest) = words
+        .split_first()
+        .ok_or_else(|| "series listing is empty".to_string())?;
+    let nfull = usize::try_from(nfull)
+        .ok()
+        .filter(|&n| n <= rest.len() && (rest.len() - n) % 3 == 0)
+        .ok_or_else(|| "series listing has a bad length".to_string())?;
+    Ok(Listing {
+        full: rest[..nfull].to_vec(),
+        partial: rest[nfull..]
+            .chunks_exact(3)
+            .map(|c| Presence {
+                hash: c[0],
+                min_t: c[1] as i64,
+                max_t: c[2] as i64,
+            })
+            .collect(),
+    })
+}
+
+/// Replaces the points of `combined` at the steps of `runs` (inclusive time ranges)
+/// with `normal`, the normal evaluation of those steps. Sorted by labels.
+pub fn splice(combined: Vec<Series>, runs: &[(i64, i64)], normal: Vec<Series>) -> Vec<Series> {
+    let in_runs = |t: i64| runs.iter().any(|&(a, b)| a <= t && t <= b);
+    let mut acc: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+    for s in combined {
+        let pts = acc.entry(s.labels).or_default();
+        pts.extend(
+            s.samples
+                .iter()
+                .filter(|x| !in_runs(x.t))
+                .map(|x| (x.t, x.v)),
+        );
     }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    for s in normal {
+        let pts = acc.entry(s.labels).or_default();
+        pts.extend(
+            s.samples
+                .iter()
+                .filter(|x| in_runs(x.t))
+                .map(|x| (x.t, x.v)),
+        );
+    }
+    acc.into_iter()
+        .filter(|(_, pts)| !pts.is_empty())
+        .map(|(labels, pts)| Series {
+            labels,
+            samples: pts.into_iter().map(|(t, v)| Sample { t, v }).collect(),
+        })
+        .collect()
 }
 
 /// Folds the parts into the result series (sorted by labels).
@@ -359,17 +474,17 @@ mod tests {
                 step,
                 window_ms: window,
             };
-            let lists: Vec<Vec<u32>> = [&a, &b]
+            let lists: Vec<Listing> = [&a, &b]
                 .iter()
-                .map(|s| covered(*s, &p.matchers, span).unwrap())
+                .map(|s| listing(*s, &p.matchers, span).unwrap())
                 .collect();
-            assert!(disjoint_lists(lists.iter().map(Vec::as_slice)));
+            assert!(overlaps(&lists.iter().collect::<Vec<_>>(), window).is_empty());
             let parts: Vec<Part> = [&a, &b]
                 .iter()
                 .map(|s| evaluate(&engine, *s, &p.member_queries, &p.matchers, span).unwrap())
                 .collect();
             for (part, list) in parts.iter().zip(&lists) {
-                assert_eq!(part.digest, Digest::of(list));
+                assert_eq!(&part.listing, list);
             }
             let got = combine(p.combine, parts);
             let crate::promql::Value::Matrix(want) = engine
@@ -392,7 +507,7 @@ mod tests {
                 }
             }
         }
-        // The same series on both stores (a replica): not disjoint.
+        // The same series on both stores (a replica): every step overlaps.
         let p = plan("sum(x)").unwrap();
         let span = Span {
             start: 500_000,
@@ -400,14 +515,140 @@ mod tests {
             step: 0,
             window_ms: 300_000,
         };
-        let list = |s: &MemStore| covered(s, &p.matchers, span).unwrap();
-        assert!(!disjoint_lists([
-            list(&whole).as_slice(),
-            list(&a).as_slice()
-        ]));
-        // Packing round-trips; a torn list is an error.
-        let l = list(&whole);
-        assert_eq!(unpack(&pack(&l)).unwrap(), l);
+        let list = |s: &MemStore| listing(s, &p.matchers, span).unwrap();
+        let (lw, la) = (list(&whole), list(&a));
+        let ov = overlaps(&[&lw, &la], span.window_ms);
+        assert_eq!(overlapping_steps(span, &ov), vec![(500_000, 500_000)]);
+        // Packing round-trips; a torn listing is an error.
+        assert_eq!(unpack(&pack(&lw)).unwrap(), lw);
         assert!(unpack(&[1, 2, 3]).is_err());
+        assert!(unpack(&[]).is_err());
+        assert!(unpack(&9u64.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn overlaps_are_where_two_members_reach_a_steps_window() {
+        let part = |hash, min_t, max_t| Presence { hash, min_t, max_t };
+        // Series 7 moved from a to b at 100 s (a scraped it once more at 105 s); series
+        // 8 is on a only; series 9 is a replica on both for the whole span.
+        let a = Listing {
+            full: vec![9],
+            partial: vec![part(7, 0, 105_000), part(8, 0, 400_000)],
+        };
+        let b = Listing {
+            full: vec![9],
+            partial: vec![part(7, 100_000, 400_000)],
+        };
+        let ov = overlaps(&[&a, &b], 60_000);
+        assert_eq!(ov, vec![(i64::MIN, i64::MAX)]);
+        let b = Listing {
+            full: vec![],
+            partial: vec![part(7, 100_000, 400_000)],
+        };
+        let ov = overlaps(&[&a, &b], 60_000);
+        // b reaches from 100 s, a until 105 s + 60 s.
+        assert_eq!(ov, vec![(100_000, 165_000)]);
+        let span = Span {
+            start: 0,
+            end: 300_000,
+            step: 15_000,
+            window_ms: 60_000,
+        };
+        assert_eq!(overlapping_steps(span, &ov), vec![(105_000, 150_000)]);
+        // Steps that do not hit the interval are not listed; adjacent runs join.
+        let span = Span {
+            start: 1_000,
+            end: 300_000,
+            step: 30_000,
+            window_ms: 60_000,
+        };
+        assert_eq!(overlapping_steps(span, &ov), vec![(121_000, 151_000)]);
+        assert_eq!(
+            overlapping_steps(span, &[(0, 1_001), (121_000, 121_001), (150_000, 152_000)]),
+            vec![(1_000, 1_000), (121_000, 151_000)]
+        );
+        assert!(overlapping_steps(span, &[(2_000, 30_000)]).is_empty());
+        assert!(overlapping_steps(span, &[(400_000, 500_000)]).is_empty());
+    }
+
+    /// A target's series moves from store a to store b mid-range (with a scrape of
+    /// overlap): pushing down the clean steps and evaluating the overlapping ones over
+    /// the merged data gives exactly the evaluation over the merged data.
+    #[test]
+    fn split_history_is_pushed_down_outside_the_move() {
+        let (a, b, whole) = (MemStore::new(), MemStore::new(), MemStore::new());
+        for i in 0..4 {
+            let l = Labels::from_pairs(&[("__name__", "x"), ("i", &i.to_string())]);
+            for k in 0..60i64 {
+                let t = k * 10_000 + i;
+                let v = (k * (i + 2)) as f64;
+                whole.insert(&l, t, v);
+                if i == 0 {
+                    // Moves at 300 s; a scrapes it once more.
+                    if t <= 310_000 {
+                        a.insert(&l, t, v);
+                    }
+                    if t >= 300_000 {
+                        b.insert(&l, t, v);
+                    }
+                } else if i % 2 == 0 {
+                    a.insert(&l, t, v);
+                } else {
+                    b.insert(&l, t, v);
+                }
+            }
+        }
+        let engine = Engine::new(EngineOptions::default());
+        let q = "sum(rate(x[1m]))";
+        let p = plan(q).unwrap();
+        let span = Span {
+            start: 60_000,
+            end: 590_000,
+            step: 10_000,
+            window_ms: 60_000,
+        };
+        let lists: Vec<Listing> = [&a, &b]
+            .iter()
+            .map(|s| listing(*s, &p.matchers, span).unwrap())
+            .collect();
+        let runs = overlapping_steps(span, &overlaps(&lists.iter().collect::<Vec<_>>(), 60_000));
+        assert_eq!(runs, vec![(300_000, 360_000)]);
+        let parts: Vec<Part> = [&a, &b]
+            .iter()
+            .map(|s| evaluate(&engine, *s, &p.member_queries, &p.matchers, span).unwrap())
+            .collect();
+        let mut normal = Vec::new();
+        for &(s, e) in &runs {
+            let crate::promql::Value::Matrix(m) = engine
+                .range_query(&whole, q, s, e, span.step)
+                .unwrap()
+                .value
+            else {
+                panic!("matrix")
+            };
+            normal.extend(m);
+        }
+        let got = splice(combine(p.combine, parts), &runs, normal);
+        let crate::promql::Value::Matrix(want) = engine
+            .range_query(&whole, q, span.start, span.end, span.step)
+            .unwrap()
+            .value
+        else {
+            panic!("matrix")
+        };
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].samples.len(), want[0].samples.len());
+        for (x, y) in got[0].samples.iter().zip(&want[0].samples) {
+            assert_eq!(x.t, y.t);
+            assert!((x.v - y.v).abs() < 1e-9 * y.v.abs().max(1.0), "{x:?} {y:?}");
+        }
+        // Without the normal steps the parts alone are wrong there (the check matters).
+        let parts: Vec<Part> = [&a, &b]
+            .iter()
+            .map(|s| evaluate(&engine, *s, &p.member_queries, &p.matchers, span).unwrap())
+            .collect();
+        let naive = combine(p.combine, parts);
+        let at = |ss: &[Series], t: i64| ss[0].samples.iter().find(|x| x.t == t).unwrap().v;
+        assert!((at(&naive, 320_000) - at(&want, 320_000)).abs() > 1e-6);
     }
 }

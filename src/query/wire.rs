@@ -19,7 +19,7 @@ use crate::tsdb::chunkenc::{XorIterator, XorState, new_chunk};
 pub const PATH: &str = "/internal/query";
 
 /// Version byte in front of every request and response body.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Upper bound on one decoded body (protects against malformed length prefixes).
 const DECODE_LIMIT: usize = 512 << 20;
@@ -49,13 +49,6 @@ pub enum Request {
     },
     LabelValues {
         name: String,
-        mint: i64,
-        maxt: i64,
-        matchers: Vec<WireMatcher>,
-    },
-    /// Aggregation pushdown, first step: the series matching `matchers` with samples
-    /// in `[mint, maxt]`, as `pushdown::pack`ed hashes ([`Response::Covered`]).
-    Covered {
         mint: i64,
         maxt: i64,
         matchers: Vec<WireMatcher>,
@@ -158,12 +151,10 @@ pub enum Response {
     Series(SeriesBlock),
     /// Label names or values, sorted.
     Strings(Vec<String>),
-    /// Covered-series hashes (`pushdown::pack`ed).
-    Covered(Vec<u8>),
-    /// A pushdown part: the digest of the series covered, and per query its result
-    /// series (group labels, one point per step).
+    /// A pushdown part: the `pushdown::pack`ed listing of the series the member
+    /// holds, and per query its result series (group labels, one point per step).
     Aggregate {
-        digest: crate::query::pushdown::Digest,
+        listing: Vec<u8>,
         results: Vec<SeriesBlock>,
     },
 }

@@ -94,6 +94,16 @@ pub struct SelectHints {
     pub range: i64,
 }
 
+/// Where one series has samples: its stable label hash ([`Labels::stable_hash`]) and
+/// the times of its first and last sample (aggregation pushdown checks with these that
+/// no series has samples on two cluster members in the window a query reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    pub hash: u64,
+    pub min_t: i64,
+    pub max_t: i64,
+}
+
 /// Something that answers selects. Implemented by the TSDB and by the distributed select.
 pub trait Queryable: Send + Sync {
     /// Series matching all `matchers` with their samples in `[hints.start, hints.end]`.
@@ -153,6 +163,34 @@ pub trait Queryable: Send + Sync {
     ) -> Result<Warned<Vec<String>>, StorageError> {
         self.label_values(name, mint, maxt, matchers)
             .map(Warned::new)
+    }
+
+    /// The series matching `matchers` with samples in `[mint, maxt]`, in any order, and
+    /// where they have samples. `min_t`/`max_t` may be wider than the range (a store
+    /// may report a series' first and last sample overall), never narrower.
+    fn presence(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Presence>, StorageError> {
+        let hints = SelectHints {
+            start: mint,
+            end: maxt,
+            ..SelectHints::default()
+        };
+        Ok(self
+            .select(&hints, matchers)?
+            .series
+            .iter()
+            .filter_map(|s| {
+                Some(Presence {
+                    hash: s.labels.stable_hash(),
+                    min_t: s.samples.first()?.t,
+                    max_t: s.samples.last()?.t,
+                })
+            })
+            .collect())
     }
 
     /// This store refusing incomplete answers (`partial_response=false`): where a

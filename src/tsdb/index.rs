@@ -236,6 +236,55 @@ fn decode_batch(st: &mut State, v: &[u8], ids: &mut Vec<(u64, u64)>) -> Result<(
     Ok(())
 }
 
+/// The entries of `ids` whose series match every matcher: `(position in ids, pairs)`.
+fn filter<'s>(st: &'s State, ids: &[u64], matchers: &[Matcher]) -> Vec<(usize, &'s [u32])> {
+    let mut prep: Vec<Prepared> = matchers
+        .iter()
+        .map(|m| Prepared {
+            m,
+            name: st.sym_ids.get(m.name.as_str()).copied(),
+            cache: Vec::new(),
+            empty: m.matches(""),
+        })
+        .collect();
+    let mut keep: Vec<(usize, &[u32])> = Vec::with_capacity(ids.len());
+    'series: for (pos, &id) in ids.iter().enumerate() {
+        let pairs = st.pairs(id);
+        if pairs.is_empty() {
+            continue;
+        }
+        for p in prep.iter_mut() {
+            let value = p
+                .name
+                .and_then(|n| pairs.chunks_exact(2).find(|q| q[0] == n).map(|q| q[1]));
+            let ok = match value {
+                None => p.empty,
+                Some(v) => {
+                    if p.cache.is_empty() {
+                        p.cache = vec![0; st.syms.len()];
+                    }
+                    match p.cache.get(v as usize).copied() {
+                        Some(1) => true,
+                        Some(2) => false,
+                        _ => {
+                            let ok = p.m.matches(st.sym(v));
+                            if let Some(c) = p.cache.get_mut(v as usize) {
+                                *c = if ok { 1 } else { 2 };
+                            }
+                            ok
+                        }
+                    }
+                }
+            };
+            if !ok {
+                continue 'series;
+            }
+        }
+        keep.push((pos, pairs));
+    }
+    keep
+}
+
 impl Index {
     /// Opens the index and loads it into memory. Returns every `(id, labels hash)`.
     pub fn open(db: &sled::Db) -> Result<(Index, Vec<(u64, u64)>), StorageError> {
@@ -352,6 +401,31 @@ impl Index {
             .collect())
     }
 
+    /// The entries of `ids` whose series match every matcher with their stable label
+    /// hashes ([`Labels::stable_hash`], computed without building the labels):
+    /// `(position in ids, hash)`, in the order of `ids`.
+    pub fn hashes(
+        &self,
+        ids: &[u64],
+        matchers: &[Matcher],
+    ) -> Result<Vec<(usize, u64)>, StorageError> {
+        let st = self.st.read().map_err(poisoned)?;
+        let mut buf = Vec::with_capacity(256);
+        Ok(filter(&st, ids, matchers)
+            .into_iter()
+            .map(|(pos, pairs)| {
+                buf.clear();
+                for p in pairs.chunks_exact(2) {
+                    buf.extend_from_slice(st.sym(p[0]).as_bytes());
+                    buf.push(0xff);
+                    buf.extend_from_slice(st.sym(p[1]).as_bytes());
+                    buf.push(0xff);
+                }
+                (pos, xxhash_rust::xxh3::xxh3_64(&buf))
+            })
+            .collect())
+    }
+
     /// Keeps the entries of `ids` whose series match every matcher, sorted by labels,
     /// with their labels: `(position in ids, labels)`.
     pub fn resolve(
@@ -361,50 +435,7 @@ impl Index {
     ) -> Result<Vec<(usize, Labels)>, StorageError> {
         let ranks = self.st.write().map_err(poisoned)?.ranks();
         let st = self.st.read().map_err(poisoned)?;
-        let mut prep: Vec<Prepared> = matchers
-            .iter()
-            .map(|m| Prepared {
-                m,
-                name: st.sym_ids.get(m.name.as_str()).copied(),
-                cache: Vec::new(),
-                empty: m.matches(""),
-            })
-            .collect();
-        let mut keep: Vec<(usize, &[u32])> = Vec::with_capacity(ids.len());
-        'series: for (pos, &id) in ids.iter().enumerate() {
-            let pairs = st.pairs(id);
-            if pairs.is_empty() {
-                continue;
-            }
-            for p in prep.iter_mut() {
-                let value = p
-                    .name
-                    .and_then(|n| pairs.chunks_exact(2).find(|q| q[0] == n).map(|q| q[1]));
-                let ok = match value {
-                    None => p.empty,
-                    Some(v) => {
-                        if p.cache.is_empty() {
-                            p.cache = vec![0; st.syms.len()];
-                        }
-                        match p.cache.get(v as usize).copied() {
-                            Some(1) => true,
-                            Some(2) => false,
-                            _ => {
-                                let ok = p.m.matches(st.sym(v));
-                                if let Some(c) = p.cache.get_mut(v as usize) {
-                                    *c = if ok { 1 } else { 2 };
-                                }
-                                ok
-                            }
-                        }
-                    }
-                };
-                if !ok {
-                    continue 'series;
-                }
-            }
-            keep.push((pos, pairs));
-        }
+        let mut keep = filter(&st, ids, matchers);
         let rank = |s: u32| ranks.get(s as usize).copied().unwrap_or(u32::MAX);
         let full = |a: &(usize, &[u32]), b: &(usize, &[u32])| {
             for (x, y) in a.1.iter().zip(b.1) {

@@ -55,8 +55,8 @@ use self::index::{Index, sled_err};
 use self::wal::{RecordBuilder, WalCursor};
 use crate::model::{Labels, Matcher, Sample};
 use crate::storage::{
-    AppendError, Appendable, Appender, CommitStats, Queryable, SelectHints, Series, SeriesRef,
-    SeriesSet, StorageError,
+    AppendError, Appendable, Appender, CommitStats, Presence, Queryable, SelectHints, Series,
+    SeriesRef, SeriesSet, StorageError,
 };
 
 /// How the TSDB is run.
@@ -867,6 +867,34 @@ impl Queryable for Tsdb {
             .matching(mint, maxt, matchers, false)?
             .into_iter()
             .map(|(l, _)| l)
+            .collect())
+    }
+
+    fn presence(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Presence>, StorageError> {
+        if mint > maxt {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let cands = inner.index.candidates(matchers)?;
+        let snaps = inner.snapshot(cands, mint, maxt, false)?;
+        let ids: Vec<u64> = snaps.iter().map(|s| s.id).collect();
+        Ok(inner
+            .index
+            .hashes(&ids, matchers)?
+            .into_iter()
+            .filter_map(|(pos, hash)| {
+                let s = snaps.get(pos)?;
+                Some(Presence {
+                    hash,
+                    min_t: s.min_t,
+                    max_t: s.last_t,
+                })
+            })
             .collect())
     }
 

@@ -9,6 +9,7 @@ use serde_json::{Value as Json, json};
 
 use crate::model::{Labels, Matcher};
 use crate::promql::{Engine, EvalError};
+use crate::query::ClusterPushdown;
 
 use super::AppState;
 use super::json::{ApiError, ErrorType, encode_query_data, success, success_raw};
@@ -203,13 +204,16 @@ pub async fn query(
     let engine = engine_for(&st, &p)?;
     let storage = storage_for(&st, &p)?;
     let (cluster, strict) = pushdown_for(&st, &p)?;
-    run_query(&st, move || {
-        if let Some(c) = cluster
-            && let Some(r) = c.pushdown(&engine, &q, t, t, 0, strict)
-        {
-            return r;
+    run_query(&st, move || match cluster {
+        Some(cluster) => {
+            let push = ClusterPushdown {
+                cluster: &cluster,
+                engine: &engine,
+                strict,
+            };
+            engine.instant_query_pushdown(storage.as_ref(), &push, &q, t)
         }
-        engine.instant_query(storage.as_ref(), &q, t)
+        None => engine.instant_query(storage.as_ref(), &q, t),
     })
     .await
 }
@@ -262,13 +266,16 @@ pub async fn query_range(
     let engine = engine_for(&st, &p)?;
     let storage = storage_for(&st, &p)?;
     let (cluster, strict) = pushdown_for(&st, &p)?;
-    run_query(&st, move || {
-        if let Some(c) = cluster
-            && let Some(r) = c.pushdown(&engine, &q, start, end, step, strict)
-        {
-            return r;
+    run_query(&st, move || match cluster {
+        Some(cluster) => {
+            let push = ClusterPushdown {
+                cluster: &cluster,
+                engine: &engine,
+                strict,
+            };
+            engine.range_query_pushdown(storage.as_ref(), &push, &q, start, end, step)
         }
-        engine.range_query(storage.as_ref(), &q, start, end, step)
+        None => engine.range_query(storage.as_ref(), &q, start, end, step),
     })
     .await
 }

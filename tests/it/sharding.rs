@@ -227,8 +227,26 @@ fn three_nodes_split_sixty_targets_disjointly() {
     // below 6 with probability < 1e-5).
     assert!(per_node.iter().all(|&n| n >= 6), "uneven: {per_node:?}");
     // The targets a node owns are the ones it scrapes: fresh `up` samples (under 2.5
-    // scrape intervals old) exist for its own targets only. (While the cluster formed,
-    // a node briefly owned more; those samples age out without staleness markers.)
+    // scrape intervals old) exist for its own targets only. And nodes started together
+    // wait for each other before scraping: no node ever scraped a target it does not
+    // own (its whole history holds its own targets only).
+    for (i, n) in c.nodes.iter().enumerate() {
+        let mine: BTreeSet<usize> = a
+            .iter()
+            .filter(|(_, o)| o.contains(&i))
+            .map(|(t, _)| *t)
+            .collect();
+        let ever: BTreeSet<usize> = n
+            .query_local("count_over_time(up{job=\"fleet\"}[1h])")
+            .iter()
+            .filter_map(|s| str_of(&s["metric"]["idx"]).parse().ok())
+            .collect();
+        assert!(
+            ever.is_subset(&mine),
+            "node {i} scraped {:?}, which it does not own, while the cluster formed",
+            ever.difference(&mine).collect::<Vec<_>>()
+        );
+    }
     for (i, n) in c.nodes.iter().enumerate() {
         let mine: BTreeSet<usize> = a
             .iter()
