@@ -467,10 +467,11 @@ impl Node {
                 member_timeout: member_timeout(args.query_timeout),
                 secret: cluster.secret().map(str::to_owned),
                 local_address: opts_local_address,
-                pushdown: args.cluster.replication_factor == 1,
+                pushdown: args.query_pushdown && args.cluster.replication_factor == 1,
             },
         )
         .context("starting the query fan-out")?;
+        metrics.register_collector(Box::new(telemetry::FanOutCollector(cluster_reads.clone())));
 
         let ready = Arc::new(AtomicBool::new(false));
         let targets_for_node = targets.clone();

@@ -117,6 +117,10 @@ pub struct RunArgs {
     /// How far back an instant selector looks for a sample.
     #[arg(long = "query.lookback-delta", default_value = "5m", value_parser = parse_duration)]
     pub query_lookback_delta: Duration,
+    /// Aggregation pushdown in a cluster (members aggregate their own series); `false`
+    /// evaluates every query over the members' raw samples (for comparisons).
+    #[arg(long = "query.pushdown", default_value_t = true, action = clap::ArgAction::Set)]
+    pub query_pushdown: bool,
     /// Maximum number of queries evaluated at once.
     #[arg(long = "query.max-concurrency", default_value_t = 20)]
     pub query_max_concurrency: usize,

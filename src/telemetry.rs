@@ -219,6 +219,48 @@ impl ClusterStatusCache {
     }
 }
 
+/// Exposes the query fan-out's counters on `/metrics` (`shoal_query_*`).
+pub struct FanOutCollector(pub crate::query::ClusterQueryable);
+
+impl std::fmt::Debug for FanOutCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FanOutCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for FanOutCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let (pushed, fallbacks) = self.0.pushdown_counts();
+        let counters: [(&str, &str, u64); 3] = [
+            (
+                "query_member_response_bytes",
+                "Bytes of answers received from other members for reads of this node",
+                self.0.bytes_received(),
+            ),
+            (
+                "query_pushdowns",
+                "Aggregations answered by pushdown (members aggregated their own series)",
+                pushed,
+            ),
+            (
+                "query_pushdown_fallbacks",
+                "Pushdown attempts evaluated normally instead (series on several members)",
+                fallbacks,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let c = ConstCounter::new(v);
+            c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Raft and membership metrics on `/metrics` (`shoal_cluster_*`): term, leader
 /// changes, commit and applied index, apply lag, leadership, members by state.
 #[derive(Debug)]

@@ -269,6 +269,10 @@ struct Inner {
     handle: tokio::runtime::Handle,
     /// Response bytes received from members (for measurements).
     bytes_received: AtomicU64,
+    /// Aggregations answered by pushdown (some steps may have been evaluated normally),
+    /// and those a pushdown attempt handed back to the normal evaluation.
+    pushed_down: AtomicU64,
+    pushdown_fallbacks: AtomicU64,
     /// Members that last timed out, until when they are not asked again: a stuck
     /// member costs one timeout per member-timeout period, not one per read (a
     /// dashboard's twenty panels, or a pushdown check and its fallback).
@@ -325,6 +329,8 @@ impl ClusterQueryable {
                 opts,
                 client,
                 bytes_received: AtomicU64::new(0),
+                pushed_down: AtomicU64::new(0),
+                pushdown_fallbacks: AtomicU64::new(0),
                 suspect: Mutex::default(),
                 no_pushdown_until: Mutex::default(),
             }),
@@ -335,6 +341,15 @@ impl ClusterQueryable {
     /// Total response bytes received from members so far.
     pub fn bytes_received(&self) -> u64 {
         self.inner.bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// Aggregations answered by pushdown so far, and pushdown attempts that fell back
+    /// to the normal evaluation (series on several members at every step).
+    pub fn pushdown_counts(&self) -> (u64, u64) {
+        (
+            self.inner.pushed_down.load(Ordering::Relaxed),
+            self.inner.pushdown_fallbacks.load(Ordering::Relaxed),
+        )
     }
 
     /// Sends `req` to every up member but this node while `local` reads this node's
@@ -569,8 +584,7 @@ impl ClusterQueryable {
         // (over the data their windows read: never more than the whole query reads);
         // when that is all of them, the whole query is.
         let listings: Vec<&pushdown::Listing> = parts.iter().map(|(_, p)| &p.listing).collect();
-        let runs =
-            pushdown::overlapping_steps(span, &pushdown::overlaps(&listings, span.window_ms));
+        let runs = pushdown::overlapping_steps(&listings, span);
         let steps = |(a, b): (i64, i64)| (b - a) / step.max(1) + 1;
         let total = steps((start, end));
         let overlapping: i64 = runs.iter().map(|&r| steps(r)).sum();
@@ -581,6 +595,9 @@ impl ClusterQueryable {
                 total,
                 "pushdown not exact (series on several members); evaluating normally"
             );
+            self.inner
+                .pushdown_fallbacks
+                .fetch_add(1, Ordering::Relaxed);
             let mut skip = self
                 .inner
                 .no_pushdown_until
@@ -592,10 +609,7 @@ impl ClusterQueryable {
             skip.insert(key, end + (end - start) + span.window_ms);
             return None;
         }
-        let covered: usize = listings
-            .iter()
-            .map(|l| l.full.len() + l.partial.len())
-            .sum();
+        let covered: usize = listings.iter().map(|l| l.len()).sum();
         // Member-id order on every node: the same float summation order, the same answer.
         parts.sort_by_key(|(id, _)| *id);
         let parts: Vec<pushdown::Part> = parts.into_iter().map(|(_, p)| p).collect();
@@ -615,6 +629,7 @@ impl ClusterQueryable {
             elapsed_ms = elapsed.as_secs_f64() * 1e3,
             "aggregation pushed down"
         );
+        self.inner.pushed_down.fetch_add(1, Ordering::Relaxed);
         let mut series = pushdown::combine(plan.combine, parts);
         if !runs.is_empty() {
             // Only a range query gets here (an instant query's one step is all of it).

@@ -5,11 +5,11 @@
 //!
 //! That is only the same as evaluating over the merged data at a step when no series
 //! has samples on two members in the window that step reads (no replicas, no history
-//! split by a move). So each member first lists the series it holds ([`listing`]:
-//! stable 64-bit label hashes, with first and last sample times where the series does
-//! not span the whole query); the caller finds the times at which a series is on two
-//! members ([`overlaps`]) and evaluates only the steps there the normal way
-//! ([`overlapping_steps`]), usually a few steps around a target's move. [`plan`]
+//! split by a move). So with its part each member lists the series it holds
+//! ([`listing`]: label hashes grouped by the steps whose windows they reach, ~5 bytes
+//! per series); the caller finds the steps at which a series is on two members
+//! ([`overlapping_steps`]) and evaluates only those the normal way, usually a few
+//! around a target's move. [`plan`]
 //! recognises the shapes; [`combine`] folds the members' parts.
 
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ use promql_parser::parser::{Expr, LabelModifier, VectorSelector, token};
 
 use crate::model::{Labels, Matcher, Sample};
 use crate::promql::Engine;
-use crate::storage::{Presence, Queryable, Series};
+use crate::storage::{Queryable, Series};
 
 /// Range functions whose result for a series depends on that series' samples only.
 const RANGE_FUNCS: &[&str] = &[
@@ -149,97 +149,132 @@ pub struct Span {
     pub window_ms: i64,
 }
 
-/// The series a member holds for a span: those whose samples reach into the window of
-/// every step (`full`, hashes only: most series in a settled cluster) and the others
-/// with the times of their first and last sample. Hashes are the stable 64-bit label
-/// hashes, so the same series on two members always has the same hash.
+/// Bits of the label hash a listing carries: 6 bytes, about 5 on the wire once sorted
+/// and delta-encoded. Two different series on two members share one with probability
+/// ~n²/2⁴⁹ per query (7·10⁻⁵ at 200k series); that only makes the steps they reach be
+/// evaluated the normal way, never a wrong answer.
+pub const HASH_BITS: u32 = 48;
+
+/// The series a member holds for a span, grouped by the steps whose windows they
+/// reach: `(first step, last step, sorted hashes)`, steps numbered from 0 at `start`
+/// (an instant query has one, step 0). Hashes are the low [`HASH_BITS`] of the stable
+/// label hash, so the same series on two members has the same hash.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Listing {
-    pub full: Vec<u64>,
-    pub partial: Vec<Presence>,
+    pub groups: Vec<(u32, u32, Vec<u64>)>,
+}
+
+impl Listing {
+    /// How many series the listing holds.
+    pub fn len(&self) -> usize {
+        self.groups.iter().map(|g| g.2.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Span {
+    /// Number of steps.
+    fn steps(&self) -> i64 {
+        if self.step <= 0 {
+            1
+        } else {
+            (self.end - self.start) / self.step + 1
+        }
+    }
+
+    /// Time of step `i`.
+    fn time(&self, i: i64) -> i64 {
+        if self.step <= 0 {
+            self.end
+        } else {
+            self.start + i * self.step
+        }
+    }
+
+    /// The steps whose windows `(t - window_ms, t]` a series with samples from `a` to
+    /// `b` reaches (`t ∈ [a, b + window_ms)`), or `None`.
+    fn reach(&self, a: i64, b: i64) -> Option<(u32, u32)> {
+        let n = self.steps();
+        let until = b.saturating_add(self.window_ms); // exclusive
+        let (first, last) = if self.step <= 0 {
+            (0, 0)
+        } else {
+            let first = if a <= self.start {
+                0
+            } else {
+                (a - self.start + self.step - 1) / self.step
+            };
+            let last = if until > self.time(n - 1) {
+                n - 1
+            } else {
+                (until - 1 - self.start).div_euclid(self.step)
+            };
+            (first, last)
+        };
+        let ok = first <= last && self.time(first) >= a && self.time(last) < until;
+        ok.then(|| (first as u32, last.min(u32::MAX as i64) as u32))
+    }
 }
 
 /// The series of `local` matching `matchers` with samples in the span's window
-/// (`[start - window_ms, end]`).
+/// (`[start - window_ms, end]`), with the steps they reach.
 pub fn listing(local: &dyn Queryable, matchers: &[Matcher], span: Span) -> Result<Listing, String> {
-    let mut out = Listing::default();
+    let mut groups: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
+    let mask = (1u64 << HASH_BITS) - 1;
     for p in local
         .presence(span.start - span.window_ms, span.end, matchers)
         .map_err(|e| e.0)?
     {
-        if p.min_t <= span.start && p.max_t.saturating_add(span.window_ms) > span.end {
-            out.full.push(p.hash);
-        } else {
-            out.partial.push(p);
+        if let Some(r) = span.reach(p.min_t, p.max_t) {
+            groups.entry(r).or_default().push(p.hash & mask);
         }
     }
-    Ok(out)
+    Ok(Listing {
+        groups: groups
+            .into_iter()
+            .map(|((a, b), mut h)| {
+                h.sort_unstable();
+                (a, b, h)
+            })
+            .collect(),
+    })
 }
 
-/// The times `t` (half-open intervals, sorted, disjoint) at which some series has
-/// samples in the window `(t - window_ms, t]` on two members: there the members' parts
-/// are not the same as an evaluation over the merged data. A series with samples from
-/// `a` to `b` reaches the windows of `t ∈ [a, b + window_ms)`.
-pub fn overlaps(listings: &[&Listing], window_ms: i64) -> Vec<(i64, i64)> {
-    let mut all: Vec<(u64, i64, i64)> = Vec::new();
-    for l in listings {
-        all.extend(l.full.iter().map(|&h| (h, i64::MIN, i64::MAX)));
-        all.extend(
-            l.partial
-                .iter()
-                .map(|p| (p.hash, p.min_t, p.max_t.saturating_add(window_ms))),
-        );
-    }
+/// The runs of consecutive steps at which some series is on two members (its
+/// windows there read samples from both, so the members' parts are not the same as
+/// an evaluation over the merged data), as inclusive `(first, last)` step times.
+pub fn overlapping_steps(listings: &[&Listing], span: Span) -> Vec<(i64, i64)> {
+    let mut all: Vec<(u64, u32, u32)> = listings
+        .iter()
+        .flat_map(|l| l.groups.iter())
+        .flat_map(|(a, b, hs)| hs.iter().map(move |&h| (h, *a, *b)))
+        .collect();
     all.sort_unstable();
-    let mut bad: Vec<(i64, i64)> = Vec::new();
+    let mut bad: Vec<(u32, u32)> = Vec::new();
     for group in all.chunk_by(|x, y| x.0 == y.0).filter(|g| g.len() > 1) {
         for (i, x) in group.iter().enumerate() {
             for y in &group[i + 1..] {
                 let (lo, hi) = (x.1.max(y.1), x.2.min(y.2));
-                if lo < hi {
+                if lo <= hi {
                     bad.push((lo, hi));
                 }
             }
         }
     }
     bad.sort_unstable();
-    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(bad.len());
+    let mut runs: Vec<(u32, u32)> = Vec::with_capacity(bad.len());
     for (lo, hi) in bad {
-        match merged.last_mut() {
-            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
-            _ => merged.push((lo, hi)),
-        }
-    }
-    merged
-}
-
-/// The runs of consecutive steps of `span` whose times fall in `overlaps`, as
-/// inclusive `(first step, last step)` times. An instant query has one step, `end`.
-pub fn overlapping_steps(span: Span, overlaps: &[(i64, i64)]) -> Vec<(i64, i64)> {
-    let step = span.step.max(1);
-    let last_step = span.start + (span.end - span.start) / step * step;
-    let mut runs: Vec<(i64, i64)> = Vec::new();
-    for &(lo, hi) in overlaps {
-        // The first step at or after lo, the last step before hi.
-        let first = if lo <= span.start {
-            span.start
-        } else {
-            span.start + (lo - span.start + step - 1) / step * step
-        };
-        let last = if hi > last_step {
-            last_step
-        } else {
-            span.start + (hi - 1 - span.start).div_euclid(step) * step
-        };
-        if first > last {
-            continue;
-        }
         match runs.last_mut() {
-            Some(r) if first <= r.1 + step => r.1 = r.1.max(last),
-            _ => runs.push((first, last)),
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => runs.push((lo, hi)),
         }
     }
-    runs
+    runs.into_iter()
+        .map(|(a, b)| (span.time(i64::from(a)), span.time(i64::from(b))))
+        .collect()
 }
 
 /// Evaluates a plan's member queries over `local` (on a member, or this node's part).
@@ -282,47 +317,53 @@ pub fn evaluate(
     })
 }
 
-/// Packs a listing for the wire: the number of full hashes, the full hashes, then
-/// `(hash, first, last)` per partial series; 8 bytes each, little-endian.
+/// Packs a listing for the wire: the number of groups, then per group its first and
+/// last step, its number of hashes and the hashes as deltas (uvarints).
 pub fn pack(l: &Listing) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + 8 * l.full.len() + 24 * l.partial.len());
-    out.extend_from_slice(&(l.full.len() as u64).to_le_bytes());
-    for h in &l.full {
-        out.extend_from_slice(&h.to_le_bytes());
-    }
-    for p in &l.partial {
-        out.extend_from_slice(&p.hash.to_le_bytes());
-        out.extend_from_slice(&p.min_t.to_le_bytes());
-        out.extend_from_slice(&p.max_t.to_le_bytes());
+    use crate::tsdb::codec::put_uvarint;
+    let mut out = Vec::with_capacity(16 + 6 * l.len());
+    put_uvarint(&mut out, l.groups.len() as u64);
+    for (a, b, hs) in &l.groups {
+        put_uvarint(&mut out, u64::from(*a));
+        put_uvarint(&mut out, u64::from(*b));
+        put_uvarint(&mut out, hs.len() as u64);
+        let mut prev = 0u64;
+        for &h in hs {
+            put_uvarint(&mut out, h.wrapping_sub(prev));
+            prev = h;
+        }
     }
     out
 }
 
 /// Unpacks [`pack`]'s bytes.
 pub fn unpack(bytes: &[u8]) -> Result<Listing, String> {
-    let words: Vec<u64> = bytes
-        .chunks(8)
-        .map(|c| <[u8; 8]>::try_from(c).map(u64::from_le_bytes))
-        .collect::<Result<_, _>>()
-        .map_err(|_| "series listing is not a multiple of 8 bytes".to_string())?;
-    let (&nfull, rest) = words
-        .split_first()
-        .ok_or_else(|| "series listing is empty".to_string())?;
-    let nfull = usize::try_from(nfull)
-        .ok()
-        .filter(|&n| n <= rest.len() && (rest.len() - n) % 3 == 0)
-        .ok_or_else(|| "series listing has a bad length".to_string())?;
-    Ok(Listing {
-        full: rest[..nfull].to_vec(),
-        partial: rest[nfull..]
-            .chunks_exact(3)
-            .map(|c| Presence {
-                hash: c[0],
-                min_t: c[1] as i64,
-                max_t: c[2] as i64,
-            })
-            .collect(),
-    })
+    use crate::tsdb::codec::get_uvarint;
+    let torn = || "series listing is torn".to_string();
+    let mut pos = 0;
+    let mut next = || get_uvarint(bytes, &mut pos).ok_or_else(torn);
+    let n = next()?;
+    let mut groups = Vec::new();
+    for _ in 0..n {
+        let a = u32::try_from(next()?).map_err(|_| torn())?;
+        let b = u32::try_from(next()?).map_err(|_| torn())?;
+        let count = next()?;
+        // Every hash takes at least a byte: a count beyond the body is a lie.
+        if a > b || count > bytes.len() as u64 {
+            return Err("series listing has a bad group".into());
+        }
+        let mut hs = Vec::with_capacity(count as usize);
+        let mut prev = 0u64;
+        for _ in 0..count {
+            prev = prev.wrapping_add(next()?);
+            hs.push(prev);
+        }
+        groups.push((a, b, hs));
+    }
+    if pos != bytes.len() {
+        return Err("series listing has trailing bytes".into());
+    }
+    Ok(Listing { groups })
 }
 
 /// Replaces the points of `combined` at the steps of `runs` (inclusive time ranges)
@@ -478,7 +519,7 @@ mod tests {
                 .iter()
                 .map(|s| listing(*s, &p.matchers, span).unwrap())
                 .collect();
-            assert!(overlaps(&lists.iter().collect::<Vec<_>>(), window).is_empty());
+            assert!(overlapping_steps(&lists.iter().collect::<Vec<_>>(), span).is_empty());
             let parts: Vec<Part> = [&a, &b]
                 .iter()
                 .map(|s| evaluate(&engine, *s, &p.member_queries, &p.matchers, span).unwrap())
@@ -517,58 +558,72 @@ mod tests {
         };
         let list = |s: &MemStore| listing(s, &p.matchers, span).unwrap();
         let (lw, la) = (list(&whole), list(&a));
-        let ov = overlaps(&[&lw, &la], span.window_ms);
-        assert_eq!(overlapping_steps(span, &ov), vec![(500_000, 500_000)]);
+        assert_eq!(
+            overlapping_steps(&[&lw, &la], span),
+            vec![(500_000, 500_000)]
+        );
         // Packing round-trips; a torn listing is an error.
         assert_eq!(unpack(&pack(&lw)).unwrap(), lw);
         assert!(unpack(&[1, 2, 3]).is_err());
         assert!(unpack(&[]).is_err());
-        assert!(unpack(&9u64.to_le_bytes()).is_err());
+        assert!(unpack(&[1, 0, 0, 200]).is_err()); // 200 hashes in no bytes
+        assert!(unpack(&[1, 2, 1, 0]).is_err()); // first step after last
+        let mut extra = pack(&lw);
+        extra.push(0);
+        assert!(unpack(&extra).is_err());
     }
 
     #[test]
-    fn overlaps_are_where_two_members_reach_a_steps_window() {
-        let part = |hash, min_t, max_t| Presence { hash, min_t, max_t };
-        // Series 7 moved from a to b at 100 s (a scraped it once more at 105 s); series
-        // 8 is on a only; series 9 is a replica on both for the whole span.
-        let a = Listing {
-            full: vec![9],
-            partial: vec![part(7, 0, 105_000), part(8, 0, 400_000)],
-        };
-        let b = Listing {
-            full: vec![9],
-            partial: vec![part(7, 100_000, 400_000)],
-        };
-        let ov = overlaps(&[&a, &b], 60_000);
-        assert_eq!(ov, vec![(i64::MIN, i64::MAX)]);
-        let b = Listing {
-            full: vec![],
-            partial: vec![part(7, 100_000, 400_000)],
-        };
-        let ov = overlaps(&[&a, &b], 60_000);
-        // b reaches from 100 s, a until 105 s + 60 s.
-        assert_eq!(ov, vec![(100_000, 165_000)]);
+    fn steps_overlap_where_two_members_reach_their_windows() {
         let span = Span {
             start: 0,
             end: 300_000,
             step: 15_000,
             window_ms: 60_000,
         };
-        assert_eq!(overlapping_steps(span, &ov), vec![(105_000, 150_000)]);
-        // Steps that do not hit the interval are not listed; adjacent runs join.
-        let span = Span {
-            start: 1_000,
+        // A series with samples from a to b reaches the steps t in [a, b + window).
+        assert_eq!(span.reach(0, 300_000), Some((0, 20)));
+        assert_eq!(span.reach(100_000, 400_000), Some((7, 20)));
+        assert_eq!(span.reach(-50_000, 105_000), Some((0, 10)));
+        assert_eq!(span.reach(-90_000, -60_000), None);
+        assert_eq!(span.reach(301_000, 310_000), None);
+        let instant = Span {
+            start: 300_000,
             end: 300_000,
-            step: 30_000,
+            step: 0,
             window_ms: 60_000,
         };
-        assert_eq!(overlapping_steps(span, &ov), vec![(121_000, 151_000)]);
+        assert_eq!(instant.reach(250_000, 250_000), Some((0, 0)));
+        assert_eq!(instant.reach(200_000, 240_000), None);
+        // Series 7 moved from a to b at 100 s (a scraped it once more at 105 s); 8 is
+        // on a only; 9 is a replica on both for the whole span.
+        let reach = |a, b| span.reach(a, b).unwrap();
+        let listing = |series: &[(u64, (u32, u32))]| {
+            let mut groups: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
+            for &(h, r) in series {
+                groups.entry(r).or_default().push(h);
+            }
+            Listing {
+                groups: groups.into_iter().map(|((a, b), h)| (a, b, h)).collect(),
+            }
+        };
+        let a = listing(&[(7, reach(0, 105_000)), (8, reach(0, 300_000))]);
+        let b = listing(&[(7, reach(100_000, 300_000))]);
+        // b reaches from step 7 (105 s), a until step 10 (150 s; 165 s = 105 s + 60 s).
+        assert_eq!(overlapping_steps(&[&a, &b], span), vec![(105_000, 150_000)]);
+        let b = listing(&[(7, reach(100_000, 300_000)), (9, (0, 20))]);
+        let a = listing(&[(7, reach(0, 105_000)), (9, (0, 20))]);
+        assert_eq!(overlapping_steps(&[&a, &b], span), vec![(0, 300_000)]);
+        // Separate runs stay apart, adjacent ones join.
+        let a = listing(&[(1, (0, 0)), (2, (5, 6)), (3, (7, 8))]);
+        let b = listing(&[(1, (0, 3)), (2, (0, 20)), (3, (0, 20))]);
         assert_eq!(
-            overlapping_steps(span, &[(0, 1_001), (121_000, 121_001), (150_000, 152_000)]),
-            vec![(1_000, 1_000), (121_000, 151_000)]
+            overlapping_steps(&[&a, &b], span),
+            vec![(0, 0), (75_000, 120_000)]
         );
-        assert!(overlapping_steps(span, &[(2_000, 30_000)]).is_empty());
-        assert!(overlapping_steps(span, &[(400_000, 500_000)]).is_empty());
+        assert!(overlapping_steps(&[&a], span).is_empty());
+        // Round trip of a listing with several groups.
+        assert_eq!(unpack(&pack(&a)).unwrap(), a);
     }
 
     /// A target's series moves from store a to store b mid-range (with a scrape of
@@ -611,7 +666,7 @@ mod tests {
             .iter()
             .map(|s| listing(*s, &p.matchers, span).unwrap())
             .collect();
-        let runs = overlapping_steps(span, &overlaps(&lists.iter().collect::<Vec<_>>(), 60_000));
+        let runs = overlapping_steps(&lists.iter().collect::<Vec<_>>(), span);
         assert_eq!(runs, vec![(300_000, 360_000)]);
         let parts: Vec<Part> = [&a, &b]
             .iter()
