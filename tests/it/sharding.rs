@@ -367,7 +367,12 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
     let lost_delta: f64 = (0..3)
         .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total") - lost_before[i])
         .sum();
-    assert_eq!(lost_delta, moved.len() as f64);
+    assert_eq!(
+        lost_delta,
+        moved.len() as f64,
+        "targets lost by the old nodes on a join:\n{}",
+        c.logs()
+    );
     // Make before break: the old owner scraped each moved target until the newcomer had
     // (it told the old owner, which counted a handoff), so the union of their samples
     // has no gap longer than one interval.
