@@ -17,14 +17,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 
-from benchutil import get, wait
+from benchutil import fleet_config, get, start_fleet, start_nodes, wait
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,23 +56,13 @@ def main():
     d = tempfile.mkdtemp(prefix="shoal-pushdown-")
     procs = []
     try:
-        procs.append(subprocess.Popen(
-            [sys.executable, a.fleet, "--targets", str(a.targets), "--series-per-target",
-             str(a.series_per_target), "--base-port", str(a.base_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        targets = ", ".join(f"'127.0.0.1:{a.base_port + i}'" for i in range(a.targets))
-        with open(os.path.join(d, "prometheus.yml"), "w") as f:
-            f.write(f"global:\n  scrape_interval: {a.interval}s\n"
-                    f"scrape_configs:\n  - job_name: fleet\n    static_configs:\n"
-                    f"      - targets: [{targets}]\n")
+        procs.append(start_fleet(a.fleet, a.targets, a.series_per_target, a.base_port))
+        config = os.path.join(d, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write(fleet_config(a.targets, a.base_port, a.interval))
         addrs = [f"127.0.0.1:{a.base_port - 10 + i}" for i in range(3)]
-        for i, addr in enumerate(addrs):
-            log = open(os.path.join(d, f"node{i}.log"), "w")
-            extra = ["--query.pushdown=false"] if i == 1 else []
-            procs.append(subprocess.Popen(
-                [a.bin, "run", "--config", os.path.join(d, "prometheus.yml"),
-                 "--data-dir", os.path.join(d, f"node{i}"), "--listen", addr,
-                 "--cluster.seeds", ",".join(addrs)] + extra, stdout=subprocess.DEVNULL, stderr=log))
+        procs += start_nodes(a.bin, config, d, addrs,
+                             lambda i: ["--query.pushdown=false"] if i == 1 else [])
         wait("a leader", 60, lambda: (get(addrs[0], "/api/v1/cluster") or {}).get("leaderAddress"))
         start = time.time()
         time.sleep(a.duration + 35)

@@ -540,9 +540,8 @@ impl ClusterQueryable {
         }
         drop(skip);
         // One round: every member evaluates its part and lists the series it holds
-        // (8 bytes each; with first and last sample times for those not spanning the
-        // whole query). A member that fails is missing from the answer, as it would be
-        // without pushdown.
+        // (about 5 bytes each, grouped by the steps they reach). A member that fails is
+        // missing from the answer, as it would be without pushdown.
         let (up, down) = self.members();
         if up.is_empty() && down.is_empty() {
             // A cluster of one: the normal evaluation reads the local store only.
