@@ -3,9 +3,6 @@
 //! tracking. Plain functions over a [`ScrapeCache`]; the actor calls them on a blocking
 //! thread.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crate::config::ScrapeConfig;
 use crate::model::relabel;
 use crate::model::textparse::{Entry, Format, Parser, SeriesEntry};
@@ -13,45 +10,7 @@ use crate::model::{Labels, stale_nan};
 use crate::storage::{AppendError, Appendable, Appender, SeriesRef};
 
 use super::ScrapeError;
-
-/// Cache key: a 128-bit hash of the series' raw text as exposed (name and label block).
-/// At 128 bits a collision among one target's series is not a practical concern, and
-/// the cache stays small (no copy of the text per series). Two `u64`s, not a `u128`:
-/// 8-byte alignment keeps a cache entry at 40 bytes instead of 48.
-type Key = [u64; 2];
-
-fn key_of(raw: &[u8]) -> Key {
-    let h = xxhash_rust::xxh3::xxh3_128(raw);
-    [h as u64, (h >> 64) as u64]
-}
-
-/// The key is already a good hash: use its first 8 bytes as the table hash (a
-/// `[u64; 2]` hashes as its length, then its 16 bytes in one `write`).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        match bytes.first_chunk::<8>() {
-            Some(b) => self.0 ^= u64::from_le_bytes(*b),
-            None => {
-                for b in bytes {
-                    self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-                }
-            }
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-    /// The array's length prefix: the same for every key.
-    fn write_usize(&mut self, _: usize) {}
-}
-
-type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+use super::cache::{DROPPED, Entries, Entry as CacheEntry, KeyMap, PENDING, Walk, key_of};
 
 /// How the cache refers to one exposed series.
 #[derive(Debug, Clone)]
@@ -64,22 +23,15 @@ enum Slot {
     Pending(Box<Labels>),
 }
 
-/// What the cache knows about one exposed series.
-#[derive(Debug, Clone)]
-struct CacheEntry {
-    slot: Slot,
-    /// Scrape iteration in which the series was last seen (wraps after 2³² scrapes).
-    last_iter: u32,
-    /// Whether the last sample had an explicit timestamp (no staleness tracking then).
-    explicit_ts: bool,
-}
-
 /// The per-target cache: exposed series → storage ref. Known series skip label building
 /// and relabelling (the labels live in the store, not here); it also tracks which series
-/// the previous scrape had, for staleness markers.
+/// the previous scrape had, for staleness markers. Entries are compact
+/// ([`super::cache`]); a series whose first sample the store rejected keeps its labels
+/// in `pending` until it is stored.
 #[derive(Debug, Default)]
 pub struct ScrapeCache {
-    entries: KeyMap<CacheEntry>,
+    entries: Entries,
+    pending: KeyMap<Box<Labels>>,
     iter: u32,
 }
 
@@ -245,21 +197,20 @@ fn append_scraped(
     count_rejection(res, stats)
 }
 
-/// Appends a staleness marker for a cached series. A series the store no longer knows
-/// needs none.
+/// Appends a staleness marker for a cached series. A series the store does not (or no
+/// longer) know needs none.
 fn append_stale(
     app: &mut dyn Appender,
-    slot: &mut Slot,
+    e: &CacheEntry,
     t: i64,
     stats: &mut ScrapeStats,
 ) -> Result<bool, ScrapeError> {
-    let res = match slot {
-        Slot::Dropped => return Ok(false),
-        Slot::Ref(r) => match app.append_ref(*r, t, stale_nan()) {
-            Err(AppendError::UnknownRef(_)) => return Ok(false),
-            other => other,
-        },
-        Slot::Pending(_) => return Ok(false),
+    if e.last_iter == 0 || e.explicit_ts || e.slot == DROPPED || e.slot == PENDING {
+        return Ok(false);
+    }
+    let res = match app.append_ref(e.slot, t, stale_nan()) {
+        Err(AppendError::UnknownRef(_)) => return Ok(false),
+        other => other,
     };
     count_rejection(res, stats)?;
     Ok(true)
@@ -281,10 +232,10 @@ impl ScrapeCache {
         let mut app = storage.appender();
         let iter = self.iter.wrapping_add(1).max(1);
         let mut stats = ScrapeStats::default();
-        // New series are staged so that a failed scrape leaves the cache as it was.
-        let mut staged: KeyMap<CacheEntry> = KeyMap::default();
-        // Cached series seen by this scrape; marked seen only once the scrape succeeds.
-        let mut seen: Vec<Key> = Vec::new();
+        // The next generation is built beside the cache, so that a failed scrape leaves
+        // the cache as it was.
+        let mut walk = Walk::new(&self.entries);
+        let mut pending = KeyMap::default();
         if let Err(e) = self.append_entries(
             app.as_mut(),
             ctx,
@@ -293,38 +244,36 @@ impl ScrapeCache {
             t,
             iter,
             &mut stats,
-            &mut staged,
-            &mut seen,
+            &mut walk,
+            &mut pending,
         ) {
             app.rollback();
             return Err(e);
         }
-        for k in seen {
-            if let Some(e) = self.entries.get_mut(&k) {
-                e.last_iter = iter;
-            }
-        }
         let prev_iter = self.iter;
         // Series seen by the previous scrape but not by this one get a staleness marker.
-        if prev_iter > 0 {
-            for e in self.entries.values_mut() {
-                if e.last_iter == prev_iter
-                    && !e.explicit_ts
-                    && append_stale(app.as_mut(), &mut e.slot, t, &mut stats)?
-                {
-                    stats.stale_markers += 1;
-                }
+        for e in walk.unseen(&self.entries) {
+            if e.last_iter == prev_iter && append_stale(app.as_mut(), e, t, &mut stats)? {
+                stats.stale_markers += 1;
             }
         }
         let commit = app
             .commit()
             .map_err(|e| ScrapeError::Storage(e.to_string()))?;
         stats.series_added = commit.series_created;
-        self.entries.extend(staged);
-        self.iter = iter;
         // Forget series not seen for a while (they were marked stale already).
-        self.entries
-            .retain(|_, e| iter.wrapping_sub(e.last_iter) <= 2);
+        let keep = |e: &CacheEntry| iter.wrapping_sub(e.last_iter) <= 2;
+        for e in walk.unseen(&self.entries) {
+            if e.slot == PENDING
+                && keep(e)
+                && let Some(l) = self.pending.remove(&e.key)
+            {
+                pending.insert(e.key, l);
+            }
+        }
+        self.entries = walk.finish(std::mem::take(&mut self.entries), keep);
+        self.pending = pending;
+        self.iter = iter;
         Ok(stats)
     }
 
@@ -338,8 +287,8 @@ impl ScrapeCache {
         t: i64,
         iter: u32,
         stats: &mut ScrapeStats,
-        staged: &mut KeyMap<CacheEntry>,
-        seen: &mut Vec<Key>,
+        walk: &mut Walk,
+        pending: &mut KeyMap<Box<Labels>>,
     ) -> Result<(), ScrapeError> {
         let cfg = ctx.cfg;
         let mut parser = Parser::new(body, format);
@@ -356,41 +305,63 @@ impl ScrapeCache {
                 _ => (t, false),
             };
             let key = key_of(s.raw);
-            let cached = match self.entries.get_mut(&key) {
-                Some(e) => {
-                    seen.push(key);
-                    Some(e)
-                }
-                // Seen twice in one scrape: the store decides (an equal value is a
-                // no-op, another value a duplicate).
-                None => staged.get_mut(&key),
-            };
-            let e = match cached {
-                Some(e) => {
-                    e.explicit_ts = explicit;
-                    e
-                }
+            // Seen twice in one scrape, a series is found again: the store decides (an
+            // equal value is a no-op, another value a duplicate).
+            let j = match walk.find(&self.entries, &key, iter) {
+                Some(j) => j,
                 None => {
                     // A series new to this target: build its labels once.
                     let slot = match series_labels(&s, ctx)? {
-                        Some(l) => Slot::Pending(Box::new(l)),
-                        None => Slot::Dropped,
+                        Some(l) => {
+                            pending.insert(key, Box::new(l));
+                            PENDING
+                        }
+                        None => DROPPED,
                     };
-                    staged.entry(key).or_insert(CacheEntry {
+                    walk.insert(CacheEntry {
+                        key,
                         slot,
                         last_iter: iter,
                         explicit_ts: explicit,
                     })
                 }
             };
-            if matches!(e.slot, Slot::Dropped) {
+            let e = walk.entry(j);
+            e.explicit_ts = explicit;
+            if e.slot == DROPPED {
                 continue;
             }
             stats.post_relabel += 1;
             if cfg.sample_limit > 0 && stats.post_relabel > cfg.sample_limit {
                 return Err(ScrapeError::SampleLimit);
             }
-            append_scraped(app, &mut e.slot, &s, ctx, ts, stats)?;
+            let mut slot = match e.slot {
+                PENDING => {
+                    let labels = match pending.remove(&key) {
+                        Some(l) => Some(l),
+                        None => self.pending.get(&key).cloned(),
+                    };
+                    match labels {
+                        Some(l) => Slot::Pending(l),
+                        // Not expected; rebuilding the labels is always right.
+                        None => match series_labels(&s, ctx)? {
+                            Some(l) => Slot::Pending(Box::new(l)),
+                            None => Slot::Dropped,
+                        },
+                    }
+                }
+                r => Slot::Ref(r),
+            };
+            let res = append_scraped(app, &mut slot, &s, ctx, ts, stats);
+            e.slot = match slot {
+                Slot::Dropped => DROPPED,
+                Slot::Ref(r) => r,
+                Slot::Pending(l) => {
+                    pending.insert(key, l);
+                    PENDING
+                }
+            };
+            res?;
         }
         Ok(())
     }
@@ -401,14 +372,9 @@ impl ScrapeCache {
         let mut app = storage.appender();
         let mut stats = ScrapeStats::default();
         let prev = self.iter;
-        if prev > 0 {
-            for e in self.entries.values_mut() {
-                if e.last_iter == prev
-                    && !e.explicit_ts
-                    && append_stale(app.as_mut(), &mut e.slot, t, &mut stats)?
-                {
-                    stats.stale_markers += 1;
-                }
+        for e in self.entries.iter() {
+            if e.last_iter == prev && append_stale(app.as_mut(), e, t, &mut stats)? {
+                stats.stale_markers += 1;
             }
         }
         app.commit()

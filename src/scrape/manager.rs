@@ -92,7 +92,9 @@ struct Running {
 pub struct ScrapeManager {
     storage: Arc<dyn Appendable>,
     metrics: Metrics,
-    client: reqwest::Client,
+    client: super::fetch::ScrapeClient,
+    /// For handoff notices to peers (cluster traffic, not scrapes).
+    notice_client: reqwest::Client,
     config: Arc<Config>,
     groups: Arc<BTreeMap<String, Vec<TargetGroup>>>,
     running: HashMap<(String, u64), Running>,
@@ -141,6 +143,7 @@ impl ScrapeManager {
             storage,
             metrics,
             client: super::fetch::client(),
+            notice_client: reqwest::Client::new(),
             config,
             groups: Arc::default(),
             running: HashMap::new(),
@@ -373,7 +376,7 @@ impl ScrapeManager {
             }
             peers.remove(&me);
         }
-        let client = self.client.clone();
+        let client = self.notice_client.clone();
         let secret = self.secret.clone();
         let view_index = self.membership.as_ref().map_or(0, |m| m.index);
         actix::spawn(async move {

@@ -10,6 +10,7 @@
 //! counted, and series that vanish get a staleness marker.
 
 pub mod append;
+pub mod cache;
 pub mod fetch;
 pub mod manager;
 pub mod scrape_loop;

@@ -50,7 +50,7 @@ pub struct ScrapeActor {
     target_labels: Labels,
     url: String,
     cfg: Arc<ScrapeConfig>,
-    client: reqwest::Client,
+    client: fetch::ScrapeClient,
     storage: Arc<dyn Appendable>,
     status: SharedStatus,
     metrics: Metrics,
@@ -68,7 +68,7 @@ impl ScrapeActor {
     pub fn new(
         target: Target,
         cfg: Arc<ScrapeConfig>,
-        client: reqwest::Client,
+        client: fetch::ScrapeClient,
         storage: Arc<dyn Appendable>,
         status: SharedStatus,
         metrics: Metrics,

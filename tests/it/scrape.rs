@@ -331,7 +331,7 @@ fn honor_labels_and_metric_relabel_configs_apply() {
 }
 
 #[test]
-fn gzip_openmetrics_file_sd_and_auth() {
+fn gzip_openmetrics_file_sd_auth_and_redirects() {
     use std::io::Write as _;
     let dir = tempdir();
     let t = TargetServer::start();
@@ -349,6 +349,12 @@ fn gzip_openmetrics_file_sd_and_auth() {
     om.content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8".into();
     t.set("/om", om);
     t.set("/auth", Reply::text("demo_auth 1\n"));
+    // A redirect to the gzip body: followed by default, an error with
+    // `follow_redirects: false`, as Prometheus.
+    let mut moved = Reply::text("");
+    moved.status = 302;
+    moved.headers.push(("Location".into(), "/gz".into()));
+    t.set("/moved", moved);
     // file_sd: targets from a JSON file, edited while running.
     let sd = dir.path().join("targets.json");
     std::fs::write(
@@ -364,6 +370,8 @@ fn gzip_openmetrics_file_sd_and_auth() {
          \x20 - job_name: gz\n    metrics_path: /gz\n    static_configs:\n      - targets: ['{t}']\n\
          \x20 - job_name: om\n    metrics_path: /om\n    static_configs:\n      - targets: ['{t}']\n\
          \x20 - job_name: auth\n    metrics_path: /auth\n    basic_auth:\n      username: u\n      password: p\n    static_configs:\n      - targets: ['{t}']\n\
+         \x20 - job_name: redir\n    metrics_path: /moved\n    static_configs:\n      - targets: ['{t}']\n\
+         \x20 - job_name: noredir\n    metrics_path: /moved\n    follow_redirects: false\n    static_configs:\n      - targets: ['{t}']\n\
          \x20 - job_name: filesd\n    metrics_path: /gz\n    file_sd_configs:\n      - files: ['targets.json']\n        refresh_interval: 1s\n",
         t = t.target()
     );
@@ -393,6 +401,26 @@ fn gzip_openmetrics_file_sd_and_auth() {
             Err(format!("{r:?}"))
         }
     });
+    wait_for("redirected series", Duration::from_secs(30), || {
+        let r = node.query("demo_gz{job=\"redir\"}");
+        if r.len() == 1 && value_of(&r[0]) == 7.0 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    let tg = wait_for("noredir down", Duration::from_secs(30), || {
+        let tg = target_of(&node, "noredir")?;
+        if tg["health"] == "down" {
+            Ok(tg)
+        } else {
+            Err(tg.to_string())
+        }
+    });
+    assert_eq!(
+        tg["lastError"], "server returned HTTP status 302 Found",
+        "{tg}"
+    );
     let reqs = t.requests.lock().unwrap().clone();
     let auth = reqs
         .iter()
