@@ -351,11 +351,12 @@ impl Index {
         Ok(())
     }
 
-    /// Writes the queued symbols and series as one sled value (not fsynced).
-    pub fn flush_pending(&self) -> Result<(), StorageError> {
+    /// Writes the queued symbols and series as one sled value (not fsynced). Returns
+    /// whether there was anything to write.
+    pub fn flush_pending(&self) -> Result<bool, StorageError> {
         let mut p = self.pending.lock().map_err(poisoned)?;
         if p.nseries == 0 && p.nsyms == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let mut body = Vec::with_capacity(p.syms.len() + p.series.len() + 24);
         put_uvarint(&mut body, u64::from(p.first_sym));
@@ -373,7 +374,7 @@ impl Index {
         p.nseries = 0;
         p.syms = Vec::new();
         p.series = Vec::new();
-        Ok(())
+        Ok(true)
     }
 
     /// Whether series `id` has exactly these labels.

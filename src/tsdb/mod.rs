@@ -6,20 +6,24 @@
 //! - [`index`]: the interned in-memory series index (symbols, label arena, postings),
 //!   matcher resolution and label sorting; persisted as batches in the `series` tree;
 //! - [`wal`]: the write-ahead log's record format;
+//! - [`segments`]: the WAL's segment files;
 //! - [`retention`]: the `chunks` tree layout and block retention;
 //! - [`codec`]: varints, sortable keys, version bytes, deflate of persisted values.
 //!
 //! sled trees: `series` (symbols and series, one value per WAL flush), `chunks`
-//! (sealed chunks), `sealed` (per series: min time, last sealed sample), `wal`.
-//! New series reach sled with the WAL flush that follows their creation, before the
-//! WAL records that refer to them.
+//! (sealed chunks), `sealed` (per series: min time, last sealed sample); `wal` only in
+//! data dirs written before the WAL moved to files (replayed, then truncated away).
+//! The WAL is in `<data dir>/wal/`, one file per segment ([`segments`]).
+//! New series reach sled (fsynced) with the WAL flush that follows their creation,
+//! before the WAL records that refer to them.
 //!
 //! # Durability
 //! A commit encodes its batch into an in-memory WAL buffer and applies it to the head;
-//! a background thread writes that buffer to the `wal` tree and fsyncs sled every
-//! [`TsdbOptions::wal_flush_interval`] (1 s by default): a group commit. A `kill -9` may
-//! therefore lose up to about one flush interval of acknowledged samples; everything
-//! flushed before survives (WAL replay on open). [`Tsdb::close`] flushes everything.
+//! a background thread appends that buffer to the segment file and fsyncs it (and
+//! sled) every [`TsdbOptions::wal_flush_interval`] (1 s by default): a group commit. A
+//! `kill -9` may therefore lose up to about one flush interval of acknowledged samples;
+//! everything flushed before survives (WAL replay on open). [`Tsdb::close`] flushes
+//! everything.
 //!
 //! # WAL truncation
 //! The WAL is cut into segments (a new one every [`TsdbOptions::wal_segment_interval`]
@@ -39,6 +43,7 @@ pub mod codec;
 pub mod head;
 pub mod index;
 pub mod retention;
+pub mod segments;
 pub mod wal;
 
 use std::path::Path;
@@ -52,6 +57,7 @@ use sled::Tree;
 use self::codec::{FORMAT_DEFLATE, FORMAT_V1, U64Map, bytes8};
 use self::head::{Appended, Head, MemSeries, SealedChunk, block_of};
 use self::index::{Index, sled_err};
+use self::segments::SegmentFiles;
 use self::wal::{RecordBuilder, WalCursor};
 use crate::model::{Labels, Matcher, Sample};
 use crate::storage::{
@@ -110,7 +116,7 @@ pub struct TsdbStats {
     pub chunks_sealed_total: u64,
     pub chunk_bytes_written_total: u64,
     pub retention_blocks_dropped_total: u64,
-    /// sled's `size_on_disk()` of the data dir.
+    /// sled's `size_on_disk()` of the data dir plus the WAL files.
     pub disk_size_bytes: u64,
     /// Estimated bytes held by the head (series structs, open chunks, hash lookup),
     /// without the in-memory postings and sled's cache.
@@ -136,6 +142,7 @@ struct Counters {
 
 struct WalBuf {
     buf: Vec<u8>,
+    files: SegmentFiles,
     seg: u32,
     seq: u32,
     last_roll: Instant,
@@ -151,7 +158,8 @@ struct Inner {
     index: Index,
     chunks: Tree,
     sealed: Tree,
-    wal_tree: Tree,
+    /// The WAL of data dirs from before the WAL files (read, then truncated away).
+    legacy_wal: Tree,
     head: RwLock<Head>,
     wal: Mutex<WalBuf>,
     /// Current WAL segment; changes only with the head write lock held.
@@ -190,7 +198,9 @@ impl Tsdb {
         let db = open_sled(dir, opts.cache_capacity)?;
         let (index, known) = Index::open(&db)?;
         let tree = |n: &str| db.open_tree(n).map_err(|e| sled_err("open tree", e));
-        let (chunks, sealed, wal_tree) = (tree("chunks")?, tree("sealed")?, tree("wal")?);
+        let (chunks, sealed, legacy_wal) = (tree("chunks")?, tree("sealed")?, tree("wal")?);
+        let files = SegmentFiles::open(&dir.join("wal"))
+            .map_err(|e| StorageError(format!("tsdb: open {}/wal: {e}", dir.display())))?;
         let block_range = i64::try_from(opts.block_range.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);
@@ -224,10 +234,11 @@ impl Tsdb {
             index,
             chunks,
             sealed,
-            wal_tree,
+            legacy_wal,
             head: RwLock::new(head),
             wal: Mutex::new(WalBuf {
                 buf: Vec::new(),
+                files,
                 seg: 0,
                 seq: 0,
                 last_roll: Instant::now(),
@@ -295,7 +306,8 @@ impl Tsdb {
             chunks_sealed_total: c.sealed.load(Relaxed),
             chunk_bytes_written_total: c.chunk_bytes.load(Relaxed),
             retention_blocks_dropped_total: c.blocks_dropped.load(Relaxed),
-            disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0),
+            disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0)
+                + self.inner.wal.lock().map_or(0, |w| w.files.size()),
             head_bytes,
         }
     }
@@ -396,6 +408,60 @@ impl Drop for Inner {
     }
 }
 
+/// WAL replay state: decoder cursors per series, reset at every segment start.
+struct Replay {
+    block_range: i64,
+    cursors: U64Map<WalCursor>,
+    cur_seg: Option<u32>,
+    broken_seg: Option<u32>,
+    sealed: Vec<SealedChunk>,
+    replayed: u64,
+    corrupt: u64,
+}
+
+impl Replay {
+    /// Applies one WAL value of segment `seg` to the head.
+    fn value(&mut self, head: &mut Head, seg: u32, v: &[u8]) {
+        if self.cur_seg != Some(seg) {
+            self.cursors.clear();
+            self.cur_seg = Some(seg);
+        }
+        if self.broken_seg == Some(seg) {
+            return;
+        }
+        let body = match v.first() {
+            Some(&FORMAT_V1) => std::borrow::Cow::Borrowed(&v[1..]),
+            Some(&FORMAT_DEFLATE) => match codec::inflate(&v[1..]) {
+                Ok(b) => std::borrow::Cow::Owned(b),
+                Err(e) => return self.broken(seg, &e),
+            },
+            _ => return self.broken(seg, "unknown format byte"),
+        };
+        let r = self.block_range;
+        let (sealed, replayed) = (&mut self.sealed, &mut self.replayed);
+        let res = wal::decode_records(&body, &mut self.cursors, |id, t, vb| {
+            let Some(ms) = head.get_mut(id) else { return };
+            if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg) {
+                sealed.extend(s);
+                ms.wal.t = t;
+                ms.wal.v = vb;
+                head.max_t = head.max_t.max(t);
+                *replayed += 1;
+            }
+        });
+        if let Err(e) = res {
+            self.broken(seg, &e.to_string());
+        }
+    }
+
+    /// Later values of a segment depend on earlier ones' decoder state: skip the rest.
+    fn broken(&mut self, seg: u32, why: &str) {
+        tracing::warn!(segment = seg, error = %why, "tsdb: corrupt WAL value, skipping the rest of its segment");
+        self.corrupt += 1;
+        self.broken_seg = Some(seg);
+    }
+}
+
 /// What the query path copies out of the head for one series.
 struct HeadSnap {
     id: u64,
@@ -413,64 +479,47 @@ impl Inner {
         self.signal.cv.notify_all();
     }
 
-    /// Replays the WAL into the head. Returns the segment number to write next.
+    /// Replays the WAL into the head: the legacy `wal` tree's segments, then the segment
+    /// files. Returns the segment number to write next (a new one: a torn tail is never
+    /// appended to).
     fn replay(&self) -> Result<u32, StorageError> {
         let mut head = self.head.write().map_err(lock_err)?;
-        let mut cursors: U64Map<WalCursor> = U64Map::default();
-        let mut cur_seg: Option<u32> = None;
-        let mut broken_seg: Option<u32> = None;
-        let mut sealed = Vec::new();
-        let r = self.block_range;
-        for item in self.wal_tree.iter() {
+        let mut rp = Replay {
+            block_range: self.block_range,
+            cursors: U64Map::default(),
+            cur_seg: None,
+            broken_seg: None,
+            sealed: Vec::new(),
+            replayed: 0,
+            corrupt: 0,
+        };
+        let mut last_seg = None;
+        for item in self.legacy_wal.iter() {
             let (k, v) = item.map_err(|e| sled_err("scan wal", e))?;
             let seg = bytes8(&k, 0)
                 .map(|b| (u64::from_be_bytes(b) >> 32) as u32)
                 .unwrap_or(0);
-            if cur_seg != Some(seg) {
-                cursors.clear();
-                cur_seg = Some(seg);
-            }
-            if broken_seg == Some(seg) {
-                continue;
-            }
-            let body = match v.first() {
-                Some(&FORMAT_V1) => std::borrow::Cow::Borrowed(&v[1..]),
-                Some(&FORMAT_DEFLATE) => match codec::inflate(&v[1..]) {
-                    Ok(b) => std::borrow::Cow::Owned(b),
-                    Err(e) => {
-                        tracing::warn!(segment = seg, error = %e, "tsdb: corrupt WAL value, skipping the rest of its segment");
-                        self.counters.corrupt.fetch_add(1, Relaxed);
-                        broken_seg = Some(seg);
-                        continue;
-                    }
-                },
-                _ => {
-                    self.counters.corrupt.fetch_add(1, Relaxed);
-                    broken_seg = Some(seg);
-                    continue;
-                }
-            };
-            let mut replayed = 0u64;
-            let res = wal::decode_records(&body, &mut cursors, |id, t, vb| {
-                let Some(ms) = head.get_mut(id) else { return };
-                if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg) {
-                    sealed.extend(s);
-                    ms.wal.t = t;
-                    ms.wal.v = vb;
-                    head.max_t = head.max_t.max(t);
-                    replayed += 1;
-                }
-            });
-            self.counters.replayed.fetch_add(replayed, Relaxed);
-            if let Err(e) = res {
-                // Later values of this segment depend on this one's decoder state.
-                tracing::warn!(segment = seg, error = %e, "tsdb: corrupt WAL value, skipping the rest of its segment");
-                self.counters.corrupt.fetch_add(1, Relaxed);
-                broken_seg = Some(seg);
-            }
+            rp.value(&mut head, seg, &v);
+            last_seg = last_seg.max(Some(seg));
         }
-        self.write_sealed(&sealed)?;
-        Ok(cur_seg.map_or(0, |s| s.saturating_add(1)))
+        let w = self.wal.lock().map_err(lock_err)?;
+        let io_err = |e: std::io::Error| StorageError(format!("tsdb: read WAL: {e}"));
+        for seg in w.files.list().map_err(io_err)? {
+            let stop = w
+                .files
+                .read(seg, |v| rp.value(&mut head, seg, v))
+                .map_err(io_err)?;
+            if let Some(why) = stop {
+                tracing::warn!(segment = seg, reason = %why, "tsdb: WAL segment ends early (a torn write from a crash, or corruption); its later samples are lost");
+                rp.corrupt += 1;
+            }
+            last_seg = last_seg.max(Some(seg));
+        }
+        drop(w);
+        self.counters.replayed.fetch_add(rp.replayed, Relaxed);
+        self.counters.corrupt.fetch_add(rp.corrupt, Relaxed);
+        self.write_sealed(&rp.sealed)?;
+        Ok(last_seg.map_or(0, |s| s.saturating_add(1)))
     }
 
     fn write_sealed(&self, sealed: &[SealedChunk]) -> Result<(), StorageError> {
@@ -503,28 +552,38 @@ impl Inner {
     }
 
     fn flush_wal(&self) -> Result<(), StorageError> {
-        {
+        let file = {
             let mut w = self.wal.lock().map_err(lock_err)?;
-            // Series before the records that refer to them (both under the wal lock).
-            self.index.flush_pending()?;
+            // Series reach sled, durably, before the records that refer to them (both
+            // under the wal lock, so no record can overtake its series).
+            if self.index.flush_pending()? {
+                self.db.flush().map_err(|e| sled_err("flush", e))?;
+            }
             self.write_wal_buf(&mut w)?;
+            w.files
+                .sync_handle()
+                .map_err(|e| StorageError(format!("tsdb: WAL file: {e}")))?
+        };
+        if let Some(f) = file {
+            f.sync_data()
+                .map_err(|e| StorageError(format!("tsdb: fsync WAL: {e}")))?;
         }
         self.db.flush().map_err(|e| sled_err("flush", e))?;
         Ok(())
     }
 
-    /// Writes the buffered records as the segment's next value (wal lock held, so values
-    /// reach sled in sequence order).
+    /// Appends the buffered records to the segment's file (wal lock held, so values
+    /// reach the file in order).
     fn write_wal_buf(&self, w: &mut WalBuf) -> Result<(), StorageError> {
         if w.buf.is_empty() {
             return Ok(());
         }
         let v = codec::deflate(FORMAT_DEFLATE, &w.buf);
-        let v_len = v.len();
-        self.wal_tree
-            .insert(wal_key(w.seg, w.seq), v)
-            .map_err(|e| sled_err("write wal", e))?;
-        self.counters.wal_bytes.fetch_add(v_len as u64 + 8, Relaxed);
+        let written = w
+            .files
+            .append(w.seg, &v)
+            .map_err(|e| StorageError(format!("tsdb: write WAL: {e}")))?;
+        self.counters.wal_bytes.fetch_add(written, Relaxed);
         w.buf.clear();
         if w.buf.capacity() > (1 << 20) {
             w.buf.shrink_to(1 << 20);
@@ -571,20 +630,28 @@ impl Inner {
                 .unwrap_or(u32::MAX)
                 .min(self.seg.load(Relaxed))
         };
+        // Sealed chunks are durable before the segments holding their samples go.
         self.db.flush().map_err(|e| sled_err("flush", e))?;
         let mut segs = std::collections::BTreeSet::new();
-        for item in self.wal_tree.range(..wal_key(keep_from, 0).to_vec()) {
+        for item in self.legacy_wal.range(..wal_key(keep_from, 0).to_vec()) {
             let (k, _) = item.map_err(|e| sled_err("scan wal", e))?;
             if let Some(b) = bytes8(&k, 0) {
                 segs.insert(u64::from_be_bytes(b) >> 32);
             }
-            self.wal_tree
+            self.legacy_wal
                 .remove(&k)
                 .map_err(|e| sled_err("truncate wal", e))?;
         }
+        let removed = self
+            .wal
+            .lock()
+            .map_err(lock_err)?
+            .files
+            .remove_before(keep_from)
+            .map_err(|e| StorageError(format!("tsdb: truncate WAL: {e}")))?;
         self.counters
             .wal_truncated
-            .fetch_add(segs.len() as u64, Relaxed);
+            .fetch_add(segs.len() as u64 + removed, Relaxed);
         // 4. Retention.
         let max_t = self.head.read().map_err(lock_err)?.max_t;
         let retention = i64::try_from(self.opts.retention.as_millis()).unwrap_or(i64::MAX);

@@ -312,12 +312,15 @@ fn wal_is_truncated_once_chunks_are_sealed() {
         }
     }
     db.flush().unwrap();
-    let before = db.inner.wal_tree.len();
+    let segments = || std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    let before = segments();
+    assert!(before >= 2, "{before} segment files");
     // Chunks were cut at 120 samples; segment 0 holds only sealed samples now.
     db.checkpoint().unwrap();
     let st = db.stats();
     assert!(st.wal_segments_truncated_total >= 1, "{st:?}");
-    assert!(db.inner.wal_tree.len() < before);
+    assert!(segments() < before);
+    assert!(!dir.path().join("wal/00000000").exists());
     drop(db);
     let db = Tsdb::open(dir.path(), opts()).unwrap();
     let set = db.select(&hints(0, i64::MAX), &[eq("i", "7")]).unwrap();
@@ -543,4 +546,88 @@ fn large_selects_split_over_threads_keep_order_and_samples() {
         db.series(0, 10_000, &[eq("a", "3")]).unwrap().len(),
         n / 97 + 1
     );
+}
+
+#[test]
+fn a_torn_wal_tail_loses_only_the_last_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let l = lbl("torn", &[]);
+    append_all(&db, &l, (0..5).map(|i| (i * 1000, i as f64)));
+    db.flush().unwrap();
+    append_all(&db, &l, (5..10).map(|i| (i * 1000, i as f64)));
+    db.close().unwrap();
+    drop(db);
+    // A crash in the middle of the last write: its frame is cut short.
+    let seg = dir.path().join("wal/00000000");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.stats().wal_corrupt_values_total, 1);
+    let got = |db: &Tsdb| {
+        ts(&db
+            .select(&hints(0, i64::MAX), &[eq("__name__", "torn")])
+            .unwrap())[0]
+            .clone()
+    };
+    assert_eq!(
+        got(&db),
+        (0..5).map(|i| (i * 1000, i as f64)).collect::<Vec<_>>()
+    );
+    // Writing goes on in a new segment, and survives the next restart.
+    append_all(&db, &l, [(20_000, 20.0)]);
+    db.close().unwrap();
+    drop(db);
+    assert!(dir.path().join("wal/00000001").exists());
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    assert_eq!(got(&db).last(), Some(&(20_000, 20.0)));
+    assert_eq!(got(&db).len(), 6);
+}
+
+#[test]
+fn a_wal_kept_in_sled_by_older_versions_is_replayed_then_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let l = lbl("old", &[]);
+    append_all(&db, &l, (0..130).map(|i| (i * 1000, i as f64)));
+    db.close().unwrap();
+    drop(db);
+    // Rewrite the data dir as older versions left it: WAL values in the `wal` tree.
+    let files = segments::SegmentFiles::open(&dir.path().join("wal")).unwrap();
+    let mut values = Vec::new();
+    for seg in files.list().unwrap() {
+        files.read(seg, |v| values.push((seg, v.to_vec()))).unwrap();
+    }
+    assert!(!values.is_empty());
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    {
+        let sled = open_sled(dir.path(), 1 << 20).unwrap();
+        let tree = sled.open_tree("wal").unwrap();
+        for (i, (seg, v)) in values.into_iter().enumerate() {
+            tree.insert(wal_key(seg, i as u32), v).unwrap();
+        }
+        sled.flush().unwrap();
+    }
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let set = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "old")])
+        .unwrap();
+    assert_eq!(
+        ts(&set)[0],
+        (0..130).map(|i| (i * 1000, i as f64)).collect::<Vec<_>>()
+    );
+    // New samples go to files; once every open chunk is past the old segments they go.
+    append_all(&db, &l, (130..250).map(|i| (i * 1000, i as f64)));
+    db.checkpoint().unwrap();
+    assert_eq!(db.inner.legacy_wal.len(), 0);
+    assert!(db.stats().wal_segments_truncated_total >= 1);
+    let set = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "old")])
+        .unwrap();
+    assert_eq!(ts(&set)[0].len(), 250);
 }
