@@ -46,7 +46,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     telemetry::init_logging(cli.log_format, level);
     match cli.command {
         Command::Run(args) => {
-            run_until_signal(args)?;
+            run_until_signal(*args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => crate::demo::run(args),
@@ -212,6 +212,14 @@ fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
         "query.max-concurrency".into(),
         args.query_max_concurrency.to_string(),
     );
+    m.insert(
+        "scrape.adjust-timestamps".into(),
+        args.scrape_adjust_timestamps.to_string(),
+    );
+    m.insert(
+        "scrape.timestamp-tolerance".into(),
+        crate::model::duration::format(args.scrape_timestamp_tolerance),
+    );
     m.insert("cluster.seeds".into(), args.cluster.seeds.join(","));
     m.insert(
         "cluster.advertise".into(),
@@ -269,6 +277,10 @@ fn cluster_options(args: &RunArgs, advertise: String) -> anyhow::Result<ClusterO
 impl Node {
     /// Starts a node on the current actix system.
     pub async fn start(args: RunArgs) -> anyhow::Result<Node> {
+        crate::scrape::scrape_loop::set_timestamp_tolerance(
+            args.scrape_adjust_timestamps
+                .then_some(args.scrape_timestamp_tolerance),
+        );
         let cfg =
             Arc::new(config::load_file(&args.config).with_context(|| {
                 format!("loading configuration file {}", args.config.display())

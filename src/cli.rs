@@ -39,7 +39,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node: scrape the configured targets, store samples, serve the API.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a local demo: a node with an embedded config plus a synthetic target fleet.
     Demo(DemoArgs),
     /// Check files.
@@ -124,6 +124,14 @@ pub struct RunArgs {
     /// Maximum number of queries evaluated at once.
     #[arg(long = "query.max-concurrency", default_value_t = 20)]
     pub query_max_concurrency: usize,
+    /// Record a scrape at its scheduled instant when it started within
+    /// `--scrape.timestamp-tolerance` of it (Prometheus's default): regular timestamps
+    /// compress to a bit each instead of two bytes.
+    #[arg(long = "scrape.adjust-timestamps", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scrape_adjust_timestamps: bool,
+    /// How far from its scheduled instant a scrape may start and still be recorded at it.
+    #[arg(long = "scrape.timestamp-tolerance", default_value = "2ms", value_parser = parse_duration)]
+    pub scrape_timestamp_tolerance: Duration,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

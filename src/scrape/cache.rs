@@ -85,7 +85,6 @@ impl Entries {
         self.list.iter()
     }
 
-
     fn position(&self, key: &Key) -> Option<usize> {
         self.by_key
             .binary_search_by(|&p| self.list[p as usize].key.cmp(key))

@@ -31,6 +31,37 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Tolerance in ms within which a scrape's timestamp is moved to its scheduled instant
+/// (`--scrape.timestamp-tolerance`; 0 when `--scrape.adjust-timestamps=false`). One
+/// setting per process, as in Prometheus.
+static TIMESTAMP_TOLERANCE_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(2);
+
+/// Sets the timestamp tolerance (`None`: do not adjust timestamps).
+pub fn set_timestamp_tolerance(tolerance: Option<Duration>) {
+    let ms = tolerance.map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
+    TIMESTAMP_TOLERANCE_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The timestamp a scrape started at `now_ms` is recorded with: the target's scheduled
+/// instant (`≡ key mod interval`) when `now_ms` is within `tolerance_ms` of it, else
+/// `now_ms`. As Prometheus, only for intervals over 100 × the tolerance. The schedule
+/// comes from the target's key alone, so every node records a target on one grid.
+pub fn scrape_timestamp(key: u64, interval: Duration, now_ms: i64, tolerance_ms: i64) -> i64 {
+    let iv = interval.as_millis().max(1) as i64;
+    if tolerance_ms <= 0 || iv <= 100 * tolerance_ms {
+        return now_ms;
+    }
+    let phase = (key % iv as u64) as i64;
+    let off = (now_ms - phase).rem_euclid(iv);
+    if off <= tolerance_ms {
+        now_ms - off
+    } else if iv - off <= tolerance_ms {
+        now_ms + (iv - off)
+    } else {
+        now_ms
+    }
+}
+
 /// Delay from `now_ms` until the next instant whose position within `interval` equals
 /// the target's phase (`key % interval`). Always in `(0, interval]`.
 pub fn delay_to_next_phase(key: u64, interval: Duration, now_ms: i64) -> Duration {
@@ -117,8 +148,10 @@ impl ScrapeActor {
             job: self.cfg.job_name.clone(),
         };
         self.metrics.scrapes_total.get_or_create(&job).inc();
+        let (key, interval) = (self.target.key(), self.cfg.scrape_interval);
         let fut = async move {
-            let t = now_ms();
+            let tolerance = TIMESTAMP_TOLERANCE_MS.load(std::sync::atomic::Ordering::Relaxed);
+            let t = scrape_timestamp(key, interval, now_ms(), tolerance);
             let start = Instant::now();
             let fetched = fetch::fetch(&client, &url, &cfg).await;
             // Parsing and storing are CPU and disk work: off the actor's thread, and at
@@ -304,5 +337,34 @@ mod tests {
             assert!(d > 0 && d <= 15_000);
             assert_eq!((now + d).rem_euclid(15_000), phase, "now={now}");
         }
+    }
+
+    #[test]
+    fn scrape_timestamps_snap_to_the_schedule_within_the_tolerance() {
+        let iv = Duration::from_secs(15);
+        let key = 123_456_789u64;
+        let at =
+            1_700_000_000_000i64 - 1_700_000_000_000i64.rem_euclid(15_000) + (key % 15_000) as i64;
+        for (now, want) in [
+            (at, at),
+            (at + 1, at),
+            (at + 2, at),
+            (at + 3, at + 3),
+            (at - 2, at),
+            (at - 3, at - 3),
+            (at + 15_000 + 1, at + 15_000),
+        ] {
+            assert_eq!(
+                scrape_timestamp(key, iv, now, 2),
+                want,
+                "now = at{:+}",
+                now - at
+            );
+        }
+        // Off, or an interval too short for the tolerance (as Prometheus: ≤ 100×).
+        assert_eq!(scrape_timestamp(key, iv, at + 1, 0), at + 1);
+        let short = Duration::from_millis(200);
+        let at = 1_700_000_000_000i64 - 1_700_000_000_000i64.rem_euclid(200) + (key % 200) as i64;
+        assert_eq!(scrape_timestamp(key, short, at + 1, 2), at + 1);
     }
 }
