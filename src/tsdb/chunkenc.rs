@@ -44,22 +44,32 @@ impl BitWriter<'_> {
         self.free -= 1;
     }
 
-    /// Writes the low `n` (≤ 64) bits of `v`, most significant first.
+    /// Writes the low `n` (≤ 64) bits of `v`, most significant first: the rest of the
+    /// last byte, then whole bytes in one copy.
     #[inline]
-    pub fn write_bits(&mut self, v: u64, mut n: u8) {
-        while n > 0 {
-            if self.free == 0 {
-                self.buf.push(0);
-                self.free = 8;
-            }
-            let take = n.min(self.free);
+    pub fn write_bits(&mut self, v: u64, n: u8) {
+        let mut n = u32::from(n.min(64));
+        if n == 0 {
+            return;
+        }
+        if self.free > 0 {
+            let free = u32::from(self.free);
+            let take = n.min(free);
             let chunk = (v >> (n - take)) & ((1u64 << take) - 1);
             if let Some(last) = self.buf.last_mut() {
-                *last |= (chunk << (self.free - take)) as u8;
+                *last |= (chunk << (free - take)) as u8;
             }
-            self.free -= take;
+            self.free -= take as u8;
             n -= take;
+            if n == 0 {
+                return;
+            }
         }
+        // Byte-aligned: the low `n` bits of `v`, left-aligned, as big-endian bytes.
+        let bytes = (v << (64 - n)).to_be_bytes();
+        let len = n.div_ceil(8) as usize;
+        self.buf.extend_from_slice(&bytes[..len]);
+        self.free = ((8 - n % 8) % 8) as u8;
     }
 
     pub fn write_bytes(&mut self, bytes: &[u8]) {
