@@ -950,6 +950,12 @@ fn parse_go_float(s: &str) -> Option<f64> {
     if i != rest.len() {
         return None;
     }
+    // Plain integers of up to 15 digits (counters, buckets) are exact in an f64: skip
+    // the general decimal parser for them.
+    if digits == i && digits <= 15 {
+        let n = rest.iter().fold(0u64, |n, &c| n * 10 + u64::from(c - b'0')) as f64;
+        return Some(if neg { -n } else { n });
+    }
     let v: f64 = s.parse().ok()?;
     if v.is_infinite() {
         return None; // out of range, as Go reports it
@@ -1254,6 +1260,27 @@ tabs\t\t7\t\t8";
         }
         assert!(parse_go_float("nan").unwrap().is_nan());
         assert!(parse_go_float("NaN").unwrap().is_nan());
+        // Integers take a shortcut; it must give the general parser's bits (sign of
+        // zero included), and long ones still go the general way.
+        for s in [
+            "0",
+            "-0",
+            "+0",
+            "7",
+            "-42",
+            "007",
+            "999999999999999",
+            "-123456789012345",
+            "1234567890123456",
+            "9007199254740993",
+            "18446744073709551616",
+        ] {
+            assert_eq!(
+                parse_go_float(s).map(f64::to_bits),
+                s.parse::<f64>().ok().map(f64::to_bits),
+                "{s}"
+            );
+        }
         for s in [
             "", ".", "+", "e5", "1e", "1e+", "0x1p3", "0x10", "1_000", "+nan", "1.2.3", "1e400",
             "--1", "1 ", "infinite", "in",

@@ -230,6 +230,7 @@ impl ScrapeCache {
         t: i64,
     ) -> Result<ScrapeStats, ScrapeError> {
         let mut app = storage.appender();
+        app.reserve(self.entries.len());
         let iter = self.iter.wrapping_add(1).max(1);
         let mut stats = ScrapeStats::default();
         // The next generation is built beside the cache, so that a failed scrape leaves

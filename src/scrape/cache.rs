@@ -85,6 +85,14 @@ impl Entries {
         self.list.iter()
     }
 
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
     fn position(&self, key: &Key) -> Option<usize> {
         self.by_key
             .binary_search_by(|&p| self.list[p as usize].key.cmp(key))

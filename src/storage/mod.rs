@@ -49,6 +49,8 @@ pub trait Appender: Send {
     fn commit(self: Box<Self>) -> Result<CommitStats, StorageError>;
     /// Discards the batch.
     fn rollback(self: Box<Self>);
+    /// Hint: about `n` more samples are coming (a scrape knows its previous size).
+    fn reserve(&mut self, _n: usize) {}
 }
 
 /// What a commit did.

@@ -1142,6 +1142,10 @@ impl Appender for TsdbAppender {
     }
 
     fn rollback(self: Box<Self>) {}
+
+    fn reserve(&mut self, n: usize) {
+        self.samples.reserve(n);
+    }
 }
 
 #[cfg(test)]
