@@ -246,12 +246,11 @@ pub fn read_xor(
     Ok(prev ^ delta)
 }
 
-/// Appender state of an open XOR chunk. The chunk's bytes live in a `Vec<u8>` owned by
-/// the caller (the head keeps both compactly per series).
+/// Appender state of an open XOR chunk, without the last sample (which the caller
+/// passes in: the head keeps it once per series, in its WAL cursor). The chunk's bytes
+/// live in a `Vec<u8>` owned by the caller.
 #[derive(Debug, Clone, Copy)]
-pub struct XorState {
-    pub t: i64,
-    pub v: u64,
+pub struct XorAppender {
     pub t_delta: u64,
     pub num: u16,
     pub leading: u8,
@@ -260,11 +259,9 @@ pub struct XorState {
     pub free: u8,
 }
 
-impl Default for XorState {
+impl Default for XorAppender {
     fn default() -> Self {
-        XorState {
-            t: 0,
-            v: 0,
+        XorAppender {
             t_delta: 0,
             num: 0,
             leading: 0xff,
@@ -279,14 +276,16 @@ pub fn new_chunk() -> Vec<u8> {
     vec![0, 0]
 }
 
-impl XorState {
-    /// Appends one sample to `chunk` (which must hold only what this state wrote).
-    pub fn append(&mut self, chunk: &mut Vec<u8>, t: i64, v: f64) {
+impl XorAppender {
+    /// Appends one sample to `chunk` (which must hold only what this state wrote);
+    /// `prev` is the chunk's last sample `(t, value bits)` (unused for the first).
+    pub fn append(&mut self, chunk: &mut Vec<u8>, prev: (i64, u64), t: i64, v: f64) {
         // Worst case is ~19 bytes per sample; grow in small exact steps to keep head
         // memory tight.
         if chunk.capacity() - chunk.len() < 20 {
             chunk.reserve_exact(if self.num < 8 { 24 } else { 48 });
         }
+        let (prev_t, prev_v) = prev;
         let vb = v.to_bits();
         let mut w = BitWriter {
             buf: chunk,
@@ -300,13 +299,13 @@ impl XorState {
                 w.write_bits(vb, 64);
             }
             1 => {
-                let delta = t.wrapping_sub(self.t) as u64;
+                let delta = t.wrapping_sub(prev_t) as u64;
                 write_uvarint_bits(&mut w, delta);
-                write_xor(&mut w, self.v, vb, &mut self.leading, &mut self.trailing);
+                write_xor(&mut w, prev_v, vb, &mut self.leading, &mut self.trailing);
                 self.t_delta = delta;
             }
             _ => {
-                let delta = t.wrapping_sub(self.t) as u64;
+                let delta = t.wrapping_sub(prev_t) as u64;
                 let dod = delta.wrapping_sub(self.t_delta) as i64;
                 if dod == 0 {
                     w.write_bit(false);
@@ -323,18 +322,33 @@ impl XorState {
                     w.write_bits(0b1111, 4);
                     w.write_bits(dod as u64, 64);
                 }
-                write_xor(&mut w, self.v, vb, &mut self.leading, &mut self.trailing);
+                write_xor(&mut w, prev_v, vb, &mut self.leading, &mut self.trailing);
                 self.t_delta = delta;
             }
         }
         self.free = w.free;
-        self.t = t;
-        self.v = vb;
         self.num = self.num.saturating_add(1);
         let n = self.num.to_be_bytes();
         if let Some(h) = chunk.get_mut(0..2) {
             h.copy_from_slice(&n);
         }
+    }
+}
+
+/// An XOR chunk appender that keeps the last sample itself (for chunks built in one go).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct XorState {
+    pub t: i64,
+    pub v: u64,
+    pub app: XorAppender,
+}
+
+impl XorState {
+    /// Appends one sample to `chunk` (which must hold only what this state wrote).
+    pub fn append(&mut self, chunk: &mut Vec<u8>, t: i64, v: f64) {
+        self.app.append(chunk, (self.t, self.v), t, v);
+        self.t = t;
+        self.v = v.to_bits();
     }
 }
 

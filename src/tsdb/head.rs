@@ -4,9 +4,9 @@
 //! chunk at [`SAMPLES_PER_CHUNK`] samples or at a block boundary, handing the sealed
 //! chunk back to the caller to persist.
 
-use super::chunkenc::{SAMPLES_PER_CHUNK, XorState, new_chunk};
+use super::chunkenc::{SAMPLES_PER_CHUNK, XorAppender, new_chunk};
 use super::codec::U64Map;
-use super::wal::WalCursor;
+use super::wal::{RecordBuilder, WalCursor};
 use crate::storage::AppendError;
 
 /// One series in memory.
@@ -14,11 +14,13 @@ use crate::storage::AppendError;
 pub struct MemSeries {
     /// The open chunk's bytes (header included); empty when there is no open chunk.
     pub chunk: Vec<u8>,
-    pub xor: XorState,
+    /// The open chunk's appender; its last sample is `wal.t`/`wal.v`.
+    pub xor: XorAppender,
     pub chunk_min_t: i64,
     /// Earliest sample time known for the series (`i64::MAX` when none).
     pub min_t: i64,
-    /// WAL encoder state; `wal.t`/`wal.v` are the series' last sample.
+    /// WAL encoder state; `wal.t`/`wal.v` are the series' last sample (the open chunk's
+    /// last one too: kept once, 16 bytes a series).
     pub wal: WalCursor,
     /// The WAL segment `wal` is valid for.
     pub wal_seg: u32,
@@ -30,7 +32,7 @@ impl Default for MemSeries {
     fn default() -> Self {
         MemSeries {
             chunk: Vec::new(),
-            xor: XorState::default(),
+            xor: XorAppender::default(),
             chunk_min_t: i64::MAX,
             min_t: i64::MAX,
             wal: WalCursor::default(),
@@ -98,7 +100,8 @@ impl MemSeries {
     }
 
     /// Appends to the open chunk, sealing it first when it is full or `t` is in a later
-    /// block. The WAL cursor is not touched (the caller encodes the WAL record).
+    /// block, and records the sample as the series' last: encoded into `wal` (a commit;
+    /// the cursor restarts at every new segment `seg`), or just kept (WAL replay, `None`).
     pub fn append(
         &mut self,
         id: u64,
@@ -106,17 +109,9 @@ impl MemSeries {
         v: f64,
         block_range: i64,
         seg: u32,
+        wal: Option<&mut RecordBuilder>,
     ) -> Result<Appended, AppendError> {
-        let last_t = if self.xor.num > 0 {
-            self.xor.t
-        } else {
-            self.wal.t
-        };
-        let last_v = if self.xor.num > 0 {
-            self.xor.v
-        } else {
-            self.wal.v
-        };
+        let (last_t, last_v) = (self.wal.t, self.wal.v);
         if Self::check(last_t, last_v, t, v)? {
             return Ok(Appended::Duplicate);
         }
@@ -132,8 +127,21 @@ impl MemSeries {
             self.chunk_min_t = t;
             self.head_seg = seg;
         }
-        self.xor.append(&mut self.chunk, t, v);
+        self.xor.append(&mut self.chunk, (last_t, last_v), t, v);
         self.min_t = self.min_t.min(t);
+        match wal {
+            Some(rb) => {
+                if self.wal_seg != seg {
+                    self.wal.reset();
+                    self.wal_seg = seg;
+                }
+                rb.push(id, &mut self.wal, t, v);
+            }
+            None => {
+                self.wal.t = t;
+                self.wal.v = v.to_bits();
+            }
+        }
         Ok(Appended::Stored(sealed))
     }
 
@@ -144,17 +152,13 @@ impl MemSeries {
         let c = SealedChunk {
             id,
             min_t: self.chunk_min_t,
-            max_t: self.xor.t,
-            last_v: self.xor.v,
+            max_t: self.wal.t,
+            last_v: self.wal.v,
             series_min_t: self.min_t,
             bytes,
         };
-        // Keep the last sample for ordering checks even though the chunk is gone.
-        if self.wal.t < self.xor.t {
-            self.wal.t = self.xor.t;
-            self.wal.v = self.xor.v;
-        }
-        self.xor = XorState::default();
+        // `wal` keeps the last sample for ordering checks; the chunk is gone.
+        self.xor = XorAppender::default();
         self.chunk_min_t = i64::MAX;
         self.head_seg = u32::MAX;
         c
@@ -258,35 +262,42 @@ mod tests {
     fn ordering_rules_follow_prometheus() {
         let mut s = MemSeries::default();
         assert!(matches!(
-            s.append(1, 1000, 1.0, R, 0),
+            s.append(1, 1000, 1.0, R, 0, None),
             Ok(Appended::Stored(None))
         ));
         assert_eq!(
-            s.append(1, 999, 1.0, R, 0).unwrap_err(),
+            s.append(1, 999, 1.0, R, 0, None).unwrap_err(),
             AppendError::OutOfOrder
         );
         assert_eq!(
-            s.append(1, 1000, 2.0, R, 0).unwrap_err(),
+            s.append(1, 1000, 2.0, R, 0, None).unwrap_err(),
             AppendError::DuplicateTimestamp
         );
         assert!(matches!(
-            s.append(1, 1000, 1.0, R, 0),
+            s.append(1, 1000, 1.0, R, 0, None),
             Ok(Appended::Duplicate)
         ));
         // A stale marker at the same timestamp is a different value.
         let stale = crate::model::stale_nan();
         assert_eq!(
-            s.append(1, 1000, stale, R, 0).unwrap_err(),
+            s.append(1, 1000, stale, R, 0, None).unwrap_err(),
             AppendError::DuplicateTimestamp
         );
         assert!(matches!(
-            s.append(1, 2000, stale, R, 0),
+            s.append(1, 2000, stale, R, 0, None),
             Ok(Appended::Stored(None))
         ));
         assert!(matches!(
-            s.append(1, 2000, stale, R, 0),
+            s.append(1, 2000, stale, R, 0, None),
             Ok(Appended::Duplicate)
         ));
+    }
+
+    #[test]
+    fn a_series_costs_at_most_104_bytes_in_the_table() {
+        // The head's series table is the largest per-series structure: keep it tight
+        // (the last sample is kept once, in the WAL cursor).
+        assert!(std::mem::size_of::<Option<MemSeries>>() <= 104);
     }
 
     #[test]
@@ -294,14 +305,15 @@ mod tests {
         let mut s = MemSeries::default();
         let mut sealed = Vec::new();
         for i in 0..250 {
-            if let Appended::Stored(Some(c)) = s.append(7, i * 1000, i as f64, R, 0).unwrap() {
+            if let Appended::Stored(Some(c)) = s.append(7, i * 1000, i as f64, R, 0, None).unwrap()
+            {
                 sealed.push(c);
             }
         }
         assert_eq!(sealed.len(), 2);
         assert_eq!((sealed[0].min_t, sealed[0].max_t), (0, 119_000));
         assert_eq!(s.open_samples(), 10);
-        if let Appended::Stored(Some(c)) = s.append(7, R + 5, 1.0, R, 0).unwrap() {
+        if let Appended::Stored(Some(c)) = s.append(7, R + 5, 1.0, R, 0, None).unwrap() {
             assert_eq!((c.min_t, c.max_t), (240_000, 249_000));
         } else {
             panic!("block boundary did not seal");
@@ -311,7 +323,7 @@ mod tests {
         let c = s.seal(7);
         assert_eq!(c.max_t, R + 5);
         assert_eq!(
-            s.append(7, R, 1.0, R, 0).unwrap_err(),
+            s.append(7, R, 1.0, R, 0, None).unwrap_err(),
             AppendError::OutOfOrder
         );
     }

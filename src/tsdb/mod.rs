@@ -441,10 +441,8 @@ impl Replay {
         let (sealed, replayed) = (&mut self.sealed, &mut self.replayed);
         let res = wal::decode_records(&body, &mut self.cursors, |id, t, vb| {
             let Some(ms) = head.get_mut(id) else { return };
-            if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg) {
+            if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg, None) {
                 sealed.extend(s);
-                ms.wal.t = t;
-                ms.wal.v = vb;
                 head.max_t = head.max_t.max(t);
                 *replayed += 1;
             }
@@ -726,17 +724,12 @@ impl Inner {
                 continue;
             }
             let Some(ms) = head.get_mut(id) else { continue };
-            match ms.append(id, t, v, self.block_range, seg) {
+            match ms.append(id, t, v, self.block_range, seg, Some(&mut rb)) {
                 Err(AppendError::OutOfOrder) => ooo += 1,
                 Err(_) => dup += 1,
                 Ok(Appended::Duplicate) => {}
                 Ok(Appended::Stored(s)) => {
                     sealed.extend(s);
-                    if ms.wal_seg != seg {
-                        ms.wal.reset();
-                        ms.wal_seg = seg;
-                    }
-                    rb.push(id, &mut ms.wal, t, v);
                     accepted += 1;
                     max_t = max_t.max(t);
                 }
@@ -865,11 +858,7 @@ fn snap_many(
     let mut scratch: Vec<Sample> = Vec::new();
     for &id in ids {
         let Some(ms) = head.get(id) else { continue };
-        let last_t = if ms.open_samples() > 0 {
-            ms.xor.t.max(ms.wal.t)
-        } else {
-            ms.wal.t
-        };
+        let last_t = ms.last_t();
         if !ms.has_samples() || ms.min_t > end || last_t < start || last_t < cutoff {
             continue;
         }
@@ -1076,11 +1065,7 @@ impl TsdbAppender {
             let Some(ms) = head.get(id) else {
                 return Err(AppendError::UnknownRef(id));
             };
-            let (lt, lv) = if ms.open_samples() > 0 {
-                (ms.xor.t, ms.xor.v)
-            } else {
-                (ms.wal.t, ms.wal.v)
-            };
+            let (lt, lv) = (ms.wal.t, ms.wal.v);
             (lt, lv, head.min_valid_time(self.inner.block_range))
         };
         if t < min_valid {
