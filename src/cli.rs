@@ -91,7 +91,7 @@ pub struct RunArgs {
         default_value = "prometheus.yml"
     )]
     pub config: PathBuf,
-    /// Data directory (sled database and WAL).
+    /// Data directory (sled database of index and chunks, `wal/` segment files).
     #[arg(
         long = "data-dir",
         alias = "storage.tsdb.path",
