@@ -181,6 +181,24 @@ pub fn bit_range(x: i64, nbits: u8) -> bool {
     -((1i64 << (nbits - 1)) - 1) <= x && x <= (1i64 << (nbits - 1))
 }
 
+/// Writes `d` in Prometheus's bucketed form: a `0` bit for zero, else the first bucket
+/// `(prefix, prefix bits, value bits)` of `fits` whose width holds it (as
+/// [`bit_range`] defines it), else `last` (which must be wide enough).
+#[inline]
+pub fn write_bucketed(w: &mut BitWriter<'_>, d: i64, fits: &[(u64, u8, u8)], last: (u64, u8, u8)) {
+    if d == 0 {
+        w.write_bit(false);
+        return;
+    }
+    let (prefix, prefix_bits, bits) = fits
+        .iter()
+        .copied()
+        .find(|&(_, _, bits)| bit_range(d, bits))
+        .unwrap_or(last);
+    w.write_bits(prefix, prefix_bits);
+    w.write_bits(d as u64, bits);
+}
+
 /// Writes an XOR-encoded value against `prev`, updating the leading/trailing window
 /// (`leading == 0xff` means no window yet).
 #[inline]
@@ -307,21 +325,12 @@ impl XorAppender {
             _ => {
                 let delta = t.wrapping_sub(prev_t) as u64;
                 let dod = delta.wrapping_sub(self.t_delta) as i64;
-                if dod == 0 {
-                    w.write_bit(false);
-                } else if bit_range(dod, 14) {
-                    w.write_bits(0b10, 2);
-                    w.write_bits(dod as u64, 14);
-                } else if bit_range(dod, 17) {
-                    w.write_bits(0b110, 3);
-                    w.write_bits(dod as u64, 17);
-                } else if bit_range(dod, 20) {
-                    w.write_bits(0b1110, 4);
-                    w.write_bits(dod as u64, 20);
-                } else {
-                    w.write_bits(0b1111, 4);
-                    w.write_bits(dod as u64, 64);
-                }
+                write_bucketed(
+                    &mut w,
+                    dod,
+                    &[(0b10, 2, 14), (0b110, 3, 17), (0b1110, 4, 20)],
+                    (0b1111, 4, 64),
+                );
                 write_xor(&mut w, prev_v, vb, &mut self.leading, &mut self.trailing);
                 self.t_delta = delta;
             }

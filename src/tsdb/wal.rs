@@ -24,7 +24,7 @@
 //! Format 1 (records without the flag, from older versions, still read): `0`
 //! unchanged, `10` + integer delta-of-delta (integral values only), `11` + Gorilla XOR.
 
-use super::chunkenc::{BitReader, BitWriter, ChunkError, bit_range, read_xor, write_xor};
+use super::chunkenc::{BitReader, BitWriter, ChunkError, read_xor, write_bucketed, write_xor};
 use super::codec::{U64Map, get_uvarint, get_varint, put_uvarint, put_varint, unzigzag, zigzag};
 
 const FLAG_SHARED_T: u8 = 1;
@@ -172,18 +172,7 @@ impl WalCursor {
 
     fn encode_t(&self, w: &mut BitWriter<'_>, t: i64) {
         let dod = t.wrapping_sub(self.t).wrapping_sub(self.t_delta);
-        if dod == 0 {
-            w.write_bit(false);
-        } else if bit_range(dod, 14) {
-            w.write_bits(0b10, 2);
-            w.write_bits(dod as u64, 14);
-        } else if bit_range(dod, 20) {
-            w.write_bits(0b110, 3);
-            w.write_bits(dod as u64, 20);
-        } else {
-            w.write_bits(0b111, 3);
-            w.write_bits(dod as u64, 64);
-        }
+        write_bucketed(w, dod, &[(0b10, 2, 14), (0b110, 3, 20)], (0b111, 3, 64));
     }
 
     fn decode_t(&self, r: &mut BitReader<'_>) -> Result<i64, ChunkError> {
@@ -340,20 +329,9 @@ impl WalCursor {
                 _ => None,
             };
             match int_dod {
-                Some(d) if bit_range(d, 24) => {
+                Some(d) if super::chunkenc::bit_range(d, 24) => {
                     w.write_bits(0b10, 2);
-                    if d == 0 {
-                        w.write_bit(false);
-                    } else if bit_range(d, 4) {
-                        w.write_bits(0b10, 2);
-                        w.write_bits(d as u64, 4);
-                    } else if bit_range(d, 12) {
-                        w.write_bits(0b110, 3);
-                        w.write_bits(d as u64, 12);
-                    } else {
-                        w.write_bits(0b111, 3);
-                        w.write_bits(d as u64, 24);
-                    }
+                    write_bucketed(w, d, &[(0b10, 2, 4), (0b110, 3, 12)], (0b111, 3, 24));
                 }
                 _ => {
                     w.write_bits(0b11, 2);
