@@ -257,11 +257,7 @@ impl WalCursor {
         shared_t: Option<i64>,
     ) -> Result<(i64, u64), ChunkError> {
         if self.n == 0 {
-            let t = match shared_t {
-                Some(t) => t,
-                None => r.read_bits(64)? as i64,
-            };
-            let vb = r.read_bits(64)?;
+            let (t, vb) = read_first(r, shared_t)?;
             let exp = decimal_from(f64::from_bits(vb), 0).map_or(NO_EXP, |(e, _)| e);
             self.after_v2(t, vb, exp, 0);
             return Ok((t, vb));
@@ -349,11 +345,7 @@ impl WalCursor {
         shared_t: Option<i64>,
     ) -> Result<(i64, u64), ChunkError> {
         if self.n == 0 {
-            let t = match shared_t {
-                Some(t) => t,
-                None => r.read_bits(64)? as i64,
-            };
-            let v = r.read_bits(64)?;
+            let (t, v) = read_first(r, shared_t)?;
             self.after(t, v);
             return Ok((t, v));
         }
@@ -383,6 +375,15 @@ impl WalCursor {
         self.after(t, v);
         Ok((t, v))
     }
+}
+
+/// A series' first sample in a segment: its timestamp (unless shared) and value, in full.
+fn read_first(r: &mut BitReader<'_>, shared_t: Option<i64>) -> Result<(i64, u64), ChunkError> {
+    let t = match shared_t {
+        Some(t) => t,
+        None => r.read_bits(64)? as i64,
+    };
+    Ok((t, r.read_bits(64)?))
 }
 
 fn signed(bits: u64, sz: u8) -> i64 {
