@@ -636,7 +636,7 @@ mod tests {
 
     fn index() -> (tempfile::TempDir, Index) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::tsdb::open_sled(dir.path(), 1 << 20).unwrap();
         let (idx, _) = Index::open(&db).unwrap();
         for (i, s) in SERIES.iter().enumerate() {
             idx.add_series(i as u64 + 1, &Labels::from_pairs(s))
@@ -740,7 +740,7 @@ mod tests {
     #[test]
     fn resolve_sorts_many_series_like_labels_do() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::tsdb::open_sled(dir.path(), 1 << 20).unwrap();
         let (idx, _) = Index::open(&db).unwrap();
         let mut want = Vec::new();
         for i in 1..=500u64 {
@@ -785,7 +785,7 @@ mod tests {
     fn index_is_reloaded_on_open_from_flushed_batches() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::tsdb::open_sled(dir.path(), 1 << 20).unwrap();
             let (idx, _) = Index::open(&db).unwrap();
             for (i, s) in SERIES.iter().enumerate() {
                 idx.add_series(i as u64 + 1, &Labels::from_pairs(s))
@@ -803,7 +803,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::tsdb::open_sled(dir.path(), 1 << 20).unwrap();
         let (idx, ids) = Index::open(&db).unwrap();
         assert_eq!(
             ids.iter().map(|x| x.0).collect::<Vec<_>>(),
@@ -829,7 +829,7 @@ mod tests {
     #[test]
     fn old_format_is_refused_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::tsdb::open_sled(dir.path(), 1 << 20).unwrap();
         db.open_tree("series")
             .unwrap()
             .insert(1u64.to_be_bytes(), &[1, 1, 1, b'a', 1, b'b'])

@@ -351,6 +351,8 @@ impl Tsdb {
 /// Opens sled, waiting a little for the directory lock: a store just dropped in this
 /// process (its last reference may go away on the flush thread a moment later), or a
 /// process that is still exiting, releases it shortly.
+/// (Tests that reopen a directory use it too: sled's own threads release the lock a
+/// moment after the last handle is dropped.)
 fn open_sled(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StorageError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
