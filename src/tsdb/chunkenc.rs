@@ -199,6 +199,32 @@ pub fn write_bucketed(w: &mut BitWriter<'_>, d: i64, fits: &[(u64, u8, u8)], las
     w.write_bits(d as u64, bits);
 }
 
+/// Reads a value written by [`write_bucketed`] with the same bucket widths: `fits` are
+/// the value bits of the prefixed buckets, `last` those of the final one (64: raw).
+#[inline]
+pub fn read_bucketed(r: &mut BitReader<'_>, fits: &[u8], last: u8) -> Result<i64, ChunkError> {
+    if !r.read_bit()? {
+        return Ok(0);
+    }
+    let mut bits = last;
+    for &b in fits {
+        if !r.read_bit()? {
+            bits = b;
+            break;
+        }
+    }
+    let x = r.read_bits(bits)?;
+    if bits >= 64 {
+        return Ok(x as i64);
+    }
+    // The signed range of Prometheus's `bitRange`: up to +2^(bits-1) inclusive.
+    let mut v = x as i64;
+    if v > (1i64 << (bits - 1)) {
+        v -= 1i64 << bits;
+    }
+    Ok(v)
+}
+
 /// Writes an XOR-encoded value against `prev`, updating the leading/trailing window
 /// (`leading == 0xff` means no window yet).
 #[inline]
@@ -414,25 +440,7 @@ impl<'a> XorIterator<'a> {
                 self.v = read_xor(&mut self.r, self.v, &mut self.leading, &mut self.trailing)?;
             }
             _ => {
-                let mut bucket = 0u8;
-                for _ in 0..4 {
-                    if !self.r.read_bit()? {
-                        break;
-                    }
-                    bucket += 1;
-                }
-                let dod: i64 = match bucket {
-                    0 => 0,
-                    4 => self.r.read_bits(64)? as i64,
-                    b => {
-                        let sz = [0u8, 14, 17, 20][b as usize];
-                        let mut bits = self.r.read_bits(sz)? as i64;
-                        if bits > (1i64 << (sz - 1)) {
-                            bits -= 1i64 << sz;
-                        }
-                        bits
-                    }
-                };
+                let dod = read_bucketed(&mut self.r, &[14, 17, 20], 64)?;
                 self.t_delta = self.t_delta.wrapping_add(dod as u64);
                 self.t = self.t.wrapping_add(self.t_delta as i64);
                 self.v = read_xor(&mut self.r, self.v, &mut self.leading, &mut self.trailing)?;

@@ -24,7 +24,9 @@
 //! Format 1 (records without the flag, from older versions, still read): `0`
 //! unchanged, `10` + integer delta-of-delta (integral values only), `11` + Gorilla XOR.
 
-use super::chunkenc::{BitReader, BitWriter, ChunkError, read_xor, write_bucketed, write_xor};
+use super::chunkenc::{
+    BitReader, BitWriter, ChunkError, read_bucketed, read_xor, write_bucketed, write_xor,
+};
 use super::codec::{U64Map, get_uvarint, get_varint, put_uvarint, put_varint, unzigzag, zigzag};
 
 const FLAG_SHARED_T: u8 = 1;
@@ -176,15 +178,7 @@ impl WalCursor {
     }
 
     fn decode_t(&self, r: &mut BitReader<'_>) -> Result<i64, ChunkError> {
-        let dod = if !r.read_bit()? {
-            0
-        } else if !r.read_bit()? {
-            signed(r.read_bits(14)?, 14)
-        } else if !r.read_bit()? {
-            signed(r.read_bits(20)?, 20)
-        } else {
-            r.read_bits(64)? as i64
-        };
+        let dod = read_bucketed(r, &[14, 20], 64)?;
         Ok(self.t.wrapping_add(self.t_delta).wrapping_add(dod))
     }
 
@@ -356,15 +350,7 @@ impl WalCursor {
         let v = if !r.read_bit()? {
             self.v
         } else if !r.read_bit()? {
-            let d = if !r.read_bit()? {
-                0
-            } else if !r.read_bit()? {
-                signed(r.read_bits(4)?, 4)
-            } else if !r.read_bit()? {
-                signed(r.read_bits(12)?, 12)
-            } else {
-                signed(r.read_bits(24)?, 24)
-            };
+            let d = read_bucketed(r, &[4, 12], 24)?;
             let prev = as_int(f64::from_bits(self.v))
                 .ok_or(ChunkError("integer delta on a non-integer value"))?;
             (prev.wrapping_add(self.v_delta).wrapping_add(d) as f64).to_bits()
@@ -384,14 +370,6 @@ fn read_first(r: &mut BitReader<'_>, shared_t: Option<i64>) -> Result<(i64, u64)
         None => r.read_bits(64)? as i64,
     };
     Ok((t, r.read_bits(64)?))
-}
-
-fn signed(bits: u64, sz: u8) -> i64 {
-    let mut b = bits as i64;
-    if b > (1i64 << (sz - 1)) {
-        b -= 1i64 << sz;
-    }
-    b
 }
 
 /// Builds one record. Feed samples sorted by series id (stable for one series).
