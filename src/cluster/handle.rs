@@ -899,16 +899,18 @@ impl ClusterHandle {
     /// Leader duties, every heartbeat: commit down/up changes and promote learners.
     async fn leader_loop(self) {
         let mut leader_since: Option<Instant> = None;
+        let mut joined = JoinTimes::default();
         loop {
             if self.wait_or_shutdown(self.inner.heartbeat).await {
                 return;
             }
             if !self.is_leader() {
                 leader_since = None;
+                joined = JoinTimes::default();
                 continue;
             }
             let since = *leader_since.get_or_insert_with(Instant::now);
-            if let Err(e) = self.liveness(since).await {
+            if let Err(e) = self.liveness(since, &mut joined).await {
                 tracing::debug!(error = %e, "liveness update");
             }
             if let Err(e) = self.promote().await {
@@ -956,9 +958,18 @@ impl ClusterHandle {
         }
     }
 
-    async fn liveness(&self, leader_since: Instant) -> Result<(), ClusterError> {
+    /// Commits down/up marks. A member that joined while this node leads is judged
+    /// from when it joined, not from the start of the leadership: the learner is in
+    /// the membership a moment before the first AppendEntries reaches it, and on a busy
+    /// machine a tick can fall in between.
+    async fn liveness(
+        &self,
+        leader_since: Instant,
+        joined: &mut JoinTimes,
+    ) -> Result<(), ClusterError> {
         let sm = self.inner.sm.state();
         let members: Vec<NodeId> = sm.last_membership.nodes().map(|(id, _)| *id).collect();
+        joined.observe(&members, Instant::now());
         for id in members {
             let down = sm.down.contains(&id);
             if id == self.inner.id {
@@ -968,7 +979,9 @@ impl ClusterHandle {
                 }
                 continue;
             }
-            let silent = self.last_seen(id, leader_since).elapsed();
+            let silent = joined
+                .silence_start(id, self.last_seen(id, leader_since))
+                .elapsed();
             if !down && silent >= self.inner.down_after {
                 tracing::warn!(
                     node = id,
@@ -1022,5 +1035,58 @@ impl ClusterHandle {
             Ok(Err(e)) => Err(raft_err(e)),
             Ok(Ok(_)) => Ok(()),
         }
+    }
+}
+
+/// When members joined, as one leadership saw them: those in the membership at its first
+/// tick count as members all along, later ones from the tick that first saw them.
+#[derive(Default)]
+struct JoinTimes {
+    started: bool,
+    at: BTreeMap<NodeId, Option<Instant>>,
+}
+
+impl JoinTimes {
+    fn observe(&mut self, members: &[NodeId], now: Instant) {
+        self.at.retain(|id, _| members.contains(id));
+        let started = std::mem::replace(&mut self.started, true);
+        for &id in members {
+            self.at.entry(id).or_insert(started.then_some(now));
+        }
+    }
+
+    /// When `id`'s silence started, given when it last answered (or counted as having).
+    fn silence_start(&self, id: NodeId, seen: Instant) -> Instant {
+        match self.at.get(&id).copied().flatten() {
+            Some(joined) => seen.max(joined),
+            None => seen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod join_times_tests {
+    use super::*;
+
+    #[test]
+    fn a_member_that_joins_during_a_leadership_is_judged_from_its_join() {
+        let t0 = Instant::now();
+        let long_ago = t0 - Duration::from_secs(60);
+        let mut j = JoinTimes::default();
+        j.observe(&[1, 2], t0);
+        // Members at the first tick: only their last answer counts.
+        assert_eq!(j.silence_start(2, long_ago), long_ago);
+        let t1 = t0 + Duration::from_secs(1);
+        j.observe(&[1, 2, 3], t1);
+        // Not answered yet (the first AppendEntries is on its way): silent since the join.
+        assert_eq!(j.silence_start(3, long_ago), t1);
+        let t2 = t1 + Duration::from_secs(2);
+        assert_eq!(j.silence_start(3, t2), t2);
+        assert_eq!(j.silence_start(2, long_ago), long_ago);
+        // Leaves and comes back: the new join counts.
+        j.observe(&[1, 2], t2);
+        let t3 = t2 + Duration::from_secs(1);
+        j.observe(&[1, 2, 3], t3);
+        assert_eq!(j.silence_start(3, long_ago), t3);
     }
 }

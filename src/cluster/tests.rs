@@ -79,31 +79,42 @@ where
 /// Waits until all `nodes` agree on one leader and the same view with `expect_up` up
 /// members; returns (leader id, view).
 async fn converged(nodes: &[&TestNode], expect_up: usize) -> (NodeId, MembershipView) {
-    wait_for("convergence", Duration::from_secs(30), || async {
-        let mut leader = None;
-        let mut view: Option<MembershipView> = None;
+    let start = Instant::now();
+    loop {
+        let mut leader_ids = Vec::new();
+        let mut views = Vec::new();
         let mut leaders = 0;
+        let mut seen = String::new();
         for n in nodes {
             let st = n.handle.status().await;
             if st.raft_state == "leader" {
                 leaders += 1;
             }
-            let l = st.leader_id?;
-            if *leader.get_or_insert(l) != l {
-                return None;
-            }
             let v = n.handle.membership_view().borrow().clone();
-            if v.up.len() != expect_up {
-                return None;
-            }
-            if view.get_or_insert_with(|| v.clone()) != &v {
-                return None;
-            }
+            seen += &format!(
+                "\n  node {}: {} (leader {:?}), up {:?} at {}",
+                n.handle.node_id(),
+                st.raft_state,
+                st.leader_id,
+                v.up.keys().collect::<Vec<_>>(),
+                v.index
+            );
+            leader_ids.push(st.leader_id);
+            views.push(v);
         }
-        (leaders == 1).then_some(())?;
-        Some((leader?, view?))
-    })
-    .await
+        let agreed =
+            views.windows(2).all(|w| w[0] == w[1]) && leader_ids.windows(2).all(|w| w[0] == w[1]);
+        if let (Some(Some(l)), 1, true) = (leader_ids.first().copied(), leaders, agreed)
+            && views[0].up.len() == expect_up
+        {
+            return (l, views.swap_remove(0));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no convergence on {expect_up} up members in 30 s:{seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn listeners(n: usize) -> (Vec<TcpListener>, Vec<String>) {

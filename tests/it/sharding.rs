@@ -362,7 +362,9 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
     );
     assert_eq!(
         counter(&c.nodes[new], "shoal_scrape_targets_gained_total"),
-        newcomer as f64
+        newcomer as f64,
+        "targets gained by the newcomer:\n{}",
+        c.logs()
     );
     let lost_delta: f64 = (0..3)
         .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total") - lost_before[i])
