@@ -140,13 +140,16 @@ impl Drop for LocalCluster {
 }
 
 /// Whether `/api/v1/cluster` data shows `nodes` members, all up, owning `targets`
-/// targets between them (replication factor 1).
+/// targets between them (replication factor 1) in an assignment over the current view
+/// (one over an older view can still show a newcomer with none).
 pub fn formed(data: &serde_json::Value, nodes: usize, targets: usize) -> bool {
     let Some(members) = data["members"].as_array() else {
         return false;
     };
     let owned: u64 = members.iter().filter_map(|m| m["targets"].as_u64()).sum();
     data["leaderId"].is_string()
+        && data["viewIndex"].is_u64()
+        && data["assignmentViewIndex"] == data["viewIndex"]
         && members.len() == nodes
         && members.iter().all(|m| m["state"] == "up")
         && owned == targets as u64
@@ -169,16 +172,19 @@ mod tests {
 
     #[test]
     fn formed_needs_all_members_up_and_all_targets_owned() {
-        let ok = serde_json::json!({"leaderId": "1", "members": [
-            {"state": "up", "targets": 4}, {"state": "up", "targets": 6}]});
+        let ok = serde_json::json!({"leaderId": "1", "viewIndex": 7, "assignmentViewIndex": 7,
+            "members": [{"state": "up", "targets": 4}, {"state": "up", "targets": 6}]});
         assert!(formed(&ok, 2, 10));
+        let mut stale = ok.clone();
+        stale["assignmentViewIndex"] = 5.into();
+        assert!(!formed(&stale, 2, 10));
         assert!(!formed(&ok, 3, 10));
         assert!(!formed(&ok, 2, 11));
-        let down = serde_json::json!({"leaderId": "1", "members": [
+        let down = serde_json::json!({"leaderId": "1", "viewIndex": 7, "assignmentViewIndex": 7, "members": [
             {"state": "up", "targets": 4}, {"state": "down", "targets": 6}]});
         assert!(!formed(&down, 2, 10));
-        let no_leader =
-            serde_json::json!({"leaderId": null, "members": [{"state": "up", "targets": 10}]});
+        let no_leader = serde_json::json!({"leaderId": null, "viewIndex": 7, "assignmentViewIndex": 7,
+                "members": [{"state": "up", "targets": 10}]});
         assert!(!formed(&no_leader, 1, 10));
     }
 }

@@ -23,7 +23,8 @@ fn cluster(addr: &str) -> Result<(usize, Vec<u64>), String> {
 fn demo_forms_a_cluster_and_its_add_node_command_rebalances() {
     let dir = tempdir();
     // Nodes on base..base+4 (the 4th is the one the banner tells how to add), fleet after.
-    let base = free_port_range(44);
+    let ports = free_port_range(44);
+    let base = ports.base;
     let fleet = base + 4;
     let out_path = dir.path().join("demo.out");
     let out = std::fs::File::create(&out_path).unwrap();

@@ -134,17 +134,40 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The first of `n` consecutive free loopback ports (all bound at once, then released).
-pub fn free_port_range(n: u16) -> u16 {
-    let mut base = 20_000 + (std::process::id() % 2_000) as u16 * 16;
+/// `n` consecutive free loopback ports for a child that binds them itself, reserved for
+/// as long as this value lives.
+pub struct PortRange {
+    pub base: u16,
+    _lock: std::fs::File,
+}
+
+/// Reserves `n` (≤ 64) consecutive free loopback ports. They are taken below Linux's
+/// ephemeral range (32768–60999), so that no connection picks one as its local port,
+/// in slots of 64 that one test process at a time holds through a file lock (released
+/// when it ends, however it ends), so that two tests checking at once cannot both pick
+/// the same ports before their children bind them.
+pub fn free_port_range(n: u16) -> PortRange {
+    const LOW: u16 = 21_000;
+    const SLOTS: u16 = 170;
+    assert!(n <= 64, "at most 64 ports in a range");
+    let dir = std::env::temp_dir().join("shoal-it-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = (std::process::id() % SLOTS as u32) as u16;
     loop {
-        let held: Vec<_> = (0..n)
-            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == n as usize {
-            return base;
+        for k in (0..SLOTS).map(|i| (first + i) % SLOTS) {
+            let base = LOW + k * 64;
+            let lock = std::fs::File::create(dir.join(format!("{base}.lock"))).unwrap();
+            if lock.try_lock().is_err() {
+                continue;
+            }
+            let held: Vec<_> = (0..n)
+                .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+                .collect();
+            if held.len() == n as usize {
+                return PortRange { base, _lock: lock };
+            }
         }
-        base = if base > 60_000 { 20_000 } else { base + n + 1 };
+        thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -249,9 +249,12 @@ fn check_config_accepts_a_valid_file_with_rules() {
 fn demo_runs_a_node_with_its_fleet_and_stops_on_ctrl_c() {
     let dir = tempdir();
     // The demo's nodes listen on port, port+1, port+2; its one target after them.
-    let port = crate::harness::free_port_range(4);
+    let ports = crate::harness::free_port_range(4);
+    let port = ports.base;
     let fleet_port = port + 3;
     let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
+    let out_path = dir.path().join("demo.out");
+    let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new(shoal_bin())
         .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
         .args([
@@ -264,17 +267,27 @@ fn demo_runs_a_node_with_its_fleet_and_stops_on_ctrl_c() {
         ])
         .arg("--data-dir")
         .arg(dir.path().join("demo-data"))
-        .stdout(std::process::Stdio::piped())
+        .stdout(out)
         .stderr(log)
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/api/v1/query?query=scrape_samples_scraped");
+    // The banner (printed once the cluster has formed) gives the URLs to open.
+    let banner = format!("http://127.0.0.1:{port}");
     let v = wait_for(
-        "the demo to scrape its fleet",
+        "the demo to print its banner and scrape its fleet",
         Duration::from_secs(60),
         || {
             if let Ok(Some(st)) = child.try_wait() {
-                panic!("demo exited early: {st}");
+                let log = std::fs::read_to_string(dir.path().join("demo.log"));
+                panic!(
+                    "demo exited early: {st}; its log:\n{}",
+                    log.unwrap_or_default()
+                );
+            }
+            let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+            if !stdout.contains(&banner) {
+                return Err(format!("no banner yet: {stdout}"));
             }
             let (_, body) = http_get(&url)?;
             let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
@@ -294,13 +307,10 @@ fn demo_runs_a_node_with_its_fleet_and_stops_on_ctrl_c() {
         .arg(child.id().to_string())
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "demo exit status {}", out.status);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("http://127.0.0.1:{port}")),
-        "{stdout}"
-    );
+    let st = child.wait().unwrap();
+    assert!(st.success(), "demo exit status {st}");
+    let stdout = std::fs::read_to_string(&out_path).unwrap();
+    assert!(stdout.contains("stopping the demo"), "{stdout}");
 }
 
 #[test]
