@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{free_port_range, http_get, shoal_bin, tempdir, wait_for};
+use crate::harness::{GroupChild, free_port_range, http_get, shoal_bin, tempdir, wait_for};
 
 /// `/api/v1/cluster` of `addr` as (members, targets per member), when it answers.
 fn cluster(addr: &str) -> Result<(usize, Vec<u64>), String> {
@@ -28,19 +28,19 @@ fn demo_forms_a_cluster_and_its_add_node_command_rebalances() {
     let fleet = base + 4;
     let out_path = dir.path().join("demo.out");
     let out = std::fs::File::create(&out_path).unwrap();
-    let mut demo = Command::new(shoal_bin())
-        .args(["demo", "--targets", "40", "--series-per-target", "20"])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{base}"))
-        .arg("--fleet-port")
-        .arg(fleet.to_string())
-        .arg("--data-dir")
-        .arg(dir.path().join("demo"))
-        .env("NO_COLOR", "1")
-        .stdout(out)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = GroupChild::spawn(
+        Command::new(shoal_bin())
+            .args(["demo", "--targets", "40", "--series-per-target", "20"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{base}"))
+            .arg("--fleet-port")
+            .arg(fleet.to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("demo"))
+            .env("NO_COLOR", "1")
+            .stdout(out)
+            .stderr(Stdio::null()),
+    );
     let first = format!("127.0.0.1:{base}");
 
     // The banner comes once 3 nodes are up and own all 40 targets between them. (40, so
@@ -70,13 +70,13 @@ fn demo_forms_a_cluster_and_its_add_node_command_rebalances() {
     );
 
     // Run the printed command: a 4th node joins and takes some targets.
-    let mut fourth = Command::new(shoal_bin())
-        .arg("run")
-        .args(add_cmd.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut fourth = GroupChild::spawn(
+        Command::new(shoal_bin())
+            .arg("run")
+            .args(add_cmd.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let after = wait_for(
         "4 nodes sharing the targets",
         Duration::from_secs(90),

@@ -348,6 +348,40 @@ impl Node {
     }
 }
 
+/// A child in a process group of its own, killed with everything it started (a demo's
+/// nodes) when dropped, so that a failing test leaves no process behind.
+pub struct GroupChild(pub Child);
+
+impl GroupChild {
+    pub fn spawn(cmd: &mut Command) -> GroupChild {
+        use std::os::unix::process::CommandExt;
+        GroupChild(cmd.process_group(0).spawn().unwrap())
+    }
+}
+
+impl std::ops::Deref for GroupChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for GroupChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();

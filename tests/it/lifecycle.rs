@@ -255,22 +255,22 @@ fn demo_runs_a_node_with_its_fleet_and_stops_on_ctrl_c() {
     let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
     let out_path = dir.path().join("demo.out");
     let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(shoal_bin())
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--fleet-port",
-            &fleet_port.to_string(),
-            "--targets",
-            "1",
-            "--series-per-target",
-            "50",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("demo-data"))
-        .stdout(out)
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = crate::harness::GroupChild::spawn(
+        Command::new(shoal_bin())
+            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--fleet-port",
+                &fleet_port.to_string(),
+                "--targets",
+                "1",
+                "--series-per-target",
+                "50",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("demo-data"))
+            .stdout(out)
+            .stderr(log),
+    );
     let url = format!("http://127.0.0.1:{port}/api/v1/query?query=scrape_samples_scraped");
     // The banner (printed once the cluster has formed) gives the URLs to open.
     let banner = format!("http://127.0.0.1:{port}");
