@@ -2,7 +2,9 @@
 //! families of 20 series with 4 labels each (every 25th family a histogram).
 //!
 //! - `full`: every series builds its `Labels` (the scraper's path for new series);
-//! - `raw`: only `raw`, value and timestamp are read (the path for cached series);
+//! - `raw`: only `raw`, value and timestamp are read (validating every label block);
+//! - `known`: `raw` through `Parser::next_with` with every series known (the scraper's
+//!   path for cached series: label blocks found, not validated);
 //! - `openmetrics_raw`: the same body in OpenMetrics form, cached path.
 //!
 //! Samples/s = samples per scrape (printed at start) / time per iteration.
@@ -108,11 +110,25 @@ fn parse_raw(buf: &[u8], format: Format) -> usize {
     n
 }
 
+fn parse_known(buf: &[u8], format: Format) -> usize {
+    let mut p = Parser::new(buf, format);
+    let mut n = 0;
+    let mut known = |raw: &[u8]| black_box(!raw.is_empty());
+    while let Some(e) = p.next_with(&mut known).expect("bench input parses") {
+        if let Entry::Series(s) = e {
+            black_box((s.raw, s.value, s.timestamp));
+            n += 1;
+        }
+    }
+    n
+}
+
 fn bench(c: &mut Criterion) {
     let (text, text_samples) = exposition(Format::PromText);
     let (om, om_samples) = exposition(Format::OpenMetrics);
     assert_eq!(parse_full(text.as_bytes(), Format::PromText), text_samples);
     assert_eq!(parse_raw(om.as_bytes(), Format::OpenMetrics), om_samples);
+    assert_eq!(parse_known(text.as_bytes(), Format::PromText), text_samples);
     eprintln!(
         "prom text: {} bytes, {text_samples} samples; openmetrics: {} bytes, {om_samples} samples",
         text.len(),
@@ -128,6 +144,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("prom_text/raw", |b| {
         b.iter(|| parse_raw(black_box(text.as_bytes()), Format::PromText))
+    });
+    g.bench_function("prom_text/known", |b| {
+        b.iter(|| parse_known(black_box(text.as_bytes()), Format::PromText))
     });
     g.throughput(Throughput::Bytes(om.len() as u64));
     g.bench_function("openmetrics/raw", |b| {

@@ -10,7 +10,10 @@
 //! only allocations are for label values and HELP texts that contain escapes (returned as
 //! [`Cow::Owned`]) and for [`SeriesEntry::labels`]. A [`SeriesEntry`] keeps the label block
 //! as written, already validated, and walks it again on demand, so the cached scrape path
-//! (look [`SeriesEntry::raw`] up, skip label building) costs one validating pass.
+//! (look [`SeriesEntry::raw`] up, skip label building) costs one validating pass — or
+//! less: [`Parser::next_with`] asks the caller whether it knows a series' raw text before
+//! validating its label block, and skips the validation of one it has seen valid before
+//! (the same bytes, so the same verdict).
 //!
 //! The first error ends the parse: `next` returns it, and every later call returns the same
 //! error. Errors carry the 1-based line number. Input is checked for valid UTF-8 once up
@@ -266,6 +269,9 @@ pub struct Parser<'a> {
 
 type PResult<T> = Result<T, String>;
 
+/// What [`Parser::next_with`] asks before validating a label block.
+type Known<'k> = Option<&'k mut dyn FnMut(&[u8]) -> bool>;
+
 impl<'a> Parser<'a> {
     pub fn new(buf: &'a [u8], format: Format) -> Parser<'a> {
         let (src, truncated) = match std::str::from_utf8(buf) {
@@ -297,14 +303,30 @@ impl<'a> Parser<'a> {
     /// and a message like Prometheus's ("expected equal, got ...").
     #[allow(clippy::should_implement_trait)] // fallible, so not an Iterator
     pub fn next(&mut self) -> Result<Option<Entry<'a>>, ParseError> {
+        self.next_inner(None)
+    }
+
+    /// [`Parser::next`], asking `known` about a series with a label block before that
+    /// block is validated: `known` gets the series' [`SeriesEntry::raw`] (at most once per
+    /// series, and not for every series) and answers whether these exact bytes passed
+    /// this format's validation before; then their validation is skipped. Everything else
+    /// on the line (value, timestamp, exemplar) is always checked.
+    pub fn next_with(
+        &mut self,
+        known: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Option<Entry<'a>>, ParseError> {
+        self.next_inner(Some(known))
+    }
+
+    fn next_inner(&mut self, known: Known<'_>) -> Result<Option<Entry<'a>>, ParseError> {
         match &self.state {
             State::Running => {}
             State::Done => return Ok(None),
             State::Failed(e) => return Err(e.clone()),
         }
         let res = match self.format {
-            Format::PromText => self.next_text(),
-            Format::OpenMetrics => self.next_om(),
+            Format::PromText => self.next_text(known),
+            Format::OpenMetrics => self.next_om(known),
         };
         match res {
             Ok(Some(e)) => Ok(Some(e)),
@@ -325,7 +347,7 @@ impl<'a> Parser<'a> {
 
     // ---- Prometheus text 0.0.4 ----
 
-    fn next_text(&mut self) -> PResult<Option<Entry<'a>>> {
+    fn next_text(&mut self, known: Known<'_>) -> PResult<Option<Entry<'a>>> {
         loop {
             self.skip_ws();
             match self.peek() {
@@ -343,7 +365,7 @@ impl<'a> Parser<'a> {
                 Some(b'#') => return self.comment_text(),
                 // Prometheus's text lexer reads a NUL where a line starts as the end.
                 Some(0) => return Ok(None),
-                Some(c) if is_metric_start(c) => return self.series().map(Some),
+                Some(c) if is_metric_start(c) => return self.series(known).map(Some),
                 Some(_) => return Err(self.fail("expected a valid start token")),
             }
         }
@@ -371,12 +393,12 @@ impl<'a> Parser<'a> {
 
     // ---- OpenMetrics 1.0 ----
 
-    fn next_om(&mut self) -> PResult<Option<Entry<'a>>> {
+    fn next_om(&mut self, known: Known<'_>) -> PResult<Option<Entry<'a>>> {
         match self.peek() {
             None if self.truncated => Err(INVALID_UTF8.to_string()),
             None => Err("data does not end with # EOF".to_string()),
             Some(b'#') => self.comment_om(),
-            Some(c) if is_metric_start(c) => self.series().map(Some),
+            Some(c) if is_metric_start(c) => self.series(known).map(Some),
             Some(_) => Err(self.fail("expected a valid start token")),
         }
     }
@@ -461,7 +483,7 @@ impl<'a> Parser<'a> {
         Ok(entry)
     }
 
-    fn series(&mut self) -> PResult<Entry<'a>> {
+    fn series(&mut self, known: Known<'_>) -> PResult<Entry<'a>> {
         let start = self.pos;
         let name = self.scan_metric_name().unwrap_or("");
         let name_end = self.pos;
@@ -471,9 +493,21 @@ impl<'a> Parser<'a> {
         let raw_end = if self.peek() == Some(b'{') {
             self.pos += 1;
             let block_start = self.pos;
-            escaped = self.label_block()?;
+            let seen = known.and_then(|known| {
+                self.block_end(block_start)
+                    .filter(|&(end, _)| known(&self.b[start..end]))
+            });
+            match seen {
+                Some((end, esc)) => {
+                    self.pos = end;
+                    escaped = esc;
+                }
+                None => {
+                    escaped = self.label_block()?;
+                    self.check_duplicates()?;
+                }
+            }
             label_block = self.src.get(block_start..self.pos - 1).unwrap_or("");
-            self.check_duplicates()?;
             let end = self.pos;
             self.skip_ws();
             end
@@ -640,6 +674,48 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Where the label block starting at `from` (after its `{`) ends — just after its
+    /// `}` — and whether a value in it has a backslash, found without validating it:
+    /// quoted values are skipped whole, so a `}` in one does not end the block. `None`
+    /// at a line feed or the end of the input (left to [`Parser::label_block`], which
+    /// counts lines and reports errors).
+    fn block_end(&self, from: usize) -> Option<(usize, bool)> {
+        let b = self.b;
+        let mut pos = from;
+        let mut escaped = false;
+        loop {
+            pos += b
+                .get(pos..)?
+                .iter()
+                .position(|&c| class(c) & BLOCK_STOP != 0)?;
+            match b[pos] {
+                b'}' => return Some((pos + 1, escaped)),
+                b'"' => loop {
+                    pos += 1;
+                    pos += b
+                        .get(pos..)?
+                        .iter()
+                        .position(|&c| class(c) & VALUE_STOP != 0)?;
+                    match b[pos] {
+                        b'"' => {
+                            pos += 1;
+                            break;
+                        }
+                        b'\\' => {
+                            escaped = true;
+                            pos += 1;
+                            if b.get(pos).is_none_or(|&c| c == b'\n') {
+                                return None;
+                            }
+                        }
+                        _ => return None,
+                    }
+                },
+                _ => return None,
+            }
+        }
+    }
+
     /// Scans a quoted label value after its opening quote, through the closing one. The
     /// text format (like Prometheus's lexer) lets a raw line feed stand in a value.
     fn scan_quoted(&mut self) -> PResult<bool> {
@@ -789,24 +865,23 @@ impl<'a> Parser<'a> {
             return None;
         }
         self.pos += 1;
-        while self.peek().is_some_and(is_metric_char) {
-            self.pos += 1;
-        }
+        self.pos += self.b[self.pos..]
+            .iter()
+            .position(|&c| !is_metric_char(c))
+            .unwrap_or(self.b.len() - self.pos);
         Some(snippet(&self.src[start..self.pos]))
     }
 
     fn scan_label_name(&mut self) -> Option<&'a str> {
         let start = self.pos;
-        if !self
-            .peek()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-        {
+        if !self.peek().is_some_and(is_label_start) {
             return None;
         }
         self.pos += 1;
-        while self.peek().is_some_and(is_label_char) {
-            self.pos += 1;
-        }
+        self.pos += self.b[self.pos..]
+            .iter()
+            .position(|&c| !is_label_char(c))
+            .unwrap_or(self.b.len() - self.pos);
         Some(snippet(&self.src[start..self.pos]))
     }
 
@@ -861,16 +936,64 @@ fn snippet(s: &str) -> &str {
     &s[..end]
 }
 
+/// Character classes, one table lookup per byte (the scans of names and label blocks
+/// are a large part of a scrape's parse; label values are too short for `memchr`).
+const METRIC_START: u8 = 1;
+const METRIC_CHAR: u8 = 2;
+const LABEL_START: u8 = 4;
+const LABEL_CHAR: u8 = 8;
+/// What ends a step of [`Parser::block_end`] outside a quoted value ...
+const BLOCK_STOP: u8 = 16;
+/// ... and inside one.
+const VALUE_STOP: u8 = 32;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let alpha = b.is_ascii_alphabetic() || b == b'_';
+        let digit = b.is_ascii_digit();
+        t[c] = if alpha { METRIC_START | LABEL_START } else { 0 }
+            | if alpha || digit || b == b':' {
+                METRIC_CHAR
+            } else {
+                0
+            }
+            | if b == b':' { METRIC_START } else { 0 }
+            | if alpha || digit { LABEL_CHAR } else { 0 }
+            | if matches!(b, b'"' | b'}' | b'\n') {
+                BLOCK_STOP
+            } else {
+                0
+            }
+            | if matches!(b, b'"' | b'\\' | b'\n') {
+                VALUE_STOP
+            } else {
+                0
+            };
+        c += 1;
+    }
+    t
+};
+
+fn class(c: u8) -> u8 {
+    CLASS[c as usize]
+}
+
 fn is_metric_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c == b':'
+    class(c) & METRIC_START != 0
 }
 
 fn is_metric_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b':'
+    class(c) & METRIC_CHAR != 0
+}
+
+fn is_label_start(c: u8) -> bool {
+    class(c) & LABEL_START != 0
 }
 
 fn is_label_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
+    class(c) & LABEL_CHAR != 0
 }
 
 /// Resolves `\\` and `\n` (and `\"` when `quote` is set); any other backslash stays as
@@ -1504,6 +1627,85 @@ tabs\t\t7\t\t8";
         }
     }
 
+    fn strs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+        v.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+    }
+
+    /// Every series with `next_with`, answering `known` from `seen`; also returns the
+    /// raw texts `known` was asked about.
+    fn with_known(
+        input: &str,
+        format: Format,
+        seen: &[&str],
+    ) -> (Result<Vec<SeriesEntry<'static>>, ParseError>, Vec<String>) {
+        let input: &'static str = Box::leak(input.to_owned().into_boxed_str());
+        let mut p = Parser::new(input.as_bytes(), format);
+        let mut asked = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let mut known = |raw: &[u8]| {
+                let raw = std::str::from_utf8(raw).unwrap().to_owned();
+                let hit = seen.contains(&raw.as_str());
+                asked.push(raw);
+                hit
+            };
+            match p.next_with(&mut known) {
+                Ok(Some(Entry::Series(s))) => out.push(s),
+                Ok(Some(_)) => {}
+                Ok(None) => return (Ok(out), asked),
+                Err(e) => return (Err(e), asked),
+            }
+        }
+    }
+
+    #[test]
+    fn known_series_skip_label_validation_and_give_the_same_entries() {
+        let input = "a{x=\"}{\",y=\"q\\\"}\"} 1\nb 2\nc{z=\"1\\\\\"} 3 17\n";
+        let (plain, asked) = with_known(input, Format::PromText, &[]);
+        let plain = plain.unwrap();
+        // Asked once per series with a label block, with exactly its raw text; a `}` or
+        // an escaped quote inside a value does not end the block.
+        assert_eq!(asked, ["a{x=\"}{\",y=\"q\\\"}\"}", "c{z=\"1\\\\\"}"]);
+        let (fast, _) = with_known(input, Format::PromText, &[&asked[0], &asked[1]]);
+        let fast = fast.unwrap();
+        assert_eq!(fast, plain);
+        assert_eq!(strs(&pairs(&fast[0])), [("x", "}{"), ("y", "q\"}")]);
+        assert_eq!(strs(&pairs(&fast[2])), [("z", "1\\")]);
+        assert_eq!(fast[2].timestamp, Some(17));
+
+        // Known bytes are not validated again (the caller vouches for them) ...
+        let om = "m{a=\"1\" b=\"2\"} 1\n# EOF\n";
+        assert!(with_known(om, Format::OpenMetrics, &[]).0.is_err());
+        let (r, _) = with_known(om, Format::OpenMetrics, &["m{a=\"1\" b=\"2\"}"]);
+        assert_eq!(strs(&pairs(&r.unwrap()[0])), [("a", "1"), ("b", "2")]);
+        // ... but the rest of the line is.
+        let (r, _) = with_known("m{a=\"1\"} x\n", Format::PromText, &["m{a=\"1\"}"]);
+        assert_eq!(r.unwrap_err().line, 1);
+        // A value across a line feed (text format) is left to the validating path, which
+        // keeps the line count: the error below is on line 4.
+        let input = "m{a=\"x\ny\"} 1\nm{a=\"x\ny\"} z\n";
+        let (r, asked) = with_known(input, Format::PromText, &["m{a=\"x\ny\"}"]);
+        assert!(asked.is_empty());
+        assert_eq!(r.unwrap_err().line, 4);
+    }
+
+    #[test]
+    fn name_classes_are_prometheus_name_rules() {
+        for c in 0..=255u8 {
+            let alpha = c.is_ascii_alphabetic() || c == b'_';
+            assert_eq!(is_metric_start(c), alpha || c == b':', "{c}");
+            assert_eq!(
+                is_metric_char(c),
+                alpha || c == b':' || c.is_ascii_digit(),
+                "{c}"
+            );
+            assert_eq!(is_label_start(c), alpha, "{c}");
+            assert_eq!(is_label_char(c), alpha || c.is_ascii_digit(), "{c}");
+            assert_eq!(class(c) & BLOCK_STOP != 0, b"\"}\n".contains(&c), "{c}");
+            assert_eq!(class(c) & VALUE_STOP != 0, b"\"\\\n".contains(&c), "{c}");
+        }
+    }
+
     #[test]
     fn error_stops_iteration() {
         let mut p = Parser::new(b"a 1\nb{ 2\nc 3\n", Format::PromText);
@@ -1756,6 +1958,44 @@ u 1 1e3\n\
             n
         }
 
+        /// Every result of a parse until the first error (included).
+        fn results<'a>(p: &mut Parser<'a>, known: Known<'_>) -> Vec<Result<Entry<'a>, ParseError>> {
+            let mut out = Vec::new();
+            let mut known = known;
+            loop {
+                let r = match known.as_deref_mut() {
+                    Some(k) => p.next_with(k),
+                    None => p.next(),
+                };
+                match r {
+                    Ok(Some(e)) => out.push(Ok(e)),
+                    Ok(None) => return out,
+                    Err(e) => {
+                        out.push(Err(e));
+                        return out;
+                    }
+                }
+            }
+        }
+
+        /// Skipping the label-block validation of series seen valid before changes
+        /// nothing: same entries, same error on the same line.
+        fn known_changes_nothing(input: &[u8], format: Format) -> Result<(), TestCaseError> {
+            let plain = results(&mut Parser::new(input, format), None);
+            let valid: std::collections::HashSet<&[u8]> = plain
+                .iter()
+                .filter_map(|r| match r {
+                    Ok(Entry::Series(s)) => Some(s.raw),
+                    _ => None,
+                })
+                .collect();
+            let mut known = |raw: &[u8]| valid.contains(raw);
+            let fast = results(&mut Parser::new(input, format), Some(&mut known));
+            // Debug forms: NaN values compare equal there.
+            prop_assert_eq!(format!("{fast:?}"), format!("{plain:?}"));
+            Ok(())
+        }
+
         fn label_value() -> impl Strategy<Value = String> {
             prop::collection::vec(
                 prop_oneof![
@@ -1796,6 +2036,41 @@ u 1 1e3\n\
                 let input = parts.concat();
                 drain(input.as_bytes(), Format::PromText);
                 drain(input.as_bytes(), Format::OpenMetrics);
+                known_changes_nothing(input.as_bytes(), Format::PromText)?;
+                known_changes_nothing(input.as_bytes(), Format::OpenMetrics)?;
+            }
+
+            #[test]
+            fn known_series_parse_as_validated_ones(
+                lines in prop::collection::vec(
+                    (
+                        prop::sample::select(vec!["m", "n_total", "x:y"]),
+                        prop::collection::vec(
+                            (prop::sample::select(vec!["a", "b", "le", "__name__", "1x"]), label_value()),
+                            0..4,
+                        ),
+                        prop::sample::select(vec![",", ", ", "", " "]),
+                        prop::sample::select(vec![" 1", " 2.5 17", " NaN", " x", ""]),
+                    ),
+                    0..8,
+                ),
+                repeat in 1..3usize,
+            ) {
+                let mut body = String::new();
+                for _ in 0..repeat {
+                    for (name, labels, sep, rest) in &lines {
+                        let block: Vec<String> = labels
+                            .iter()
+                            .map(|(n, v)| {
+                                format!("{n}=\"{}\"", crate::model::labels::escape_label_value(v))
+                            })
+                            .collect();
+                        body += &format!("{name}{{{}}}{rest}\n", block.join(sep));
+                    }
+                }
+                known_changes_nothing(body.as_bytes(), Format::PromText)?;
+                body += "# EOF\n";
+                known_changes_nothing(body.as_bytes(), Format::OpenMetrics)?;
             }
 
             #[test]

@@ -293,8 +293,20 @@ impl ScrapeCache {
     ) -> Result<(), ScrapeError> {
         let cfg = ctx.cfg;
         let mut parser = Parser::new(body, format);
+        let om = format == Format::OpenMetrics;
         loop {
-            let entry = match parser.next() {
+            // A series the cache knows skips the validation of its label block: its
+            // bytes were valid in the scrape that added them (and in this format, as the
+            // text format accepts every label block OpenMetrics does).
+            let mut found = None;
+            let entries = &self.entries;
+            let mut known = |raw: &[u8]| {
+                let key = key_of(raw);
+                let j = walk.find(entries, &key, iter);
+                found = Some((key, j));
+                j.is_some_and(|j| !om || walk.entry(j).validated_om)
+            };
+            let entry = match parser.next_with(&mut known) {
                 Ok(Some(e)) => e,
                 Ok(None) => break,
                 Err(e) => return Err(ScrapeError::Parse(e.to_string())),
@@ -305,10 +317,13 @@ impl ScrapeCache {
                 Some(ts) if cfg.honor_timestamps => (ts, true),
                 _ => (t, false),
             };
-            let key = key_of(s.raw);
             // Seen twice in one scrape, a series is found again: the store decides (an
             // equal value is a no-op, another value a duplicate).
-            let j = match walk.find(&self.entries, &key, iter) {
+            let (key, j) = found.unwrap_or_else(|| {
+                let key = key_of(s.raw);
+                (key, walk.find(&self.entries, &key, iter))
+            });
+            let j = match j {
                 Some(j) => j,
                 None => {
                     // A series new to this target: build its labels once.
@@ -324,11 +339,13 @@ impl ScrapeCache {
                         slot,
                         last_iter: iter,
                         explicit_ts: explicit,
+                        validated_om: om,
                     })
                 }
             };
             let e = walk.entry(j);
             e.explicit_ts = explicit;
+            e.validated_om |= om;
             if e.slot == DROPPED {
                 continue;
             }
@@ -539,6 +556,48 @@ mod tests {
             target_labels: &tl,
         };
         c.append_body(db, &ctx, body.as_bytes(), Format::PromText, t)
+    }
+
+    #[test]
+    fn a_cached_series_is_validated_again_when_the_target_turns_to_openmetrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let cfg = cfg("");
+        let mut c = ScrapeCache::default();
+        let tl = target();
+        let ctx = ScrapeContext {
+            cfg: &cfg,
+            target_labels: &tl,
+        };
+        // No comma between the labels: the text format takes it, OpenMetrics does not.
+        let text = "m{a=\"1\" b=\"2\"} 1\nn{a=\"x\"} 2\n";
+        c.append_body(&db, &ctx, text.as_bytes(), Format::PromText, 1000)
+            .unwrap();
+        c.append_body(&db, &ctx, text.as_bytes(), Format::PromText, 2000)
+            .unwrap();
+        let om = format!("{text}# EOF\n");
+        let err = c
+            .append_body(&db, &ctx, om.as_bytes(), Format::OpenMetrics, 3000)
+            .unwrap_err();
+        assert!(
+            matches!(&err, ScrapeError::Parse(m) if m.contains("comma")),
+            "{err:?}"
+        );
+        // A series that passed OpenMetrics's checks is then taken as known in both.
+        let om = "n{a=\"x\"} 3\n# EOF\n";
+        for (t, body, format) in [
+            (4000, om, Format::OpenMetrics),
+            (5000, om, Format::OpenMetrics),
+            (6000, "n{a=\"x\"} 6\n", Format::PromText),
+        ] {
+            c.append_body(&db, &ctx, body.as_bytes(), format, t)
+                .unwrap();
+        }
+        let n = samples(&db, "n");
+        assert_eq!(n[0].0.get("a"), Some("x"));
+        let values: Vec<f64> = n[0].1.iter().map(|p| p.1).collect();
+        assert_eq!(values, [2.0, 2.0, 3.0, 3.0, 6.0]);
+        assert_eq!(samples(&db, "m")[0].1[..2], [(1000, 1.0), (2000, 1.0)]);
     }
 
     #[test]

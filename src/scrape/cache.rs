@@ -69,6 +69,9 @@ pub struct Entry {
     pub last_iter: u32,
     /// Whether the last sample had an explicit timestamp (no staleness tracking then).
     pub explicit_ts: bool,
+    /// Whether the series' text passed OpenMetrics's validation (stricter than the
+    /// text format's) in a scrape; see `Parser::next_with`.
+    pub validated_om: bool,
 }
 
 /// All entries of one target.
@@ -216,6 +219,7 @@ mod tests {
             slot: k,
             last_iter: 0,
             explicit_ts: false,
+            validated_om: false,
         }
     }
 
