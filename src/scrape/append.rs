@@ -550,12 +550,23 @@ mod tests {
         body: &str,
         t: i64,
     ) -> Result<ScrapeStats, ScrapeError> {
+        scrape_as(c, db, cfg, body, Format::PromText, t)
+    }
+
+    fn scrape_as(
+        c: &mut ScrapeCache,
+        db: &Tsdb,
+        cfg: &ScrapeConfig,
+        body: &str,
+        format: Format,
+        t: i64,
+    ) -> Result<ScrapeStats, ScrapeError> {
         let tl = target();
         let ctx = ScrapeContext {
             cfg,
             target_labels: &tl,
         };
-        c.append_body(db, &ctx, body.as_bytes(), Format::PromText, t)
+        c.append_body(db, &ctx, body.as_bytes(), format, t)
     }
 
     #[test]
@@ -564,21 +575,12 @@ mod tests {
         let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
         let cfg = cfg("");
         let mut c = ScrapeCache::default();
-        let tl = target();
-        let ctx = ScrapeContext {
-            cfg: &cfg,
-            target_labels: &tl,
-        };
         // No comma between the labels: the text format takes it, OpenMetrics does not.
         let text = "m{a=\"1\" b=\"2\"} 1\nn{a=\"x\"} 2\n";
-        c.append_body(&db, &ctx, text.as_bytes(), Format::PromText, 1000)
-            .unwrap();
-        c.append_body(&db, &ctx, text.as_bytes(), Format::PromText, 2000)
-            .unwrap();
+        scrape(&mut c, &db, &cfg, text, 1000).unwrap();
+        scrape(&mut c, &db, &cfg, text, 2000).unwrap();
         let om = format!("{text}# EOF\n");
-        let err = c
-            .append_body(&db, &ctx, om.as_bytes(), Format::OpenMetrics, 3000)
-            .unwrap_err();
+        let err = scrape_as(&mut c, &db, &cfg, &om, Format::OpenMetrics, 3000).unwrap_err();
         assert!(
             matches!(&err, ScrapeError::Parse(m) if m.contains("comma")),
             "{err:?}"
@@ -590,8 +592,7 @@ mod tests {
             (5000, om, Format::OpenMetrics),
             (6000, "n{a=\"x\"} 6\n", Format::PromText),
         ] {
-            c.append_body(&db, &ctx, body.as_bytes(), format, t)
-                .unwrap();
+            scrape_as(&mut c, &db, &cfg, body, format, t).unwrap();
         }
         let n = samples(&db, "n");
         assert_eq!(n[0].0.get("a"), Some("x"));
