@@ -288,12 +288,15 @@ impl Node {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
         let data_dir = args.data_dir.clone();
-        let retention = args.retention;
+        let (retention, max_future, maintenance_interval) =
+            (args.retention, args.max_future, args.maintenance_interval);
         let tsdb = tokio::task::spawn_blocking(move || {
             Tsdb::open(
                 &data_dir,
                 TsdbOptions {
                     retention,
+                    max_future,
+                    maintenance_interval,
                     ..TsdbOptions::default()
                 },
             )
@@ -795,7 +798,7 @@ impl prometheus_client::collector::Collector for TsdbCollector {
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
         let s = self.0.stats();
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: &[(&str, &str, u64)] = &[
             (
                 "tsdb_samples_appended",
                 "Samples appended to the TSDB",
@@ -817,6 +820,11 @@ impl prometheus_client::collector::Collector for TsdbCollector {
                 s.out_of_bounds_samples_total,
             ),
             (
+                "tsdb_too_far_in_future_samples",
+                "Samples rejected as too far ahead of the clock (--storage.tsdb.max-future)",
+                s.too_far_in_future_samples_total,
+            ),
+            (
                 "tsdb_wal_records_written",
                 "WAL records written",
                 s.wal_records_total,
@@ -836,8 +844,13 @@ impl prometheus_client::collector::Collector for TsdbCollector {
                 "Series created",
                 s.series_created_total,
             ),
+            (
+                "tsdb_maintenance_runs",
+                "TSDB maintenance passes (sealing, WAL truncation, retention)",
+                s.maintenance_runs_total,
+            ),
         ];
-        for (name, help, v) in counters {
+        for &(name, help, v) in counters {
             let c = ConstCounter::new(v);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }

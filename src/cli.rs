@@ -108,6 +108,14 @@ pub struct RunArgs {
     /// How long to keep samples (e.g. 15d, 12h).
     #[arg(long = "storage.retention", alias = "storage.tsdb.retention.time", default_value = "15d", value_parser = parse_duration)]
     pub retention: Duration,
+    /// Samples more than this ahead of the node's clock are rejected (per series,
+    /// counted in `shoal_scrape_samples_out_of_bounds_total{reason="too_far_in_future"}`).
+    #[arg(long = "storage.tsdb.max-future", default_value = "10m", value_parser = parse_duration)]
+    pub max_future: Duration,
+    /// How often the TSDB seals head chunks that can no longer grow, truncates the WAL
+    /// and applies retention.
+    #[arg(long = "storage.tsdb.maintenance-interval", default_value = "1m", value_parser = parse_duration)]
+    pub maintenance_interval: Duration,
     /// Maximum time a query may run.
     #[arg(long = "query.timeout", default_value = "2m", value_parser = parse_duration)]
     pub query_timeout: Duration,

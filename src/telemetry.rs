@@ -44,6 +44,14 @@ pub struct JobReasonLabels {
     pub reason: String,
 }
 
+/// Labels of per-target rejection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetReasonLabels {
+    pub job: String,
+    pub instance: String,
+    pub reason: String,
+}
+
 /// Labels of HTTP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandlerLabels {
@@ -60,7 +68,7 @@ pub struct Metrics {
     pub scrape_duration_seconds: Family<JobLabels, Histogram>,
     pub scrape_samples_duplicate_total: Family<JobLabels, Counter>,
     pub scrape_samples_out_of_order_total: Family<JobLabels, Counter>,
-    pub scrape_samples_out_of_bounds_total: Family<JobLabels, Counter>,
+    pub scrape_samples_out_of_bounds_total: Family<TargetReasonLabels, Counter>,
     pub targets_active: Family<JobLabels, Gauge>,
     pub targets_gained_total: Counter,
     pub targets_lost_total: Counter,
@@ -126,7 +134,7 @@ impl Metrics {
         );
         registry.register(
             "scrape_samples_out_of_bounds",
-            "Samples dropped because they were too old for the head",
+            "Samples dropped for their timestamp, by target and reason (too_old: older than the head accepts; too_far_in_future: beyond --storage.tsdb.max-future)",
             m.scrape_samples_out_of_bounds_total.clone(),
         );
         registry.register(

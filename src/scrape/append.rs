@@ -54,8 +54,41 @@ pub struct ScrapeStats {
     pub series_added: u64,
     pub out_of_order: u64,
     pub duplicate: u64,
+    /// Samples older than the store accepts.
     pub out_of_bounds: u64,
+    /// Samples too far ahead of the node's clock (`--storage.tsdb.max-future`).
+    pub too_far_in_future: u64,
     pub stale_markers: u64,
+}
+
+impl ScrapeStats {
+    /// When every sample after relabelling was rejected for its timestamp: why, for the
+    /// target's `lastError` (the scrape itself succeeded, so `up` stays 1).
+    pub fn all_rejected(&self) -> Option<String> {
+        let rejected =
+            self.out_of_order + self.duplicate + self.out_of_bounds + self.too_far_in_future;
+        if self.post_relabel == 0 || rejected < self.post_relabel {
+            return None;
+        }
+        let mut why = Vec::new();
+        for (n, what) in [
+            (self.out_of_bounds, "out of bounds (too old)"),
+            (
+                self.too_far_in_future,
+                "out of bounds (too far in the future)",
+            ),
+            (self.out_of_order, "out of order"),
+            (self.duplicate, "duplicate timestamp"),
+        ] {
+            if n > 0 {
+                why.push(format!("{n} {what}"));
+            }
+        }
+        Some(format!(
+            "every sample of the scrape was rejected: {}",
+            why.join(", ")
+        ))
+    }
 }
 
 /// Applies the target labels to a scraped series as Prometheus does: with
@@ -131,6 +164,10 @@ fn count_rejection(
         }
         Err(AppendError::OutOfBounds) => {
             stats.out_of_bounds += 1;
+            Ok(())
+        }
+        Err(AppendError::TooFarInFuture) => {
+            stats.too_far_in_future += 1;
             Ok(())
         }
         Err(AppendError::InvalidLabels(e)) => Err(ScrapeError::Parse(e)),
@@ -525,6 +562,14 @@ mod tests {
             .remove(0)
     }
 
+    /// The tests scrape at times in the epoch's first day: "now" is that day.
+    fn test_opts() -> TsdbOptions {
+        TsdbOptions {
+            clock: crate::tsdb::Clock::manual(24 * 3_600_000),
+            ..TsdbOptions::default()
+        }
+    }
+
     fn target() -> Labels {
         Labels::from_pairs(&[("instance", "h:1"), ("job", "j")])
     }
@@ -572,7 +617,7 @@ mod tests {
     #[test]
     fn a_cached_series_is_validated_again_when_the_target_turns_to_openmetrics() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let db = Tsdb::open(dir.path(), test_opts()).unwrap();
         let cfg = cfg("");
         let mut c = ScrapeCache::default();
         // No comma between the labels: the text format takes it, OpenMetrics does not.
@@ -617,7 +662,7 @@ mod tests {
     #[test]
     fn vanished_series_get_a_staleness_marker_once() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let db = Tsdb::open(dir.path(), test_opts()).unwrap();
         let cfg = cfg("");
         let mut c = ScrapeCache::default();
         let s = scrape(&mut c, &db, &cfg, "a 1\nb 2\n", 1000).unwrap();
@@ -639,7 +684,7 @@ mod tests {
     #[test]
     fn a_failed_scrape_stores_nothing_and_marks_the_previous_series_stale() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let db = Tsdb::open(dir.path(), test_opts()).unwrap();
         let cfg = cfg("    sample_limit: 2\n");
         let mut c = ScrapeCache::default();
         scrape(&mut c, &db, &cfg, "a 1\nb 2\n", 1000).unwrap();
@@ -664,7 +709,7 @@ mod tests {
     #[test]
     fn duplicates_and_explicit_timestamps() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let db = Tsdb::open(dir.path(), test_opts()).unwrap();
         let cfg = cfg("");
         let mut c = ScrapeCache::default();
         // The same series twice with different values: the second is a duplicate.
@@ -690,7 +735,7 @@ mod tests {
     #[test]
     fn label_limits_fail_the_scrape() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let db = Tsdb::open(dir.path(), test_opts()).unwrap();
         let mut c = ScrapeCache::default();
         let cfg = cfg("    label_value_length_limit: 3\n");
         let err = scrape(&mut c, &db, &cfg, "a{x=\"long\"} 1\n", 1000).unwrap_err();
@@ -711,7 +756,7 @@ mod tests {
     #[test]
     fn report_series_carry_target_labels() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Tsdb::open(dir.path(), TsdbOptions::default()).unwrap();
+        let db = Tsdb::open(dir.path(), test_opts()).unwrap();
         let mut r = ReportCache::default();
         let stats = ScrapeStats {
             scraped: 3,

@@ -11,7 +11,7 @@ use crate::config::ScrapeConfig;
 use crate::discovery::Target;
 use crate::model::Labels;
 use crate::storage::Appendable;
-use crate::telemetry::{JobLabels, JobReasonLabels, Metrics};
+use crate::telemetry::{JobLabels, JobReasonLabels, Metrics, TargetReasonLabels};
 
 use super::ScrapeError;
 use super::append::{Report, ReportCache, ScrapeCache, ScrapeContext, ScrapeStats};
@@ -235,7 +235,7 @@ impl ScrapeActor {
                     let _ = tx.send(());
                 }
                 st.health = TargetHealth::Up;
-                st.last_error.clear();
+                st.last_error = stats.all_rejected().unwrap_or_default();
                 let jl = JobLabels { job };
                 if stats.duplicate > 0 {
                     self.metrics
@@ -251,11 +251,23 @@ impl ScrapeActor {
                         .inc_by(stats.out_of_order);
                     tracing::warn!(target = %self.url, count = stats.out_of_order, "error on ingesting out-of-order samples");
                 }
-                if stats.out_of_bounds > 0 {
+                for (n, reason) in [
+                    (stats.out_of_bounds, "too_old"),
+                    (stats.too_far_in_future, "too_far_in_future"),
+                ] {
+                    if n == 0 {
+                        continue;
+                    }
+                    let labels = TargetReasonLabels {
+                        job: jl.job.clone(),
+                        instance: self.target_labels.get("instance").unwrap_or("").to_string(),
+                        reason: reason.to_string(),
+                    };
                     self.metrics
                         .scrape_samples_out_of_bounds_total
-                        .get_or_create(&jl)
-                        .inc_by(stats.out_of_bounds);
+                        .get_or_create(&labels)
+                        .inc_by(n);
+                    tracing::warn!(target = %self.url, count = n, reason, "error on ingesting samples that are too old or are too far into the future");
                 }
             }
             Err(e) => {

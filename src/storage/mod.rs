@@ -22,8 +22,13 @@ pub enum AppendError {
     OutOfOrder,
     #[error("duplicate sample for timestamp")]
     DuplicateTimestamp,
+    /// Older than the store accepts (Prometheus: older than the head's max time minus
+    /// half a block).
     #[error("out of bounds")]
     OutOfBounds,
+    /// Further ahead of the store's clock than it accepts (`--storage.tsdb.max-future`).
+    #[error("out of bounds: too far in the future")]
+    TooFarInFuture,
     #[error("unknown series ref {0}")]
     UnknownRef(SeriesRef),
     #[error("invalid labels: {0}")]

@@ -36,9 +36,13 @@
 //! Ordering follows Prometheus 2.42 without out-of-order support: older than the
 //! series' last sample → `OutOfOrder`; same timestamp, different value bits →
 //! `DuplicateTimestamp`; same timestamp and bits → accepted as a no-op; older than the
-//! head's max time minus half a block range → `OutOfBounds`.
+//! head's max time minus half a block range → `OutOfBounds`; more than
+//! [`TsdbOptions::max_future`] ahead of the wall clock → `TooFarInFuture` (shoal's
+//! addition: Prometheus accepts such a sample, and its head then rejects every other
+//! series' samples). Retention follows the wall clock too, never the newest sample.
 
 pub mod chunkenc;
+pub mod clock;
 pub mod codec;
 pub mod head;
 pub mod index;
@@ -54,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use sled::Tree;
 
+pub use self::clock::Clock;
 use self::codec::{FORMAT_DEFLATE, FORMAT_V1, U64Map, bytes8};
 use self::head::{Appended, Head, MemSeries, SealedChunk, block_of};
 use self::index::{Index, sled_err};
@@ -68,8 +73,14 @@ use crate::storage::{
 /// How the TSDB is run.
 #[derive(Debug, Clone)]
 pub struct TsdbOptions {
-    /// Blocks whose end is older than the newest sample minus this are dropped.
+    /// Blocks whose end is older than now (the wall clock) minus this are dropped.
     pub retention: Duration,
+    /// Samples more than this ahead of the clock are rejected (`TooFarInFuture`): one
+    /// far-future sample would otherwise move the head's max time and with it the
+    /// bound below which every other series' samples are rejected.
+    pub max_future: Duration,
+    /// The wall clock (the system's in a node).
+    pub clock: Clock,
     /// How often the WAL buffer is written and sled fsynced (the loss window on a crash).
     pub wal_flush_interval: Duration,
     /// Width of a block; chunks never cross a block boundary.
@@ -87,6 +98,8 @@ impl Default for TsdbOptions {
     fn default() -> Self {
         TsdbOptions {
             retention: Duration::from_secs(15 * 24 * 3600),
+            max_future: Duration::from_secs(10 * 60),
+            clock: Clock::system(),
             wal_flush_interval: Duration::from_secs(1),
             block_range: Duration::from_secs(2 * 3600),
             maintenance_interval: Duration::from_secs(60),
@@ -107,6 +120,8 @@ pub struct TsdbStats {
     pub out_of_order_samples_total: u64,
     pub duplicate_samples_total: u64,
     pub out_of_bounds_samples_total: u64,
+    /// Samples rejected for being more than `max_future` ahead of the clock.
+    pub too_far_in_future_samples_total: u64,
     pub wal_records_total: u64,
     pub wal_bytes_total: u64,
     pub wal_segment: u32,
@@ -116,6 +131,8 @@ pub struct TsdbStats {
     pub chunks_sealed_total: u64,
     pub chunk_bytes_written_total: u64,
     pub retention_blocks_dropped_total: u64,
+    /// Maintenance passes run (sealing, WAL truncation, retention).
+    pub maintenance_runs_total: u64,
     /// sled's `size_on_disk()` of the data dir plus the WAL files.
     pub disk_size_bytes: u64,
     /// Estimated bytes held by the head (series structs, open chunks, hash lookup),
@@ -130,6 +147,7 @@ struct Counters {
     ooo: AtomicU64,
     dup: AtomicU64,
     oob: AtomicU64,
+    future: AtomicU64,
     wal_records: AtomicU64,
     wal_bytes: AtomicU64,
     wal_truncated: AtomicU64,
@@ -138,6 +156,7 @@ struct Counters {
     sealed: AtomicU64,
     chunk_bytes: AtomicU64,
     blocks_dropped: AtomicU64,
+    maintenance_runs: AtomicU64,
 }
 
 struct WalBuf {
@@ -206,6 +225,9 @@ impl Tsdb {
             .max(1);
 
         let mut head = Head::new();
+        // Sample times beyond this (written before the future bound existed) never move
+        // the head's max time.
+        let future_limit = future_limit(&opts);
         let mut max_id = 0;
         for (id, hash) in known {
             head.insert(id, hash);
@@ -225,7 +247,9 @@ impl Tsdb {
                 ms.min_t = min_t;
                 ms.wal.t = max_t;
                 ms.wal.v = last_v;
-                head.max_t = head.max_t.max(max_t);
+                if max_t <= future_limit {
+                    head.max_t = head.max_t.max(max_t);
+                }
             }
         }
 
@@ -297,6 +321,7 @@ impl Tsdb {
             out_of_order_samples_total: c.ooo.load(Relaxed),
             duplicate_samples_total: c.dup.load(Relaxed),
             out_of_bounds_samples_total: c.oob.load(Relaxed),
+            too_far_in_future_samples_total: c.future.load(Relaxed),
             wal_records_total: c.wal_records.load(Relaxed),
             wal_bytes_total: c.wal_bytes.load(Relaxed),
             wal_segment: self.inner.seg.load(Relaxed),
@@ -306,6 +331,7 @@ impl Tsdb {
             chunks_sealed_total: c.sealed.load(Relaxed),
             chunk_bytes_written_total: c.chunk_bytes.load(Relaxed),
             retention_blocks_dropped_total: c.blocks_dropped.load(Relaxed),
+            maintenance_runs_total: c.maintenance_runs.load(Relaxed),
             disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0)
                 + self.inner.wal.lock().map_or(0, |w| w.files.size()),
             head_bytes,
@@ -413,6 +439,7 @@ impl Drop for Inner {
 /// WAL replay state: decoder cursors per series, reset at every segment start.
 struct Replay {
     block_range: i64,
+    future_limit: i64,
     cursors: U64Map<WalCursor>,
     cur_seg: Option<u32>,
     broken_seg: Option<u32>,
@@ -440,12 +467,14 @@ impl Replay {
             _ => return self.broken(seg, "unknown format byte"),
         };
         let r = self.block_range;
-        let (sealed, replayed) = (&mut self.sealed, &mut self.replayed);
+        let (sealed, replayed, limit) = (&mut self.sealed, &mut self.replayed, self.future_limit);
         let res = wal::decode_records(&body, &mut self.cursors, |id, t, vb| {
             let Some(ms) = head.get_mut(id) else { return };
             if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg, None) {
                 sealed.extend(s);
-                head.max_t = head.max_t.max(t);
+                if t <= limit {
+                    head.max_t = head.max_t.max(t);
+                }
                 *replayed += 1;
             }
         });
@@ -486,6 +515,7 @@ impl Inner {
         let mut head = self.head.write().map_err(lock_err)?;
         let mut rp = Replay {
             block_range: self.block_range,
+            future_limit: future_limit(&self.opts),
             cursors: U64Map::default(),
             cur_seg: None,
             broken_seg: None,
@@ -652,15 +682,15 @@ impl Inner {
         self.counters
             .wal_truncated
             .fetch_add(segs.len() as u64 + removed, Relaxed);
-        // 4. Retention.
-        let max_t = self.head.read().map_err(lock_err)?.max_t;
+        // 4. Retention, by the wall clock (never by the newest sample seen: one sample
+        // from a wrong clock must not age out everything else).
         let retention = i64::try_from(self.opts.retention.as_millis()).unwrap_or(i64::MAX);
-        if max_t != i64::MIN {
-            let keep = block_of(max_t.saturating_sub(retention), r);
-            self.retention_from.fetch_max(keep, Relaxed);
-            let dropped = retention::drop_blocks_before(&self.chunks, keep)?;
-            self.counters.blocks_dropped.fetch_add(dropped, Relaxed);
-        }
+        let now = self.opts.clock.now_ms();
+        let keep = block_of(now.saturating_sub(retention), r);
+        self.retention_from.fetch_max(keep, Relaxed);
+        let dropped = retention::drop_blocks_before(&self.chunks, keep)?;
+        self.counters.blocks_dropped.fetch_add(dropped, Relaxed);
+        self.counters.maintenance_runs.fetch_add(1, Relaxed);
         Ok(())
     }
 
@@ -844,6 +874,19 @@ impl Inner {
     }
 }
 
+/// The newest sample time accepted now: the clock plus `max_future`.
+fn future_limit(opts: &TsdbOptions) -> i64 {
+    let ahead = i64::try_from(opts.max_future.as_millis()).unwrap_or(i64::MAX);
+    opts.clock.now_ms().saturating_add(ahead)
+}
+
+/// The oldest sample time accepted now: the clock minus retention (older samples would
+/// be dropped by the next maintenance anyway).
+fn retention_limit(opts: &TsdbOptions) -> i64 {
+    let back = i64::try_from(opts.retention.as_millis()).unwrap_or(i64::MAX);
+    opts.clock.now_ms().saturating_sub(back)
+}
+
 /// Candidate lists at least this long are processed on two threads.
 pub(crate) const PARALLEL_MIN: usize = 16_384;
 
@@ -999,6 +1042,8 @@ impl Queryable for Tsdb {
 impl Appendable for Tsdb {
     fn appender(&self) -> Box<dyn Appender> {
         Box::new(TsdbAppender {
+            future_limit: future_limit(&self.inner.opts),
+            retention_limit: retention_limit(&self.inner.opts),
             inner: self.inner.clone(),
             samples: Vec::new(),
             batch_last: U64Map::default(),
@@ -1014,6 +1059,11 @@ const MAX_BITSET_WORD: usize = 1 << 24;
 /// One batch of appends; validated at append time, applied and logged at commit.
 struct TsdbAppender {
     inner: Arc<Inner>,
+    /// Samples after this are too far in the future (the clock when the batch began
+    /// plus `max_future`).
+    future_limit: i64,
+    /// Samples before this are older than retention keeps.
+    retention_limit: i64,
     samples: Vec<(u64, i64, f64)>,
     /// Last pending sample per series, for ordering checks within the batch.
     batch_last: U64Map<(i64, u64)>,
@@ -1070,9 +1120,13 @@ impl TsdbAppender {
             let (lt, lv) = (ms.wal.t, ms.wal.v);
             (lt, lv, head.min_valid_time(self.inner.block_range))
         };
-        if t < min_valid {
+        if t < min_valid || t < self.retention_limit {
             c.oob.fetch_add(1, Relaxed);
             return Err(AppendError::OutOfBounds);
+        }
+        if t > self.future_limit {
+            c.future.fetch_add(1, Relaxed);
+            return Err(AppendError::TooFarInFuture);
         }
         let (last_t, last_v) = if self.pending(id) {
             self.last_pending(id).unwrap_or((last_t, last_v))

@@ -8,9 +8,13 @@ fn opts() -> TsdbOptions {
         // Keep the background thread out of the way; tests flush explicitly.
         wal_flush_interval: Duration::from_secs(3600),
         maintenance_interval: Duration::from_secs(3600),
+        // The tests' samples are in the first hours after the epoch: "now" is a day in.
+        clock: Clock::manual(DAY),
         ..TsdbOptions::default()
     }
 }
+
+const DAY: i64 = 24 * 3_600_000;
 
 fn lbl(name: &str, extra: &[(&str, &str)]) -> Labels {
     let mut p = vec![("__name__", name)];
@@ -234,6 +238,11 @@ fn wal_replay_after_reopen_without_close() {
     let want: Vec<(i64, f64)> = (0..300)
         .map(|i| (1_700_000_000_000 + i * 5000, (i % 17) as f64 * 1.5))
         .collect();
+    let opts = || TsdbOptions {
+        clock: Clock::manual(1_800_000_000_000),
+        retention: Duration::from_secs(10 * 365 * 24 * 3600),
+        ..opts()
+    };
     {
         let db = Tsdb::open(dir.path(), opts()).unwrap();
         for w in want.chunks(10) {
@@ -334,15 +343,20 @@ fn wal_is_truncated_once_chunks_are_sealed() {
 fn retention_drops_old_blocks_and_stale_heads_are_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let h = 3_600_000i64;
+    let clock = Clock::manual(0);
     let o = TsdbOptions {
         retention: Duration::from_secs(6 * 3600),
+        clock: clock.clone(),
         ..opts()
     };
     let db = Tsdb::open(dir.path(), o).unwrap();
     let old = lbl("old", &[]);
     let live = lbl("live", &[]);
-    append_all(&db, &old, [(h / 2, 1.0)]);
     for t in (0..20).map(|i| i * h / 2) {
+        clock.set(t);
+        if t == h / 2 {
+            append_all(&db, &old, [(t, 1.0)]);
+        }
         append_all(&db, &live, [(t, 2.0)]);
     }
     db.maintain().unwrap();
@@ -630,4 +644,107 @@ fn a_wal_kept_in_sled_by_older_versions_is_replayed_then_truncated() {
         .select(&hints(0, i64::MAX), &[eq("__name__", "old")])
         .unwrap();
     assert_eq!(ts(&set)[0].len(), 250);
+}
+
+/// Year 2100, in ms: what a target with a broken clock (or a hostile one) exposes.
+const YEAR_2100: i64 = 4_102_444_800_000;
+
+#[test]
+fn a_far_future_sample_is_rejected_alone_and_ages_nothing_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let good = lbl("good", &[]);
+    let evil = lbl("evil", &[]);
+    append_all(
+        &db,
+        &good,
+        (0..60).map(|i| (DAY - 600_000 + i * 10_000, i as f64)),
+    );
+    let mut app = db.appender();
+    assert_eq!(
+        app.append(&evil, YEAR_2100, 1.0),
+        Err(AppendError::TooFarInFuture)
+    );
+    // Ten minutes ahead is still accepted (clock skew between target and node).
+    app.append(&evil, DAY + 599_000, 1.0).unwrap();
+    app.append(&good, DAY, 60.0).unwrap();
+    app.commit().unwrap();
+    assert_eq!(db.stats().too_far_in_future_samples_total, 1);
+    // Every other series goes on being accepted, and maintenance keeps everything.
+    append_all(&db, &good, [(DAY + 10_000, 61.0)]);
+    db.maintain().unwrap();
+    db.checkpoint().unwrap();
+    let got = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "good")])
+        .unwrap();
+    assert_eq!(ts(&got)[0].len(), 62);
+    db.close().unwrap();
+    drop(db);
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    append_all(&db, &good, [(DAY + 20_000, 62.0)]);
+    let got = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "good")])
+        .unwrap();
+    assert_eq!(ts(&got)[0].len(), 63);
+}
+
+#[test]
+fn a_data_dir_poisoned_by_a_future_sample_recovers_on_open() {
+    // Written as before the future bound: a year-2100 sample in the WAL and in a sealed
+    // chunk, which moved the head's max time to 2100.
+    let dir = tempfile::tempdir().unwrap();
+    let unbounded = TsdbOptions {
+        max_future: Duration::from_secs(200 * 365 * 24 * 3600),
+        ..opts()
+    };
+    let db = Tsdb::open(dir.path(), unbounded.clone()).unwrap();
+    let good = lbl("good", &[]);
+    let evil = lbl("evil", &[]);
+    append_all(&db, &good, [(DAY - 10_000, 1.0)]);
+    append_all(&db, &evil, (0..121).map(|i| (YEAR_2100 + i * 1000, 1.0)));
+    let mut app = db.appender();
+    assert_eq!(
+        app.append(&good, DAY, 2.0),
+        Err(AppendError::OutOfBounds),
+        "the old behaviour this test starts from"
+    );
+    app.rollback();
+    db.close().unwrap();
+    drop(db);
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    append_all(&db, &good, [(DAY, 2.0)]);
+    db.maintain().unwrap();
+    let got = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "good")])
+        .unwrap();
+    assert_eq!(ts(&got)[0], vec![(DAY - 10_000, 1.0), (DAY, 2.0)]);
+}
+
+#[test]
+fn retention_follows_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = 3_600_000i64;
+    let clock = Clock::manual(3 * h);
+    let o = TsdbOptions {
+        retention: Duration::from_secs(6 * 3600),
+        clock: clock.clone(),
+        ..opts()
+    };
+    let db = Tsdb::open(dir.path(), o).unwrap();
+    let s = lbl("s", &[]);
+    append_all(&db, &s, (0..6).map(|i| (i * h / 2, i as f64)));
+    db.maintain().unwrap();
+    assert_eq!(db.stats().retention_blocks_dropped_total, 0);
+    let n = |db: &Tsdb| {
+        db.select(&hints(0, i64::MAX), &[eq("__name__", "s")])
+            .unwrap()
+            .series
+            .first()
+            .map_or(0, |x| x.samples.len())
+    };
+    assert_eq!(n(&db), 6);
+    // Nothing newer arrives; the clock alone moves past retention.
+    clock.set(20 * h);
+    db.maintain().unwrap();
+    assert_eq!(n(&db), 0);
 }

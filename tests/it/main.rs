@@ -20,6 +20,7 @@ mod api;
 mod cluster;
 mod demo;
 mod federate;
+mod hardening;
 mod harness;
 mod lifecycle;
 mod master;
