@@ -316,7 +316,8 @@ impl Node {
             metrics.clone(),
             cfg.clone(),
             args.cluster.replication_factor,
-        );
+        )
+        .with_max_body_size(args.scrape_max_body_size);
         let targets = manager.view();
         let manager = manager.start();
         manager.do_send(ApplyConfig(cfg.clone()));

@@ -140,6 +140,10 @@ pub struct RunArgs {
     /// How far from its scheduled instant a scrape may start and still be recorded at it.
     #[arg(long = "scrape.timestamp-tolerance", default_value = "2ms", value_parser = parse_duration)]
     pub scrape_timestamp_tolerance: Duration,
+    /// Largest scrape body accepted from any target (after gzip decompression), also
+    /// for jobs whose `body_size_limit` is 0 (none); 0 lifts the ceiling.
+    #[arg(long = "scrape.max-body-size", default_value = "256MiB", value_parser = crate::config::parse_base2_bytes)]
+    pub scrape_max_body_size: u64,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -6,6 +6,10 @@
 //! read buffer between scrapes, and hyper's default ceiling (~400 KiB) let every idle
 //! connection to a big target hold a few hundred KiB — ~130 bytes per scraped series.
 //! Bodies are read in [`READ_BUF_MAX`] pieces instead.
+//!
+//! A target's `Content-Length` is never trusted for an allocation: bodies grow as bytes
+//! arrive, up to the job's `body_size_limit` and, always, the node-wide
+//! `--scrape.max-body-size` (also after gzip decompression).
 
 use std::io::Read;
 use std::time::Duration;
@@ -40,20 +44,44 @@ pub const READ_BUF_MAX: usize = 32 * 1024;
 /// Redirects followed at most, as Go's HTTP client (Prometheus's) does.
 const MAX_REDIRECTS: usize = 10;
 
-/// The HTTP client shared by all scrapes of a node (cheap to clone: one pool).
-pub type ScrapeClient = Client<HttpConnector, Empty<Bytes>>;
+/// The node-wide ceiling of a scrape body (decompressed) by default.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 256 << 20;
+
+/// The HTTP client shared by all scrapes of a node (cheap to clone: one pool), with the
+/// node-wide body ceiling.
+#[derive(Clone)]
+pub struct ScrapeClient {
+    http: Client<HttpConnector, Empty<Bytes>>,
+    max_body_size: u64,
+}
 
 /// Builds the node's scrape client: plain HTTP, kept-alive connections (90 s idle, as
-/// Go's default transport), bounded read buffers.
-pub fn client() -> ScrapeClient {
+/// Go's default transport), bounded read buffers, bodies of at most `max_body_size`
+/// bytes whatever the job's `body_size_limit` (0 counts as no ceiling).
+pub fn client(max_body_size: u64) -> ScrapeClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http1_max_buf_size(READ_BUF_MAX)
-        .build(http)
+    ScrapeClient {
+        http: Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http1_max_buf_size(READ_BUF_MAX)
+            .build(http),
+        max_body_size,
+    }
 }
+
+/// The body limit in force: the job's `body_size_limit` (0: none) within the node's
+/// ceiling (0: none).
+fn body_limit(job: u64, node: u64) -> u64 {
+    match (job, node) {
+        (0, n) | (n, 0) => n,
+        (j, n) => j.min(n),
+    }
+}
+
+/// First allocation for a body: what arrived so far decides the rest.
+const FIRST_ALLOC_MAX: usize = 64 * 1024;
 
 fn read_secret(
     inline: &Option<String>,
@@ -145,6 +173,7 @@ async fn fetch_inner(
             .body(Empty::new())
             .map_err(|e| ScrapeError::Http(format!("invalid request for {current:?}: {e}")))?;
         let resp = client
+            .http
             .request(req)
             .await
             .map_err(|e| ScrapeError::Http(format!("Get {current:?}: {}", error_chain(&e))))?;
@@ -183,7 +212,7 @@ async fn fetch_inner(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let limit = cfg.body_size_limit;
+    let limit = body_limit(cfg.body_size_limit, client.max_body_size);
     // The limit is on the decompressed body; a gzip body is bounded loosely before
     // decompressing (deflate never grows data by more than a few bytes per 16 KiB).
     let raw_limit = match (limit, gzip) {
@@ -194,18 +223,28 @@ async fn fetch_inner(
     if declared.is_some_and(|n| n > raw_limit) {
         return Err(ScrapeError::BodySizeLimit);
     }
-    let mut raw = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    // Never sized from the declared length alone: a target may declare 2^63 bytes.
+    let first = declared.map_or(0, |n| n.min(FIRST_ALLOC_MAX as u64) as usize);
+    let mut raw = Vec::with_capacity(first);
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ScrapeError::Http(error_chain(&e)))?;
         if let Ok(data) = frame.into_data() {
-            raw.extend_from_slice(&data);
-            if raw.len() as u64 > raw_limit {
+            if (raw.len() + data.len()) as u64 > raw_limit {
                 return Err(ScrapeError::BodySizeLimit);
             }
+            raw.extend_from_slice(&data);
         }
     }
-    let body = if gzip { gunzip(&raw, limit)? } else { raw };
+    // Decompression is CPU work (up to the ceiling): off the actor's thread, where it
+    // would delay every other target's scrape.
+    let body = if gzip {
+        tokio::task::spawn_blocking(move || gunzip(&raw, limit))
+            .await
+            .map_err(|e| ScrapeError::Http(format!("decompressing gzip body: {e}")))??
+    } else {
+        raw
+    };
     Ok(Fetched { body, format })
 }
 
@@ -213,7 +252,8 @@ async fn fetch_inner(
 /// (0: no limit).
 fn gunzip(raw: &[u8], limit: u64) -> Result<Vec<u8>, ScrapeError> {
     let cap = if limit == 0 { u64::MAX } else { limit + 1 };
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
+    let first = raw.len().saturating_mul(4).min(FIRST_ALLOC_MAX * 16);
+    let mut out = Vec::with_capacity(first);
     flate2::read::MultiGzDecoder::new(raw)
         .take(cap)
         .read_to_end(&mut out)

@@ -142,7 +142,7 @@ impl ScrapeManager {
         ScrapeManager {
             storage,
             metrics,
-            client: super::fetch::client(),
+            client: super::fetch::client(super::fetch::DEFAULT_MAX_BODY_SIZE),
             notice_client: reqwest::Client::new(),
             config,
             groups: Arc::default(),
@@ -158,6 +158,12 @@ impl ScrapeManager {
             dropped: Vec::new(),
             assignment: None,
         }
+    }
+
+    /// Sets the node-wide ceiling of scrape bodies (`--scrape.max-body-size`; 0: none).
+    pub fn with_max_body_size(mut self, bytes: u64) -> ScrapeManager {
+        self.client = super::fetch::client(bytes);
+        self
     }
 
     /// The read handle for the web layer.

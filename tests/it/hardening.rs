@@ -219,3 +219,187 @@ fn a_target_from_2100_or_1990_loses_nobody_else_a_sample() {
     assert!(before >= 20 * 6, "{before} up samples before the restart");
     node.kill9();
 }
+
+/// A target server that answers every path with hand-made response heads and bodies
+/// streamed as the test says: what `TargetServer` (honest lengths, whole bodies) can't.
+struct RawTarget {
+    addr: std::net::SocketAddr,
+}
+
+#[derive(Clone, Copy)]
+enum RawReply {
+    /// Declares `Content-Length: 2^63 - 1`, sends one line, closes.
+    HugeDeclared,
+    /// Streams 1 GB of exposition lines (an honest length).
+    Gigabyte,
+    /// A 1 MiB gzip body that decompresses to 1 GiB.
+    GzipBomb,
+}
+
+impl RawTarget {
+    fn start(gzip_bomb: Vec<u8>) -> RawTarget {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bomb = std::sync::Arc::new(gzip_bomb);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let bomb = bomb.clone();
+                std::thread::spawn(move || {
+                    let mut s = stream;
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let reply = match head.split(' ').nth(1).unwrap_or("") {
+                        "/huge" => RawReply::HugeDeclared,
+                        "/gigabyte" => RawReply::Gigabyte,
+                        _ => RawReply::GzipBomb,
+                    };
+                    let ct = "Content-Type: text/plain; version=0.0.4\r\nConnection: close\r\n";
+                    let _ = match reply {
+                        RawReply::HugeDeclared => s.write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\n{ct}Content-Length: {}\r\n\r\nhuge 1\n",
+                                i64::MAX
+                            )
+                            .as_bytes(),
+                        ),
+                        RawReply::Gigabyte => {
+                            let line = "gigabyte_metric{pad=\"xxxxxxxxxxxxxxxxxxxxxxxx\"} 1\n";
+                            let chunk = line.repeat(65_536 / line.len());
+                            let total = 1_000_000_000usize;
+                            let _ = s.write_all(
+                                format!("HTTP/1.1 200 OK\r\n{ct}Content-Length: {total}\r\n\r\n")
+                                    .as_bytes(),
+                            );
+                            let mut sent = 0;
+                            while sent < total {
+                                let n = chunk.len().min(total - sent);
+                                if s.write_all(&chunk.as_bytes()[..n]).is_err() {
+                                    break;
+                                }
+                                sent += n;
+                            }
+                            Ok(())
+                        }
+                        RawReply::GzipBomb => s
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\n{ct}Content-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                                    bomb.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .and_then(|()| s.write_all(&bomb)),
+                    };
+                });
+            }
+        });
+        RawTarget { addr }
+    }
+}
+
+/// 1024 gzip members of 1 MiB of zeros each: 1 GiB once decompressed, ~1 MiB on the wire.
+fn gzip_bomb() -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&vec![b'0'; 1 << 20]).unwrap();
+    let member = enc.finish().unwrap();
+    member.repeat(1024)
+}
+
+/// Peak and current resident set of a process, in bytes (`VmHWM`, `VmRSS`).
+pub fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (kb("VmHWM:"), kb("VmRSS:"))
+}
+
+#[test]
+fn endless_or_lying_bodies_fail_alone_within_bounded_memory() {
+    let dir = tempdir();
+    let raw = RawTarget::start(gzip_bomb());
+    let good = TargetServer::start();
+    good.set("/metrics", Reply::text("good_metric 1\n"));
+    let job = |name: &str, path: &str, interval: &str, target: String| {
+        format!(
+            "  - job_name: {name}\n    scrape_interval: {interval}\n    scrape_timeout: {interval}\n    metrics_path: {path}\n    static_configs:\n      - targets: ['{target}']\n"
+        )
+    };
+    let cfg = format!(
+        "scrape_configs:\n{}{}{}{}",
+        job("good", "/metrics", "1s", good.target()),
+        job("huge", "/huge", "1s", raw.addr.to_string()),
+        job("gigabyte", "/gigabyte", "5s", raw.addr.to_string()),
+        job("bomb", "/bomb", "5s", raw.addr.to_string()),
+    );
+    // The default --scrape.max-body-size (256 MiB) bounds what a job without
+    // body_size_limit (all of these) accepts.
+    let node = Node::start(dir.path(), &cfg, &[]);
+    let started = now_ms();
+    let target_of = |job: &str| -> Option<serde_json::Value> {
+        node.get_json("/api/v1/targets")["data"]["activeTargets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["labels"]["job"] == job)
+            .cloned()
+    };
+    for job in ["huge", "gigabyte", "bomb"] {
+        // Twice down: the target is scraped again after a failure (a panicked scrape task
+        // was never scheduled again).
+        let mut seen = 0;
+        let mut last_scrape = String::new();
+        wait_for(
+            &format!("{job} down twice"),
+            Duration::from_secs(60),
+            || {
+                let t = target_of(job).ok_or("no target")?;
+                if t["health"] == "down" && t["lastScrape"].as_str() != Some(&last_scrape) {
+                    seen += 1;
+                    last_scrape = t["lastScrape"].as_str().unwrap_or("").to_string();
+                }
+                if seen >= 2 { Ok(t) } else { Err(t.to_string()) }
+            },
+        );
+        let t = target_of(job).unwrap();
+        assert_eq!(
+            t["lastError"], "body size limit exceeded",
+            "{job}: Prometheus's error text"
+        );
+        let up = node.query(&format!("up{{job=\"{job}\"}}"));
+        assert_eq!(up.len(), 1, "{job}");
+        assert_eq!(up[0]["value"][1], "0", "{job}");
+    }
+    assert!(node.query("gigabyte_metric").is_empty());
+    let at = now_ms() - 1_000;
+    let up = raw_samples(
+        &node,
+        "up{job=\"good\"}",
+        ((at - started) / 1000) as u64,
+        at,
+    );
+    assert_eq!(up.len(), 1);
+    assert!(
+        max_gap(&up[0]) <= 2_000,
+        "the good target kept its scrapes: {up:?}"
+    );
+    let (peak, _) = rss_of(node.child.id());
+    assert!(
+        peak < 640 << 20,
+        "peak RSS {} MiB: bodies must stop at the 256 MiB ceiling",
+        peak >> 20
+    );
+}
