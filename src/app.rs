@@ -510,6 +510,7 @@ impl Node {
             metrics,
             flags: flags_map(&args),
             ready: ready.clone(),
+            writable: Arc::new(tsdb.clone()),
             cluster: Some(web::cluster::ClusterWeb {
                 handle: cluster.clone(),
                 exit_after_leave,
@@ -846,6 +847,16 @@ impl prometheus_client::collector::Collector for TsdbCollector {
                 s.series_created_total,
             ),
             (
+                "tsdb_write_failures",
+                "Failed disk writes of the TSDB (WAL write or fsync, sled write or flush)",
+                s.write_failures_total,
+            ),
+            (
+                "tsdb_appends_refused",
+                "Samples refused while the TSDB could not write",
+                s.appends_refused_total,
+            ),
+            (
                 "tsdb_maintenance_runs",
                 "TSDB maintenance passes (sealing, WAL truncation, retention)",
                 s.maintenance_runs_total,
@@ -855,7 +866,12 @@ impl prometheus_client::collector::Collector for TsdbCollector {
             let c = ConstCounter::new(v);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
-        let gauges: [(&str, &str, i64); 3] = [
+        let gauges: [(&str, &str, i64); 4] = [
+            (
+                "tsdb_chunks_pending_write",
+                "Sealed chunks kept in memory because sled could not take them yet",
+                s.chunks_pending_write as i64,
+            ),
             (
                 "tsdb_head_series",
                 "Series in the head",

@@ -42,6 +42,12 @@ pub enum AppendError {
 #[error("{0}")]
 pub struct StorageError(pub String);
 
+/// Whether a store can take writes now. `Err(reason)` while it cannot (a full disk, an
+/// IO error): appends are refused then, and the node is not ready.
+pub trait Writable: Send + Sync {
+    fn writable(&self) -> Result<(), String>;
+}
+
 /// One batch of appends. Samples become visible to queries only after [`Appender::commit`].
 pub trait Appender: Send {
     /// Appends a sample to the series with these labels (created when new). Returns the

@@ -51,6 +51,8 @@ pub struct SealedChunk {
     pub last_v: u64,
     pub series_min_t: i64,
     pub bytes: Vec<u8>,
+    /// The WAL segment of the chunk's first sample (the WAL keeps it until sled has it).
+    pub seg: u32,
 }
 
 /// What an accepted append did.
@@ -156,6 +158,7 @@ impl MemSeries {
             last_v: self.wal.v,
             series_min_t: self.min_t,
             bytes,
+            seg: self.head_seg,
         };
         // `wal` keeps the last sample for ordering checks; the chunk is gone.
         self.xor = XorAppender::default();

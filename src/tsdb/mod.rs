@@ -67,7 +67,7 @@ use self::wal::{RecordBuilder, WalCursor};
 use crate::model::{Labels, Matcher, Sample};
 use crate::storage::{
     AppendError, Appendable, Appender, CommitStats, Presence, Queryable, SelectHints, Series,
-    SeriesRef, SeriesSet, StorageError,
+    SeriesRef, SeriesSet, StorageError, Writable,
 };
 
 /// How the TSDB is run.
@@ -133,6 +133,13 @@ pub struct TsdbStats {
     pub retention_blocks_dropped_total: u64,
     /// Maintenance passes run (sealing, WAL truncation, retention).
     pub maintenance_runs_total: u64,
+    /// Failed writes to disk (WAL write or fsync, sled write or flush).
+    pub write_failures_total: u64,
+    /// Samples refused because the TSDB could not write.
+    pub appends_refused_total: u64,
+    /// Chunks sealed out of the head that sled does not hold yet (kept in memory and
+    /// retried; the WAL keeps their samples meanwhile).
+    pub chunks_pending_write: u64,
     /// sled's `size_on_disk()` of the data dir plus the WAL files.
     pub disk_size_bytes: u64,
     /// Estimated bytes held by the head (series structs, open chunks, hash lookup),
@@ -157,10 +164,15 @@ struct Counters {
     chunk_bytes: AtomicU64,
     blocks_dropped: AtomicU64,
     maintenance_runs: AtomicU64,
+    write_failures: AtomicU64,
+    refused: AtomicU64,
 }
 
 struct WalBuf {
     buf: Vec<u8>,
+    /// Series batches were written to sled but sled's flush has not succeeded since:
+    /// no WAL record may be synced before they are durable.
+    sled_dirty: bool,
     files: SegmentFiles,
     seg: u32,
     seq: u32,
@@ -181,6 +193,15 @@ struct Inner {
     legacy_wal: Tree,
     head: RwLock<Head>,
     wal: Mutex<WalBuf>,
+    /// Chunks sealed out of the head whose sled write failed, by series: kept (and
+    /// queried) until a retry succeeds; WAL truncation keeps their segments.
+    pending_chunks: Mutex<U64Map<Vec<SealedChunk>>>,
+    /// Whether `pending_chunks` has any (read without its lock by every select).
+    has_pending: AtomicBool,
+    /// Why the TSDB cannot write now (set by a failed disk write, cleared by the next
+    /// flush that writes everything); appends are refused while set.
+    unwritable: Mutex<Option<String>>,
+    unwritable_flag: AtomicBool,
     /// Current WAL segment; changes only with the head write lock held.
     seg: AtomicU32,
     next_id: AtomicU64,
@@ -260,8 +281,13 @@ impl Tsdb {
             sealed,
             legacy_wal,
             head: RwLock::new(head),
+            pending_chunks: Mutex::new(U64Map::default()),
+            has_pending: AtomicBool::new(false),
+            unwritable: Mutex::new(None),
+            unwritable_flag: AtomicBool::new(false),
             wal: Mutex::new(WalBuf {
                 buf: Vec::new(),
+                sled_dirty: false,
                 files,
                 seg: 0,
                 seq: 0,
@@ -332,6 +358,13 @@ impl Tsdb {
             chunk_bytes_written_total: c.chunk_bytes.load(Relaxed),
             retention_blocks_dropped_total: c.blocks_dropped.load(Relaxed),
             maintenance_runs_total: c.maintenance_runs.load(Relaxed),
+            write_failures_total: c.write_failures.load(Relaxed),
+            appends_refused_total: c.refused.load(Relaxed),
+            chunks_pending_write: self
+                .inner
+                .pending_chunks
+                .lock()
+                .map_or(0, |p| p.values().map(|v| v.len() as u64).sum()),
             disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0)
                 + self.inner.wal.lock().map_or(0, |w| w.files.size()),
             head_bytes,
@@ -548,14 +581,61 @@ impl Inner {
         drop(w);
         self.counters.replayed.fetch_add(rp.replayed, Relaxed);
         self.counters.corrupt.fetch_add(rp.corrupt, Relaxed);
-        self.write_sealed(&rp.sealed)?;
+        self.write_sealed(rp.sealed)?;
         Ok(last_seg.map_or(0, |s| s.saturating_add(1)))
     }
 
-    fn write_sealed(&self, sealed: &[SealedChunk]) -> Result<(), StorageError> {
+    /// Writes chunks sealed out of the head to sled. Those it cannot write stay in
+    /// memory (queried, retried by the next flush) with the WAL segments that hold their
+    /// samples: a failed write loses nothing.
+    fn write_sealed(&self, sealed: Vec<SealedChunk>) -> Result<(), StorageError> {
         if sealed.is_empty() {
             return Ok(());
         }
+        let res = self.write_sealed_to_sled(&sealed);
+        if res.is_err() {
+            self.counters.write_failures.fetch_add(1, Relaxed);
+            let mut p = self.pending_chunks.lock().map_err(lock_err)?;
+            for c in sealed {
+                p.entry(c.id).or_default().push(c);
+            }
+            self.has_pending.store(true, Relaxed);
+        }
+        res
+    }
+
+    /// Writes the chunks that a failed write left in memory; Ok when none is left.
+    fn retry_pending_chunks(&self) -> Result<(), StorageError> {
+        let pending: Vec<SealedChunk> = {
+            let p = self.pending_chunks.lock().map_err(lock_err)?;
+            if p.is_empty() {
+                return Ok(());
+            }
+            // Queries see them until the write below succeeds: copy, do not take.
+            p.values().flatten().cloned().collect()
+        };
+        match self.write_sealed_to_sled(&pending) {
+            Ok(()) => {
+                let mut p = self.pending_chunks.lock().map_err(lock_err)?;
+                for c in &pending {
+                    if let Some(v) = p.get_mut(&c.id) {
+                        v.retain(|x| x.min_t != c.min_t);
+                        if v.is_empty() {
+                            p.remove(&c.id);
+                        }
+                    }
+                }
+                self.has_pending.store(!p.is_empty(), Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.write_failures.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_sealed_to_sled(&self, sealed: &[SealedChunk]) -> Result<(), StorageError> {
         let mut chunks = sled::Batch::default();
         let mut meta = sled::Batch::default();
         let mut bytes = 0u64;
@@ -581,24 +661,71 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes and fsyncs everything buffered (WAL, series, chunks a failed write left
+    /// in memory). A failure makes the TSDB unwritable (appends refused, the node not
+    /// ready) until a flush writes everything again; nothing buffered is dropped.
     fn flush_wal(&self) -> Result<(), StorageError> {
-        let file = {
+        match self.flush_all() {
+            Ok(()) => {
+                if self.unwritable_flag.load(Relaxed) {
+                    if let Ok(mut u) = self.unwritable.lock()
+                        && let Some(why) = u.take()
+                    {
+                        tracing::warn!(was = %why, "tsdb: writes succeed again; taking samples again");
+                    }
+                    self.unwritable_flag.store(false, Relaxed);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.set_unwritable(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn set_unwritable(&self, e: &StorageError) {
+        if let Ok(mut u) = self.unwritable.lock() {
+            if u.is_none() {
+                tracing::error!(error = %e, "tsdb: a write to disk failed; refusing samples until writes succeed again");
+            }
+            *u = Some(e.0.clone());
+        }
+        self.unwritable_flag.store(true, Relaxed);
+    }
+
+    fn flush_all(&self) -> Result<(), StorageError> {
+        let fail = |e: StorageError| {
+            self.counters.write_failures.fetch_add(1, Relaxed);
+            e
+        };
+        self.retry_pending_chunks()?;
+        let sync = {
             let mut w = self.wal.lock().map_err(lock_err)?;
             // Series reach sled, durably, before the records that refer to them (both
             // under the wal lock, so no record can overtake its series).
-            if self.index.flush_pending()? {
-                self.db.flush().map_err(|e| sled_err("flush", e))?;
+            if self.index.flush_pending().map_err(fail)? {
+                w.sled_dirty = true;
             }
-            self.write_wal_buf(&mut w)?;
+            if w.sled_dirty {
+                self.db.flush().map_err(|e| fail(sled_err("flush", e)))?;
+                w.sled_dirty = false;
+            }
+            self.write_wal_buf(&mut w).map_err(fail)?;
             w.files
                 .sync_handle()
-                .map_err(|e| StorageError(format!("tsdb: WAL file: {e}")))?
+                .map_err(|e| fail(StorageError(format!("tsdb: WAL file: {e}"))))?
         };
-        if let Some(f) = file {
-            f.sync_data()
-                .map_err(|e| StorageError(format!("tsdb: fsync WAL: {e}")))?;
+        if let Some((f, seg, len)) = sync {
+            let res = f.sync_data();
+            self.wal
+                .lock()
+                .map_err(lock_err)?
+                .files
+                .synced(seg, len, res.is_ok());
+            res.map_err(|e| fail(StorageError(format!("tsdb: fsync WAL: {e}"))))?;
         }
-        self.db.flush().map_err(|e| sled_err("flush", e))?;
+        self.db.flush().map_err(|e| fail(sled_err("flush", e)))?;
         Ok(())
     }
 
@@ -637,7 +764,10 @@ impl Inner {
                     sealed.push(ms.seal(id as u64));
                 }
             }
-            self.write_sealed(&sealed)?;
+            // A failed write keeps the chunks in memory (and their WAL segments).
+            if let Err(e) = self.write_sealed(sealed) {
+                self.set_unwritable(&e);
+            }
             // 2. Start a new segment when due.
             let mut w = self.wal.lock().map_err(lock_err)?;
             if force_roll || w.last_roll.elapsed() >= self.opts.wal_segment_interval {
@@ -648,14 +778,17 @@ impl Inner {
                 self.seg.store(w.seg, Relaxed);
             }
         }
-        // 3. Truncate segments that no open chunk needs.
+        // 3. Truncate segments that no open chunk needs, nor a sealed chunk sled does
+        // not hold yet.
         let keep_from = {
             let head = self.head.read().map_err(lock_err)?;
+            let pending = self.pending_chunks.lock().map_err(lock_err)?;
             head.series
                 .iter()
                 .flatten()
                 .filter(|s| s.open_samples() > 0)
                 .map(|s| s.head_seg)
+                .chain(pending.values().flatten().map(|c| c.seg))
                 .min()
                 .unwrap_or(u32::MAX)
                 .min(self.seg.load(Relaxed))
@@ -773,14 +906,18 @@ impl Inner {
             rb.finish_into(&mut w.buf);
             self.counters.wal_records.fetch_add(1, Relaxed);
         }
-        let res = self.write_sealed(&sealed);
+        // The batch is in the head and the WAL buffer: acknowledged. A chunk sled cannot
+        // take now stays in memory with its WAL segment.
+        if let Err(e) = self.write_sealed(sealed) {
+            self.set_unwritable(&e);
+        }
         drop(head);
         let c = &self.counters;
         c.appended.fetch_add(accepted, Relaxed);
         c.ooo.fetch_add(ooo, Relaxed);
         c.dup.fetch_add(dup, Relaxed);
         c.oob.fetch_add(oob, Relaxed);
-        res.map(|()| accepted)
+        Ok(accepted)
     }
 
     /// Copies what the query path needs out of the head for the candidate series. Large
@@ -846,6 +983,38 @@ impl Inner {
                 Some(n) => n,
                 None => break,
             };
+        }
+        Ok(())
+    }
+
+    /// Samples within `[lo, hi]` of `id`'s chunks that a failed write left in memory,
+    /// merged into `out` (sorted, from sled) in time order.
+    fn pending_samples(
+        &self,
+        id: u64,
+        lo: i64,
+        hi: i64,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), StorageError> {
+        if !self.has_pending.load(Relaxed) {
+            return Ok(());
+        }
+        let p = self.pending_chunks.lock().map_err(lock_err)?;
+        let Some(chunks) = p.get(&id) else {
+            return Ok(());
+        };
+        let before = out.len();
+        for c in chunks.iter().filter(|c| c.min_t <= hi && c.max_t >= lo) {
+            chunkenc::decode_range(&c.bytes, lo, hi, out).map_err(|e| {
+                StorageError(format!(
+                    "tsdb: series {id} pending chunk at {}: {e}",
+                    c.min_t
+                ))
+            })?;
+        }
+        if out.len() > before {
+            out.sort_by_key(|s| s.t);
+            out.dedup_by_key(|s| s.t);
         }
         Ok(())
     }
@@ -942,6 +1111,7 @@ impl Queryable for Tsdb {
             let samples = if lo <= sealed_hi {
                 let mut samples = Vec::new();
                 inner.sealed_samples(snap.id, lo, sealed_hi, &mut samples)?;
+                inner.pending_samples(snap.id, lo, sealed_hi, &mut samples)?;
                 samples.extend_from_slice(&head_samples);
                 samples
             } else {
@@ -1036,6 +1206,24 @@ impl Queryable for Tsdb {
         values.sort();
         values.dedup();
         Ok(values)
+    }
+}
+
+impl Writable for Inner {
+    fn writable(&self) -> Result<(), String> {
+        if !self.unwritable_flag.load(Relaxed) {
+            return Ok(());
+        }
+        match self.unwritable.lock() {
+            Ok(u) => u.clone().map_or(Ok(()), Err),
+            Err(_) => Err("tsdb: a lock was poisoned".into()),
+        }
+    }
+}
+
+impl Writable for Tsdb {
+    fn writable(&self) -> Result<(), String> {
+        self.inner.writable()
     }
 }
 
@@ -1148,11 +1336,24 @@ impl TsdbAppender {
     }
 }
 
-impl Appender for TsdbAppender {
-    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef, AppendError> {
+impl TsdbAppender {
+    /// Refuses samples while the TSDB is closed or cannot write.
+    fn open_for_writes(&self) -> Result<(), AppendError> {
         if self.inner.closed.load(Relaxed) {
             return Err(AppendError::Storage("tsdb is closed".into()));
         }
+        if self.inner.unwritable_flag.load(Relaxed) {
+            self.inner.counters.refused.fetch_add(1, Relaxed);
+            let why = self.inner.writable().err().unwrap_or_default();
+            return Err(AppendError::Storage(format!("tsdb is not writable: {why}")));
+        }
+        Ok(())
+    }
+}
+
+impl Appender for TsdbAppender {
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef, AppendError> {
+        self.open_for_writes()?;
         let (id, created) = self.inner.get_or_create(labels)?;
         if created {
             self.created += 1;
@@ -1162,9 +1363,7 @@ impl Appender for TsdbAppender {
     }
 
     fn append_ref(&mut self, id: SeriesRef, t: i64, v: f64) -> Result<(), AppendError> {
-        if self.inner.closed.load(Relaxed) {
-            return Err(AppendError::Storage("tsdb is closed".into()));
-        }
+        self.open_for_writes()?;
         if self.check(id, t, v)? {
             return Ok(());
         }

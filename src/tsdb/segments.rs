@@ -11,6 +11,13 @@
 //! A crash can leave a torn last frame; reading stops at the first frame that is short
 //! or fails its checksum and reports why, and the writer never appends to a segment it
 //! did not create (every open starts a new segment).
+//!
+//! A failed write (a full disk) never leaves a torn frame in front of later ones: the
+//! writer keeps the bytes written since the last successful fsync, and after a failed
+//! write or fsync it cuts the file back to the last synced length and writes them again
+//! before anything else ([`SegmentFiles::append`], [`SegmentFiles::synced`]). A failed
+//! fsync may have dropped dirty pages without saying which, so everything since the last
+//! good fsync is written again, not only the last frame.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -23,7 +30,49 @@ const MAX_FRAME: u32 = 1 << 30;
 #[derive(Debug)]
 pub struct SegmentFiles {
     dir: PathBuf,
-    open: Option<(u32, File)>,
+    open: Option<OpenSegment>,
+}
+
+/// The segment being written.
+#[derive(Debug)]
+struct OpenSegment {
+    seg: u32,
+    file: File,
+    /// Length of the file up to its last successful fsync.
+    synced_len: u64,
+    /// Frames written since (the file's length is `synced_len + unsynced.len()` unless
+    /// `repair` is set).
+    unsynced: Vec<u8>,
+    /// A write or fsync failed: cut the file to `synced_len` and write `unsynced` again
+    /// before anything else.
+    repair: bool,
+}
+
+impl OpenSegment {
+    /// Restores the file to `synced_len + unsynced` after a failed write or fsync.
+    fn repair(&mut self) -> io::Result<()> {
+        if !self.repair {
+            return Ok(());
+        }
+        self.file.set_len(self.synced_len)?;
+        self.file.write_all(&self.unsynced)?;
+        self.repair = false;
+        Ok(())
+    }
+
+    /// Writes and fsyncs what is pending (before the segment is closed).
+    fn sync_all_pending(&mut self) -> io::Result<()> {
+        self.repair()?;
+        if !self.unsynced.is_empty() {
+            if let Err(e) = self.file.sync_data() {
+                self.repair = true;
+                return Err(e);
+            }
+            self.synced_len += self.unsynced.len() as u64;
+            self.unsynced = Vec::new();
+        }
+        Ok(())
+    }
 }
 
 fn seg_name(seg: u32) -> String {
@@ -61,7 +110,9 @@ impl SegmentFiles {
     /// Calls `f` with every intact value of segment `seg`, in order. Returns why reading
     /// stopped early (a torn or corrupt frame), if it did.
     pub fn read(&self, seg: u32, mut f: impl FnMut(&[u8])) -> io::Result<Option<String>> {
-        let mut r = BufReader::new(File::open(self.dir.join(seg_name(seg)))?);
+        let file = File::open(self.dir.join(seg_name(seg)))?;
+        let file_len = file.metadata()?.len();
+        let mut r = BufReader::new(file);
         let mut value = Vec::new();
         let mut offset = 0u64;
         loop {
@@ -77,7 +128,13 @@ impl SegmentFiles {
             }
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
             let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-            if len > MAX_FRAME {
+            if len > MAX_FRAME || offset + 8 + u64::from(len) > file_len {
+                if offset + 8 + u64::from(len) > file_len && len <= MAX_FRAME {
+                    return Ok(Some(format!(
+                        "torn frame at offset {offset} ({} of {len} bytes)",
+                        file_len.saturating_sub(offset + 8)
+                    )));
+                }
                 return Ok(Some(format!(
                     "frame at offset {offset} declares {len} bytes"
                 )));
@@ -99,45 +156,92 @@ impl SegmentFiles {
         }
     }
 
-    /// Appends `value` as the next frame of segment `seg` (creating its file). Returns
-    /// the bytes written. Not durable until [`SegmentFiles::sync_handle`]'s file is synced.
+    /// Appends `value` as the next frame of segment `seg` (creating its file; the
+    /// previous segment is fsynced first). Returns the bytes written. Not durable until
+    /// [`SegmentFiles::sync_handle`]'s file is synced and [`SegmentFiles::synced`] told.
+    /// On an error nothing of `value` stays in the file.
     pub fn append(&mut self, seg: u32, value: &[u8]) -> io::Result<u64> {
         let len = u32::try_from(value.len())
             .ok()
             .filter(|&l| l <= MAX_FRAME)
             .ok_or_else(|| io::Error::other("WAL value too large"))?;
-        if self.open.as_ref().is_none_or(|(s, _)| *s != seg) {
+        if self.open.as_ref().is_none_or(|o| o.seg != seg) {
+            if let Some(old) = self.open.as_mut() {
+                old.sync_all_pending()?;
+            }
             self.open = None;
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(seg_name(seg)))?;
+            let path = self.dir.join(seg_name(seg));
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
             // Make the new file's name durable too.
             File::open(&self.dir)?.sync_all()?;
-            self.open = Some((seg, file));
+            let synced_len = file.metadata()?.len();
+            self.open = Some(OpenSegment {
+                seg,
+                file,
+                synced_len,
+                unsynced: Vec::new(),
+                repair: false,
+            });
         }
-        let Some((_, file)) = self.open.as_mut() else {
+        let Some(open) = self.open.as_mut() else {
             return Err(io::Error::other("WAL segment not open"));
         };
-        let mut frame = Vec::with_capacity(8 + value.len());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
-        frame.extend_from_slice(value);
-        file.write_all(&frame)?;
-        Ok(frame.len() as u64)
+        open.repair()?;
+        let start = open.unsynced.len();
+        open.unsynced.reserve(8 + value.len());
+        open.unsynced.extend_from_slice(&len.to_le_bytes());
+        open.unsynced
+            .extend_from_slice(&crc32fast::hash(value).to_le_bytes());
+        open.unsynced.extend_from_slice(value);
+        if let Err(e) = open.file.write_all(&open.unsynced[start..]) {
+            // Part of the frame may be on disk: cut it away (now, or before the next
+            // write), so that no torn frame can hide the frames written after it.
+            open.unsynced.truncate(start);
+            open.repair = true;
+            let _ = open.repair();
+            return Err(e);
+        }
+        Ok((open.unsynced.len() - start) as u64)
     }
 
     /// A handle to sync the segment being written (so the caller can fsync without
-    /// holding its lock), if one is open.
-    pub fn sync_handle(&self) -> io::Result<Option<File>> {
-        self.open.as_ref().map(|(_, f)| f.try_clone()).transpose()
+    /// holding its lock) with the segment and the length the sync will cover, if one is
+    /// open.
+    pub fn sync_handle(&self) -> io::Result<Option<(File, u32, u64)>> {
+        let Some(o) = self.open.as_ref() else {
+            return Ok(None);
+        };
+        let len = o.synced_len + o.unsynced.len() as u64;
+        Ok(Some((o.file.try_clone()?, o.seg, len)))
+    }
+
+    /// Records the outcome of syncing segment `seg` up to length `len` (from
+    /// [`SegmentFiles::sync_handle`]). After a failure everything since the last good
+    /// sync is written again before the next frame.
+    pub fn synced(&mut self, seg: u32, len: u64, ok: bool) {
+        let Some(o) = self.open.as_mut().filter(|o| o.seg == seg) else {
+            return;
+        };
+        if !ok {
+            o.repair = true;
+            return;
+        }
+        if o.repair || len <= o.synced_len {
+            return;
+        }
+        let n = ((len - o.synced_len) as usize).min(o.unsynced.len());
+        o.unsynced.drain(..n);
+        if o.unsynced.capacity() > (1 << 20) {
+            o.unsynced.shrink_to(1 << 20);
+        }
+        o.synced_len += n as u64;
     }
 
     /// Deletes the segments before `keep_from`. Returns how many were deleted.
     pub fn remove_before(&mut self, keep_from: u32) -> io::Result<u64> {
         let mut n = 0;
         for seg in self.list()?.into_iter().filter(|&s| s < keep_from) {
-            if self.open.as_ref().is_some_and(|(s, _)| *s == seg) {
+            if self.open.as_ref().is_some_and(|o| o.seg == seg) {
                 self.open = None;
             }
             fs::remove_file(self.dir.join(seg_name(seg)))?;
@@ -189,7 +293,7 @@ mod tests {
         assert_eq!(s.append(3, b"first").unwrap(), 13);
         s.append(3, b"").unwrap();
         s.append(4, b"second").unwrap();
-        s.sync_handle().unwrap().unwrap().sync_data().unwrap();
+        s.sync_handle().unwrap().unwrap().0.sync_data().unwrap();
         std::fs::write(dir.path().join("wal/notes.txt"), "not a segment").unwrap();
         assert_eq!(s.list().unwrap(), vec![3, 4]);
         assert_eq!(values(&s, 3), (vec![b"first".to_vec(), vec![]], None));

@@ -48,6 +48,8 @@ pub struct AppState {
     /// Command-line flags for `/api/v1/status/flags`.
     pub flags: BTreeMap<String, String>,
     pub ready: Arc<AtomicBool>,
+    /// The local store's write health: a node whose store cannot write is not ready.
+    pub writable: Arc<dyn crate::storage::Writable>,
     /// The node's cluster member (`/api/v1/cluster` and the internal cluster routes).
     pub cluster: Option<cluster::ClusterWeb>,
     /// Told the key of a target whose new owner has scraped it and the view index of
@@ -111,14 +113,19 @@ async fn healthy() -> HttpResponse {
 }
 
 async fn ready(st: web::Data<AppState>) -> HttpResponse {
-    if st.ready.load(Ordering::Relaxed) {
-        HttpResponse::Ok()
-            .content_type("text/plain; charset=utf-8")
-            .body("Shoal is Ready.\n")
-    } else {
+    let unavailable = |why: &str| {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")
-            .body("Service Unavailable\n")
+            .body(format!("Service Unavailable{why}\n"))
+    };
+    if !st.ready.load(Ordering::Relaxed) {
+        return unavailable("");
+    }
+    match st.writable.writable() {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body("Shoal is Ready.\n"),
+        Err(why) => unavailable(&format!(": the TSDB cannot write: {why}")),
     }
 }
 

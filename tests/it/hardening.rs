@@ -403,3 +403,178 @@ fn endless_or_lying_bodies_fail_alone_within_bounded_memory() {
         peak >> 20
     );
 }
+
+/// A size-limited tmpfs mounted by the test (CI runs as root), unmounted on drop.
+struct SmallFs {
+    path: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn mount(path: &std::path::Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(path).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mounting a {size} tmpfs at {} failed: the disk-full tests need root (CI runs as root)",
+            path.display()
+        );
+        SmallFs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Writes a filler file until the filesystem is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let p = self.path.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+        p
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+fn ready(node: &Node) -> (u16, String) {
+    http_get(&node.url("/-/ready")).unwrap_or((0, String::new()))
+}
+
+/// Raw samples of `up{job="good"}` over the hour before `at_ms`, summed over targets.
+fn up_count_at(node: &Node, at_ms: i64) -> usize {
+    raw_samples(node, "up{job=\"good\"}", 3600, at_ms)
+        .iter()
+        .map(Vec::len)
+        .sum()
+}
+
+#[test]
+fn a_full_disk_refuses_samples_loses_none_and_recovers_by_itself() {
+    let dir = tempdir();
+    let fs = SmallFs::mount(&dir.path().join("small"), "48m");
+    let goods: Vec<TargetServer> = (0..5)
+        .map(|i| {
+            let t = TargetServer::start();
+            let body: String = (0..50)
+                .map(|j| format!("good_metric{{i=\"{i}\",j=\"{j}\"}} {j}\n"))
+                .collect();
+            t.set("/metrics", Reply::text(&body));
+            t
+        })
+        .collect();
+    let targets = goods
+        .iter()
+        .map(|t| format!("'{}'", t.target()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: good\n    static_configs:\n      - targets: [{targets}]\n"
+    );
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, cfg).unwrap();
+    let data = fs.path.join("data");
+    let flags = ["--storage.tsdb.maintenance-interval", "1s"];
+    let port = crate::harness::free_port();
+    let mut node = Node::start_with(dir.path(), &config, &data, port, &flags);
+    wait_for("a few scrapes", Duration::from_secs(30), || {
+        let n = up_count_at(&node, now_ms());
+        if n >= 5 * 4 {
+            Ok(())
+        } else {
+            Err(format!("{n} up samples"))
+        }
+    });
+
+    // The disk fills up.
+    let filled_at = now_ms();
+    let before_full = up_count_at(&node, filled_at);
+    let filler = fs.fill();
+    let (_, why) = wait_for(
+        "the node to be not ready",
+        Duration::from_secs(30),
+        || match ready(&node) {
+            (503, body) => Ok((503, body)),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(why.contains("cannot write"), "/-/ready says why: {why:?}");
+    assert!(metric_value(&node, "shoal_tsdb_write_failures_total", &[]) >= 1.0);
+    wait_for("samples to be refused", Duration::from_secs(30), || {
+        let n = metric_value(&node, "shoal_tsdb_appends_refused_total", &[]);
+        if n > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} refused"))
+        }
+    });
+    // What is stored can still be read.
+    assert_eq!(
+        up_count_at(&node, filled_at),
+        before_full,
+        "reads while full"
+    );
+
+    // Space comes back: the node recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(
+        "the node to be ready again",
+        Duration::from_secs(30),
+        || match ready(&node) {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let recovered_at = now_ms();
+    wait_for(
+        "scrapes after the recovery",
+        Duration::from_secs(30),
+        || {
+            let fresh = raw_samples(&node, "up{job=\"good\"}", 60, now_ms())
+                .iter()
+                .filter(|s| s.iter().filter(|x| x.0 > recovered_at).count() >= 4)
+                .count();
+            if fresh == 5 {
+                Ok(())
+            } else {
+                Err(format!("{fresh} targets scraped again"))
+            }
+        },
+    );
+    // Acknowledged more than two WAL flush intervals (1 s) ago: must survive a kill -9.
+    let acked_at = now_ms() - 2_500;
+    let after_recovery = up_count_at(&node, acked_at);
+    assert_eq!(up_count_at(&node, filled_at), before_full);
+    node.kill9();
+
+    let node = Node::start_with(dir.path(), &config, &data, port, &flags);
+    assert_eq!(
+        up_count_at(&node, filled_at),
+        before_full,
+        "every sample stored before the disk filled survives"
+    );
+    assert_eq!(
+        up_count_at(&node, acked_at),
+        after_recovery,
+        "every sample stored after the recovery survives"
+    );
+    assert_eq!(
+        raw_samples(&node, "good_metric{j=\"7\"}", 3600, acked_at)
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>(),
+        after_recovery,
+        "a good_metric sample for every up sample"
+    );
+}
