@@ -757,26 +757,16 @@ fn spawn_sighup_reloader(reload: ReloadFn) {
 
 /// The cluster state machine's sink for committed samples: one appender batch per
 /// entry, then a WAL flush, so that a slot the state machine records as applied is on
-/// disk. Exact duplicates (an entry applied again after a crash) are no-ops in the TSDB.
+/// disk. A failed append, commit or flush is an error: the state machine keeps the
+/// batches pending and hands them over again. Exact duplicates (a batch handed over
+/// again, an entry applied again after a crash) are no-ops in the TSDB.
 struct TsdbSink(Tsdb);
 
 impl crate::cluster::SampleSink for TsdbSink {
     fn append(&self, batches: &[crate::cluster::SampleBatch]) -> Result<(), String> {
-        for b in batches {
-            let series: Vec<(crate::model::Labels, f64)> = b
-                .series
-                .iter()
-                .map(|(pairs, bits)| {
-                    let labels = crate::model::Labels::new(
-                        pairs
-                            .iter()
-                            .map(|(n, v)| crate::model::Label::new(n, v))
-                            .collect(),
-                    );
-                    (labels, f64::from_bits(*bits))
-                })
-                .collect();
-            rules::write_samples(&self.0, b.slot, &series);
+        let rejected = crate::cluster::append_batches(&self.0, batches)?;
+        if rejected > 0 {
+            tracing::debug!(rejected, "committed rule samples rejected by the store");
         }
         self.0.flush().map_err(|e| e.to_string())
     }

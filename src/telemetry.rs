@@ -310,7 +310,7 @@ impl prometheus_client::collector::Collector for RaftCollector {
         let commit = st.commit_index.unwrap_or(0);
         let applied = st.applied_index.unwrap_or(0);
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let gauges: [(&str, &str, i64); 7] = [
+        let gauges: [(&str, &str, i64); 8] = [
             ("cluster_raft_term", "Current Raft term", as_i64(st.term)),
             (
                 "cluster_raft_commit_index",
@@ -341,6 +341,11 @@ impl prometheus_client::collector::Collector for RaftCollector {
                 "cluster_membership_view_index",
                 "Raft log index of the committed membership view",
                 as_i64(st.view_index),
+            ),
+            (
+                "cluster_rule_batches_pending",
+                "Committed global rule batches not yet durable in this node's store (retried)",
+                as_i64(st.pending_rule_batches as u64),
             ),
         ];
         for (name, help, v) in gauges {

@@ -31,6 +31,8 @@ use super::types::{
 };
 
 const KEY_NODE_ID: &[u8] = b"node_id";
+/// How often committed rule samples the store refused are retried.
+const PENDING_RETRY: Duration = Duration::from_secs(1);
 
 /// Where the cluster keeps its state.
 #[derive(Clone)]
@@ -156,6 +158,9 @@ pub struct ClusterStatus {
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub view_index: u64,
+    /// Committed batches of global rule samples not yet durable in this node's store
+    /// (retried every second).
+    pub pending_rule_batches: usize,
     pub members: Vec<MemberStatus>,
 }
 
@@ -321,12 +326,13 @@ impl ClusterHandle {
         let bootstrap = tokio::spawn(handle.clone().bootstrap_loop());
         let duties = tokio::spawn(handle.clone().leader_loop());
         let watcher = tokio::spawn(handle.clone().count_leader_changes());
+        let pending = tokio::spawn(handle.clone().pending_loop());
         handle
             .inner
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([bootstrap, duties, watcher]);
+            .extend([bootstrap, duties, watcher, pending]);
         Ok(handle)
     }
 
@@ -392,8 +398,14 @@ impl ClusterHandle {
         self.write(ClusterCommand::CommitSamples(batch)).await
     }
 
-    /// The last slot of a global rule group this node's state machine has applied.
+    /// The last slot of a global rule group committed through the log as this node's
+    /// state machine has seen it (its samples durable here, or pending until they are).
     pub fn last_committed_slot(&self, group: &str) -> Option<i64> {
+        self.inner.sm.committed_slot(group)
+    }
+
+    /// The last slot of a global rule group whose samples are durable on this node.
+    pub fn last_applied_slot(&self, group: &str) -> Option<i64> {
         self.inner.sm.last_slot(group)
     }
 
@@ -489,6 +501,7 @@ impl ClusterHandle {
             commit_index,
             applied_index: m.last_applied.map(|l| l.index),
             view_index: sm.view_index,
+            pending_rule_batches: sm.pending.len(),
             members,
         }
     }
@@ -897,6 +910,19 @@ impl ClusterHandle {
     }
 
     /// Leader duties, every heartbeat: commit down/up changes and promote learners.
+    /// Retries, every second, the committed rule samples this node's store refused
+    /// (see the state machine): they do not wait for the next entry to be applied.
+    async fn pending_loop(self) {
+        loop {
+            if self.wait_or_shutdown(PENDING_RETRY).await {
+                return;
+            }
+            if let Err(e) = self.inner.sm.retry_pending().await {
+                tracing::warn!(error = %e, "cannot record stored rule samples");
+            }
+        }
+    }
+
     async fn leader_loop(self) {
         let mut leader_since: Option<Instant> = None;
         let mut joined = JoinTimes::default();

@@ -25,6 +25,7 @@ pub use handle::{
 pub use rpc::configure;
 pub use types::{
     ClusterCommand, ClusterResponse, MembershipView, NodeId, NodeInfo, SampleBatch, SampleSink,
+    append_batches,
 };
 
 #[cfg(test)]

@@ -12,6 +12,16 @@
 //! snapshots): a batch for a slot at or before it is ignored, so two leaders that
 //! evaluated the same slot never write two values, and an entry applied again after a
 //! crash changes nothing.
+//!
+//! A slot counts as applied only once the sink has made its samples durable. A batch
+//! the sink refuses (a full disk, a failed WAL flush) stays *pending*: it is persisted
+//! with the state (key `pending`), retried at every later apply and by
+//! [`StateMachine::retry_pending`] (the cluster handle calls it every second), and
+//! only then moves the group's slot. The Raft entry itself is reported as applied —
+//! an apply error stops an openraft 0.9 node, and a state machine that waited for the
+//! disk would also stop membership changes and the leader's writes — so the retry is
+//! the state machine's own. Later batches of a group queue behind its pending ones (a
+//! sample older than one already stored would be out of order).
 // openraft's trait signatures fix `StorageError` (large) as the error type; the
 // helpers here return it too rather than boxing and unboxing at every call.
 #![allow(clippy::result_large_err)]
@@ -36,6 +46,7 @@ pub(crate) const SM_TREE: &str = "cluster.sm";
 const KEY_STATE: &[u8] = b"state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_SLOTS: &[u8] = b"slots";
+const KEY_PENDING: &[u8] = b"pending";
 
 /// The replicated state (also the snapshot payload).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -51,6 +62,10 @@ pub(crate) struct SmData {
     /// keeps its format): persisted under `KEY_SLOTS` and in snapshots beside it.
     #[serde(skip)]
     pub slots: BTreeMap<String, i64>,
+    /// Committed batches the sink has not made durable yet, in log order (persisted
+    /// under `KEY_PENDING`; not in snapshots).
+    #[serde(skip)]
+    pub pending: Vec<SampleBatch>,
 }
 
 /// A snapshot's payload: the state and the slots. (Snapshots written before slots
@@ -89,9 +104,20 @@ impl SmData {
         self.last_membership.nodes().any(|(n, _)| *n == id)
     }
 
+    /// The last slot of `group` committed here: applied, or pending in the sink.
+    fn committed_slot(&self, group: &str) -> Option<i64> {
+        let pending = self
+            .pending
+            .iter()
+            .filter(|b| b.group == group)
+            .map(|b| b.slot)
+            .max();
+        self.slots.get(group).copied().max(pending)
+    }
+
     /// Applies one entry; returns whether the view changed. Sample batches for a new
-    /// slot of their group are pushed to `samples` for the sink.
-    fn apply_entry(&mut self, entry: &Entry, samples: &mut Vec<SampleBatch>) -> bool {
+    /// slot of their group join `pending` for the sink.
+    fn apply_entry(&mut self, entry: &Entry) -> bool {
         let before = self.view().up;
         self.last_applied = Some(entry.log_id);
         match &entry.payload {
@@ -106,10 +132,8 @@ impl SmData {
             }
             EntryPayload::Normal(ClusterCommand::Noop) => {}
             EntryPayload::Normal(ClusterCommand::CommitSamples(b)) => {
-                let last = self.slots.get(&b.group).copied();
-                if last.is_none_or(|l| b.slot > l) {
-                    self.slots.insert(b.group.clone(), b.slot);
-                    samples.push(b.clone());
+                if self.committed_slot(&b.group).is_none_or(|l| b.slot > l) {
+                    self.pending.push(b.clone());
                 }
             }
             EntryPayload::Membership(m) => {
@@ -146,6 +170,11 @@ pub struct StateMachine {
     cluster_id: Arc<AtomicU64>,
     /// Where committed samples go (None: they are dropped, e.g. in cluster-only tests).
     sink: Arc<Mutex<Option<Arc<dyn SampleSink>>>>,
+    /// Serialises the writers of the persisted state (apply, snapshot install, the
+    /// retry of pending batches), so no older copy of the state overwrites a newer one.
+    io: Arc<tokio::sync::Mutex<()>>,
+    /// Consecutive failed attempts to store the pending batches (for the log).
+    failures: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -170,11 +199,20 @@ impl StateMachine {
             data.slots =
                 codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
         }
+        if let Some(bytes) = tree
+            .get(KEY_PENDING)
+            .map_err(|e| io_err(StorageIOError::read_state_machine, e))?
+        {
+            data.pending =
+                codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
+        }
         let (view_tx, _) = watch::channel(data.view());
         let cluster_id = Arc::new(AtomicU64::new(data.cluster_id.unwrap_or(0)));
         Ok(Self {
             cluster_id,
             sink: Arc::new(Mutex::new(None)),
+            io: Arc::new(tokio::sync::Mutex::new(())),
+            failures: Arc::new(AtomicU64::new(0)),
             tree,
             data: Arc::new(Mutex::new(data)),
             view_tx: Arc::new(view_tx),
@@ -186,9 +224,84 @@ impl StateMachine {
         *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = sink;
     }
 
-    /// The last committed slot of a global rule group.
+    /// The last slot of a global rule group applied here: its samples are durable in
+    /// the sink.
     pub fn last_slot(&self, group: &str) -> Option<i64> {
         self.lock().slots.get(group).copied()
+    }
+
+    /// The last slot of a global rule group committed through the log and seen here:
+    /// applied, or pending until the sink takes it. A batch for a slot at or before it
+    /// is ignored.
+    pub fn committed_slot(&self, group: &str) -> Option<i64> {
+        self.lock().committed_slot(group)
+    }
+
+    /// Committed batches not yet durable in the sink.
+    pub fn pending_batches(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Stores the pending batches now, if any (what every apply does first). Returns
+    /// whether none is left pending.
+    pub async fn retry_pending(&self) -> Result<bool, StorageError> {
+        let _io = self.io.lock().await;
+        if self.lock().pending.is_empty() {
+            return Ok(true);
+        }
+        if !self.store_pending().await {
+            return Ok(false);
+        }
+        let snapshot = self.state();
+        self.persist(&snapshot).await?;
+        Ok(snapshot.pending.is_empty())
+    }
+
+    /// Hands the pending batches to the sink (io lock held). On success they leave
+    /// `pending` and move their groups' slots; on failure every one of them stays
+    /// pending (the sink accepts the same samples again as a no-op). Returns whether
+    /// anything changed.
+    async fn store_pending(&self) -> bool {
+        let batches = self.lock().pending.clone();
+        if batches.is_empty() {
+            return false;
+        }
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let result = match sink {
+            // No sink: the samples are dropped (a cluster without a store).
+            None => Ok(()),
+            Some(sink) => {
+                let b = batches.clone();
+                match tokio::task::spawn_blocking(move || sink.append(&b)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("panicked: {e}")),
+                }
+            }
+        };
+        if let Err(e) = result {
+            let n = self.failures.fetch_add(1, Ordering::Relaxed);
+            if n == 0 {
+                tracing::warn!(error = %e, batches = batches.len(), "cannot store committed rule samples; retrying");
+            } else {
+                tracing::debug!(error = %e, attempts = n + 1, "cannot store committed rule samples");
+            }
+            return false;
+        }
+        let n = self.failures.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::info!(
+                attempts = n + 1,
+                "stored committed rule samples after retrying"
+            );
+        }
+        let mut data = self.lock();
+        // Only this function (under the io lock) removes from `pending`, and apply only
+        // pushes at its end: the first `batches.len()` are the ones stored.
+        for b in data.pending.drain(..batches.len()).collect::<Vec<_>>() {
+            let slot = data.slots.entry(b.group).or_insert(b.slot);
+            *slot = (*slot).max(b.slot);
+        }
+        true
     }
 
     /// A receiver of the membership view (current value immediately available).
@@ -217,9 +330,12 @@ impl StateMachine {
             codec::encode(data).map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
         let slots = codec::encode(&data.slots)
             .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
+        let pending = codec::encode(&data.pending)
+            .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
         let mut batch = sled::Batch::default();
         batch.insert(KEY_STATE, bytes);
         batch.insert(KEY_SLOTS, slots);
+        batch.insert(KEY_PENDING, pending);
         self.tree
             .apply_batch(batch)
             .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
@@ -303,26 +419,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut samples = Vec::new();
-        let (responses, snapshot) = {
+        let _io = self.io.lock().await;
+        let responses: Vec<ClusterResponse> = {
             let mut data = self.lock();
-            let responses: Vec<ClusterResponse> = entries
+            entries
                 .into_iter()
                 .map(|entry| ClusterResponse {
-                    changed: data.apply_entry(&entry, &mut samples),
+                    changed: data.apply_entry(&entry),
                 })
-                .collect();
-            (responses, data.clone())
+                .collect()
         };
-        // Samples are durable in the sink before the slots that skip them are.
-        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let (Some(sink), false) = (sink, samples.is_empty()) {
-            match tokio::task::spawn_blocking(move || sink.append(&samples)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot store committed samples"),
-                Err(e) => tracing::warn!(error = %e, "storing committed samples panicked"),
-            }
-        }
+        // Samples are durable in the sink before the slots that skip them are; what
+        // the sink refuses stays pending (persisted below) and is retried.
+        self.store_pending().await;
+        let snapshot = self.state();
         self.persist(&snapshot).await?;
         self.publish(&snapshot);
         Ok(responses)
@@ -341,12 +451,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let _io = self.io.lock().await;
         let bytes = snapshot.into_inner();
         let mut data: SmData = decode_payload(&bytes)
             .map_err(|e| io_err(|a| StorageIOError::read_snapshot(None, a), e))?;
         // The metadata is authoritative for what the snapshot covers.
         data.last_applied = meta.last_log_id;
         data.last_membership = meta.last_membership.clone();
+        // Batches still pending here stay so, unless the snapshot's slots pass them.
+        data.pending = self.lock().pending.clone();
+        data.pending
+            .retain(|b| data.slots.get(&b.group).is_none_or(|l| b.slot > *l));
         self.store_snapshot(&StoredSnapshot {
             meta: meta.clone(),
             data: bytes,
@@ -410,7 +525,7 @@ mod tests {
     }
 
     fn ap(sm: &mut SmData, e: Entry) -> bool {
-        sm.apply_entry(&e, &mut Vec::new())
+        sm.apply_entry(&e)
     }
 
     fn batch(group: &str, slot: i64, v: f64) -> EntryPayload<TypeConfig> {
@@ -480,6 +595,145 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(third.state().cluster_id, Some(7));
+    }
+
+    /// A store whose first `fail` commits fail (a full disk, a failed WAL write), behind
+    /// the sink the node uses ([`append_batches`]).
+    struct FlakyStore {
+        store: crate::storage::memory::MemStore,
+        fail: std::sync::atomic::AtomicUsize,
+    }
+
+    struct FlakyAppender(Box<dyn crate::storage::Appender>, bool);
+
+    impl crate::storage::Appender for FlakyAppender {
+        fn append(
+            &mut self,
+            labels: &crate::model::Labels,
+            t: i64,
+            v: f64,
+        ) -> Result<crate::storage::SeriesRef, crate::storage::AppendError> {
+            self.0.append(labels, t, v)
+        }
+        fn append_ref(
+            &mut self,
+            series: crate::storage::SeriesRef,
+            t: i64,
+            v: f64,
+        ) -> Result<(), crate::storage::AppendError> {
+            self.0.append_ref(series, t, v)
+        }
+        fn commit(
+            self: Box<Self>,
+        ) -> Result<crate::storage::CommitStats, crate::storage::StorageError> {
+            if self.1 {
+                self.0.rollback();
+                return Err(crate::storage::StorageError(
+                    "no space left on device".into(),
+                ));
+            }
+            self.0.commit()
+        }
+        fn rollback(self: Box<Self>) {
+            self.0.rollback()
+        }
+    }
+
+    impl crate::storage::Appendable for FlakyStore {
+        fn appender(&self) -> Box<dyn crate::storage::Appender> {
+            let fail = self
+                .fail
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            Box::new(FlakyAppender(self.store.appender(), fail))
+        }
+    }
+
+    impl SampleSink for FlakyStore {
+        fn append(&self, batches: &[SampleBatch]) -> Result<(), String> {
+            crate::cluster::append_batches(self, batches).map(|_| ())
+        }
+    }
+
+    /// `(t, v)` of every stored `job:x` sample.
+    fn stored(s: &crate::storage::memory::MemStore) -> Vec<(i64, f64)> {
+        use crate::storage::Queryable;
+        let hints = crate::storage::SelectHints {
+            start: i64::MIN,
+            end: i64::MAX,
+            ..Default::default()
+        };
+        let set = s
+            .select(&hints, &[crate::model::Matcher::equal("__name__", "job:x")])
+            .unwrap();
+        set.series
+            .iter()
+            .flat_map(|s| s.samples.iter().map(|x| (x.t, x.v)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn refused_samples_stay_pending_until_the_store_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db).unwrap();
+        let store = Arc::new(FlakyStore {
+            store: crate::storage::memory::MemStore::new(),
+            fail: 2.into(),
+        });
+        sm.set_sink(Some(store.clone()));
+        sm.apply([
+            entry(0, membership(&[7], &[])),
+            entry(1, batch("g", 1000, 1.0)),
+        ])
+        .await
+        .unwrap();
+        // The store refused the batch: not in storage, and its slot is not applied.
+        assert!(stored(&store.store).is_empty());
+        assert_eq!(sm.last_slot("g"), None);
+        assert_eq!(sm.committed_slot("g"), Some(1000));
+        assert_eq!(sm.pending_batches(), 1);
+        // The Raft entry is applied all the same (openraft stops on an apply error).
+        assert_eq!(
+            sm.applied_state().await.unwrap().0.map(|l| l.index),
+            Some(1)
+        );
+        // Another leader's evaluation of the same slot is still ignored; the retry in
+        // this apply fails again.
+        sm.apply([entry(2, batch("g", 1000, 2.0))]).await.unwrap();
+        assert!(stored(&store.store).is_empty());
+        assert_eq!((sm.last_slot("g"), sm.pending_batches()), (None, 1));
+
+        // The pending batch survives a restart of the node.
+        drop(sm);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
+        let sm = StateMachine::open(&db).unwrap();
+        sm.set_sink(Some(store.clone()));
+        assert_eq!((sm.last_slot("g"), sm.pending_batches()), (None, 1));
+        // The store works again: the retry (the handle's timer) stores the samples and
+        // only then records the slot.
+        assert!(sm.retry_pending().await.unwrap());
+        assert_eq!(stored(&store.store), vec![(1000, 1.0)]);
+        assert_eq!((sm.last_slot("g"), sm.pending_batches()), (Some(1000), 0));
+        drop(sm);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db).unwrap();
+        assert_eq!((sm.last_slot("g"), sm.pending_batches()), (Some(1000), 0));
+
+        // A later batch of a group queues behind its refused one, and both go in order
+        // at the next apply.
+        store.fail.store(1, Ordering::Relaxed);
+        sm.set_sink(Some(store.clone()));
+        sm.apply([entry(3, batch("g", 2000, 3.0))]).await.unwrap();
+        assert_eq!((sm.last_slot("g"), sm.pending_batches()), (Some(1000), 1));
+        sm.apply([entry(4, batch("g", 3000, 4.0))]).await.unwrap();
+        assert_eq!(
+            stored(&store.store),
+            vec![(1000, 1.0), (2000, 3.0), (3000, 4.0)]
+        );
+        assert_eq!((sm.last_slot("g"), sm.pending_batches()), (Some(3000), 0));
     }
 
     #[test]

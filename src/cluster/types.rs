@@ -61,6 +61,34 @@ pub trait SampleSink: Send + Sync {
     fn append(&self, batches: &[SampleBatch]) -> Result<(), String>;
 }
 
+/// Appends `batches` to `app`, one appender batch per [`SampleBatch`] (what a store's
+/// [`SampleSink`] does before it makes them durable). Returns the number of samples
+/// the store rejected (out of order, duplicates: writing them again changes nothing);
+/// a failure of the store itself is an error.
+pub fn append_batches(
+    app: &dyn crate::storage::Appendable,
+    batches: &[SampleBatch],
+) -> Result<usize, String> {
+    let mut rejected = 0;
+    for b in batches {
+        let series: Vec<(crate::model::Labels, f64)> = b
+            .series
+            .iter()
+            .map(|(pairs, bits)| {
+                let labels = crate::model::Labels::new(
+                    pairs
+                        .iter()
+                        .map(|(n, v)| crate::model::Label::new(n, v))
+                        .collect(),
+                );
+                (labels, f64::from_bits(*bits))
+            })
+            .collect();
+        rejected += crate::rules::write_samples(app, b.slot, &series)?;
+    }
+    Ok(rejected)
+}
+
 /// Reply to an applied [`ClusterCommand`] (and to blank / membership entries).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterResponse {

@@ -249,6 +249,8 @@ enum State {
 }
 
 const INVALID_UTF8: &str = "invalid UTF-8 in input";
+/// Prometheus's text for an invalid sequence inside a quoted label value.
+const INVALID_UTF8_LABEL_VALUE: &str = "invalid UTF-8 label value";
 
 /// A pull parser over one scrape body. See the module docs.
 pub struct Parser<'a> {
@@ -728,7 +730,7 @@ impl<'a> Parser<'a> {
             else {
                 self.pos = self.b.len();
                 return Err(if self.truncated {
-                    INVALID_UTF8.to_string()
+                    INVALID_UTF8_LABEL_VALUE.to_string()
                 } else {
                     "unterminated label value, got EOF".to_string()
                 });
@@ -745,7 +747,9 @@ impl<'a> Parser<'a> {
                         Some(b'\n') => {
                             return Err("unterminated label value, got LINEBREAK".to_string());
                         }
-                        None if self.truncated => return Err(INVALID_UTF8.to_string()),
+                        None if self.truncated => {
+                            return Err(INVALID_UTF8_LABEL_VALUE.to_string());
+                        }
                         None => return Err("unterminated label value, got EOF".to_string()),
                         Some(_) => self.pos += 2,
                     }
@@ -1598,6 +1602,9 @@ tabs\t\t7\t\t8";
 
     #[test]
     fn invalid_utf8_is_an_error_on_its_line() {
+        // Inside a label value the error is Prometheus's.
+        let mut p = Parser::new(b"m{a=\"\xff\"} 1\n", Format::PromText);
+        assert_eq!(p.next().unwrap_err().msg, "invalid UTF-8 label value");
         let cases: &[(&[u8], usize)] = &[
             (b"a 1\nm{a=\"\xff\"} 1\n", 2),
             (b"a 1\nb 2\n# HELP m \xc3\x28\n", 3),

@@ -3,9 +3,11 @@
 //! does (see `../shared/promql-tests/README.md`). Native-histogram and experimental
 //! cases are reported as skipped, never as passed or failed.
 //!
-//! Annotation texts and error messages are checked loosely: an `expect warn`/`info`
-//! needs at least one annotation of that kind, `no_warn`/`no_info` none, and
-//! `expect fail` only that the query failed.
+//! Annotation texts are checked loosely: an `expect warn`/`info` needs at least one
+//! annotation of that kind, `no_warn`/`no_info` none. `expect fail` needs the query to
+//! fail; with `msg:` (or `expected_fail_message`) the error text must equal the given
+//! one, with `regex:` (or `expected_fail_regexp`) the regex must match it, as
+//! upstream.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -259,6 +261,8 @@ struct EvalCase {
     range: Option<(i64, i64, i64)>,
     start: i64,
     fail: bool,
+    /// The error text an `expect fail` wants (`msg:`), or a regex it must match.
+    fail_text: Option<FailText>,
     ordered: bool,
     warn: Option<bool>,
     info: Option<bool>,
@@ -268,6 +272,36 @@ struct EvalCase {
     series: Vec<(Labels, Vec<Option<f64>>)>,
     /// Expects a native-histogram value (skipped).
     histogram: bool,
+}
+
+/// What the error of an `expect fail` must look like.
+#[derive(Debug, Clone)]
+enum FailText {
+    Msg(String),
+    Regex(Regex),
+}
+
+impl FailText {
+    fn parse(kind: &str, text: &str) -> Result<FailText, String> {
+        let text = text.trim();
+        match kind {
+            "msg" => Ok(FailText::Msg(text.to_string())),
+            _ => Regex::new(text)
+                .map(FailText::Regex)
+                .map_err(|e| format!("invalid regex {text:?}: {e}")),
+        }
+    }
+
+    fn check(&self, err: &str) -> Result<(), String> {
+        match self {
+            FailText::Msg(m) if m != err => Err(format!("expected error {m:?}, got {err:?}")),
+            FailText::Regex(r) if !r.is_match(err) => Err(format!(
+                "expected an error matching {:?}, got {err:?}",
+                r.as_str()
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `metric{...}@st <seq>` lines of `start_timestamps.test`.
@@ -386,7 +420,15 @@ fn parse_script(text: &str) -> Result<Vec<Cmd>, ParseErr> {
                 if let Some(c) = pat_expect.captures(l) {
                     match &c[1] {
                         "ordered" => case.ordered = true,
-                        "fail" => case.fail = true,
+                        "fail" => {
+                            case.fail = true;
+                            if let (Some(kind), Some(text)) = (c.get(2), c.get(3)) {
+                                case.fail_text = Some(
+                                    FailText::parse(kind.as_str(), text.as_str())
+                                        .map_err(|e| (i, e))?,
+                                );
+                            }
+                        }
                         "warn" => case.warn = Some(true),
                         "no_warn" => case.warn = Some(false),
                         "info" => case.info = Some(true),
@@ -406,7 +448,12 @@ fn parse_script(text: &str) -> Result<Vec<Cmd>, ParseErr> {
                     case.string = Some(unquote(rest.trim()).map_err(|e| (i, e))?);
                     continue;
                 }
-                if l.starts_with("expected_fail_message") || l.starts_with("expected_fail_regexp") {
+                if let Some(text) = l.strip_prefix("expected_fail_message") {
+                    case.fail_text = Some(FailText::Msg(text.trim().to_string()));
+                    continue;
+                }
+                if let Some(text) = l.strip_prefix("expected_fail_regexp") {
+                    case.fail_text = Some(FailText::parse("regex", text).map_err(|e| (i, e))?);
                     continue;
                 }
                 if let Some(v) = parse_number(l) {
@@ -824,7 +871,10 @@ fn check_result(
 ) -> Result<(), String> {
     if c.fail {
         return match res {
-            Err(_) => Ok(()),
+            Err(e) => match &c.fail_text {
+                Some(t) => t.check(&e.to_string()),
+                None => Ok(()),
+            },
             Ok(r) => Err(format!("expected error, got {}", describe(&r.value))),
         };
     }
@@ -1040,6 +1090,31 @@ mod tests {
     }
 
     #[test]
+    fn expect_fail_checks_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fail.test");
+        let case = |expect: &str| {
+            format!("load 1m\n  x 1\n\neval instant at 0m topk(NaN, x)\n  {expect}\n\n")
+        };
+        let script = [
+            // Prometheus's text, exactly or by regex: passes.
+            case("expect fail msg: Parameter value is NaN"),
+            case("expect fail regex: value is N.N$"),
+            case("expect fail"),
+            // Another text: fails.
+            case("expect fail msg: Parameter value is not NaN"),
+            case("expect fail msg: Parameter value"),
+            case("expect fail regex: ^Param$"),
+            "eval_fail instant at 0m topk(NaN, x)\n  expected_fail_message something else\n\n"
+                .into(),
+        ]
+        .concat();
+        std::fs::write(&path, script).unwrap();
+        let s = run_file(&path, &mut std::io::sink());
+        assert_eq!((s.passed, s.failed), (3, 4), "{s:?}");
+    }
+
+    #[test]
     fn almost_equal_rules() {
         assert!(almost_equal(f64::NAN, f64::NAN));
         assert!(!almost_equal(f64::NAN, stale_nan()));
@@ -1052,6 +1127,11 @@ mod tests {
         let dir = conformance_dir();
         let mut files = run_dir_files(&dir.join("experimental"));
         files.extend(run_dir_files(&dir.join("native-histograms")));
+        assert!(
+            !files.is_empty(),
+            "no scripts under {}/{{experimental,native-histograms}}",
+            dir.display()
+        );
         let mut out = Vec::new();
         let s = run_files(&files, &mut out);
         let text = String::from_utf8_lossy(&out);
@@ -1086,15 +1166,16 @@ mod tests {
     #[test]
     fn conformance_top_level_files_pass() {
         let dir = conformance_dir();
-        let dir = dir.as_path();
-        if !dir.is_dir() {
-            eprintln!(
-                "{} not found: skipping the PromQL conformance files",
-                dir.display()
-            );
-            return;
-        }
-        let files = run_dir_files(dir);
+        let files = run_dir_files(&dir);
+        // Missing scripts are a failure, never a silent pass.
+        assert!(
+            !files.is_empty(),
+            "the PromQL conformance scripts are missing from {} ({} found): put them \
+             there (the team's shared/promql-tests beside the checkout) or set \
+             SHOAL_PROMQL_TESTS",
+            dir.display(),
+            files.len()
+        );
         for f in &files {
             let s = run_file(f, &mut std::io::sink());
             eprintln!(

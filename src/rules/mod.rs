@@ -184,7 +184,7 @@ impl RuleManager {
                     let stale = o.stale_all();
                     let app = self.inner.appendable.clone();
                     let ts = now_ms();
-                    tokio::task::spawn_blocking(move || write_samples(app.as_ref(), ts, &stale));
+                    tokio::task::spawn_blocking(move || write_local(app.as_ref(), ts, &stale));
                 }
             }
         }
@@ -224,28 +224,45 @@ impl RuleManager {
             query_time: None,
         };
         let samples = g.evaluate(&env, ts);
-        write_samples(self.inner.appendable.as_ref(), ts, &samples);
+        write_local(self.inner.appendable.as_ref(), ts, &samples);
     }
 }
 
-/// Appends `samples` at `ts` in one batch; rejected samples (out of order, duplicates)
-/// are counted in the log, not fatal.
-pub fn write_samples(app: &dyn Appendable, ts: i64, samples: &[(Labels, f64)]) {
+/// Appends `samples` at `ts` in one batch. Samples the store rejects (out of order,
+/// duplicates, out of bounds) are counted in the returned number, not fatal: writing
+/// them again would not change that. A failure of the store itself (an append or the
+/// commit failing) is an error and nothing of the batch counts as written.
+pub fn write_samples(
+    app: &dyn Appendable,
+    ts: i64,
+    samples: &[(Labels, f64)],
+) -> Result<usize, String> {
     if samples.is_empty() {
-        return;
+        return Ok(0);
     }
     let mut a = app.appender();
     let mut rejected = 0usize;
     for (l, v) in samples {
-        if a.append(l, ts, *v).is_err() {
-            rejected += 1;
+        match a.append(l, ts, *v) {
+            Ok(_) => {}
+            Err(crate::storage::AppendError::Storage(e)) => {
+                a.rollback();
+                return Err(format!("storage: {e}"));
+            }
+            Err(_) => rejected += 1,
         }
     }
-    if rejected > 0 {
-        tracing::debug!(rejected, "rule samples rejected by the store");
-    }
-    if let Err(e) = a.commit() {
-        tracing::warn!(error = %e, "cannot write rule results");
+    a.commit().map_err(|e| e.to_string())?;
+    Ok(rejected)
+}
+
+/// [`write_samples`] for local rule results: failures are logged (the next evaluation
+/// writes the next slot).
+fn write_local(app: &dyn Appendable, ts: i64, samples: &[(Labels, f64)]) {
+    match write_samples(app, ts, samples) {
+        Ok(0) => {}
+        Ok(rejected) => tracing::debug!(rejected, "rule samples rejected by the store"),
+        Err(e) => tracing::warn!(error = %e, "cannot write rule results"),
     }
 }
 

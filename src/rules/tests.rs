@@ -186,6 +186,7 @@ fn alert_pending_firing_keep_firing_and_series() {
     );
     s.insert(&up, 6000, 1.0);
     let out = eval(&g, &s, 6000);
+    assert!(!out.is_empty(), "the resolved alert's series get markers");
     assert!(out.iter().all(|(_, v)| is_stale_nan(*v)), "{out:?}");
     assert_eq!(
         alert::rule_state(&g.state().rules[0]),

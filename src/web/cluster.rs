@@ -85,6 +85,7 @@ pub fn status_json(
         "commitIndex": st.commit_index,
         "appliedIndex": st.applied_index,
         "viewIndex": st.view_index,
+        "pendingRuleBatches": st.pending_rule_batches,
         "assignmentViewIndex": assignment.map(|a| a.view_index),
         "discoveredTargets": assignment.map(|a| a.discovered),
         "members": members,
@@ -220,6 +221,7 @@ mod tests {
             commit_index: Some(8),
             applied_index: Some(8),
             view_index: 5,
+            pending_rule_batches: 0,
             members: vec![crate::cluster::MemberStatus {
                 id: 18_446_744_073_709_551_557,
                 addr: "a:1".into(),

@@ -466,8 +466,8 @@ fn late_join_and_graceful_leaves_are_seen_everywhere() {
     let v = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
     assert!(members(&v).contains_key(&new_id));
 
-    // `shoal cluster status` prints the table; `remove` of a running learner-free
-    // cluster member works through any node (forwarded to the leader).
+    // `shoal cluster status` prints the table (header and one row per member).
+    // (`shoal cluster remove` is exercised by `remove_takes_a_dead_node_out`.)
     let out = shoal(&["cluster", "status", "--node", &c.nodes[0].addr()]);
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);

@@ -259,6 +259,7 @@ fn prometheus_federates_from_shoal_and_shoal_from_prometheus() {
     assert_eq!(shard["metric"]["shard"], node_id.as_str(), "{shard}");
     assert_eq!(shard["metric"]["via"], "shard", "{shard}");
     let up = prom.query("up{job=~\"federate.*\"}");
+    assert_eq!(up.len(), 2, "both federation jobs: {up:?}");
     assert!(up.iter().all(|s| s["value"][1] == "1"), "{up:?}");
 
     // shoal federates Prometheus's own scrape of the target (job "own").

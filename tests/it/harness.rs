@@ -307,6 +307,22 @@ impl Node {
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Instant query at the fixed time `t` (seconds since the epoch); returns the
+    /// `data.result` array.
+    pub fn query_at(&self, q: &str, t: f64) -> Vec<serde_json::Value> {
+        let v = self.get_json(&format!("/api/v1/query?query={}&time={t:.3}", urlencode(q)));
+        assert_eq!(v["status"], "success", "query {q} at {t}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The value of the first sample of `/metrics` whose line starts with `prefix`.
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let (_, body) = http_get(&self.url("/metrics")).ok()?;
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
     /// Instant query at "now" over this node's own data only (`local=1`, no cluster
     /// fan-out); returns the `data.result` array.
     pub fn query_local(&self, q: &str) -> Vec<serde_json::Value> {

@@ -42,14 +42,21 @@ fn samples(node: &Node, start: f64, end: f64) -> Vec<(f64, f64)> {
         .unwrap_or_default()
 }
 
+/// Raw samples of `demo_counter` in the hour up to `t` (an instant query at `t`).
+fn raw_count(node: &Node, t: f64) -> f64 {
+    node.query_at("count_over_time(demo_counter[1h])", t)
+        .first()
+        .map(value_of)
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn kill_9_loses_at_most_the_last_seconds_and_restart_recovers() {
     let dir = tempdir();
     let t = TargetServer::start();
     t.set("/metrics", Reply::text("demo_counter 1\n"));
     let mut node = Node::start(dir.path(), &one_job(&t.target()), &[]);
-    let start = now_s();
-    // Let it scrape a while, then note how many raw samples it reports.
+    // Let it scrape a while.
     wait_for("10 s of samples", Duration::from_secs(60), || {
         let r = node.query("count_over_time(demo_counter[1h])");
         match r.first() {
@@ -57,9 +64,25 @@ fn kill_9_loses_at_most_the_last_seconds_and_restart_recovers() {
             other => Err(format!("{other:?}")),
         }
     });
-    let before = node.query("count_over_time(demo_counter[1h])");
-    let n_before = value_of(&before[0]);
+    // What the node acknowledged at a fixed instant: its raw samples up to `acked_at`
+    // (every one visible to a query, so committed).
+    let acked_at = now_s();
+    let n_acked = raw_count(&node, acked_at);
+    // The WAL is written every flush interval (1 s): kill once it has been written
+    // since, so that the kill lands at most one flush interval after `acked_at`
+    // (kill -9 keeps what reached the file; the loss allowed is what came later).
+    let wal = "shoal_tsdb_wal_written_bytes_total ";
+    let written = node.metric(wal).expect("WAL bytes metric");
+    wait_for(
+        "a WAL write after the count",
+        Duration::from_secs(30),
+        || match node.metric(wal) {
+            Some(w) if w > written => Ok(()),
+            other => Err(format!("{other:?} <= {written}")),
+        },
+    );
     let killed_at = now_s();
+    let n_killed = raw_count(&node, killed_at);
     node.kill9();
 
     let port = free_port();
@@ -70,12 +93,18 @@ fn kill_9_loses_at_most_the_last_seconds_and_restart_recovers() {
         port,
         &[],
     );
-    // Everything acknowledged more than ~1 s before the kill is back.
-    let pts = samples(&node, start - 60.0, killed_at);
-    let recovered_before = pts.iter().filter(|(ts, _)| *ts <= killed_at - 2.0).count();
+    // Every raw sample acknowledged before the last WAL write is back (none more).
+    assert_eq!(
+        raw_count(&node, acked_at),
+        n_acked,
+        "raw samples up to {acked_at} after the restart (before the kill: {n_acked})"
+    );
+    // At the kill instant, at most the samples of the last flush interval are missing
+    // (scrape interval 1 s: two, allowing for the phase of the flush).
+    let n = raw_count(&node, killed_at);
     assert!(
-        recovered_before as f64 >= n_before - 3.0,
-        "recovered {recovered_before} samples older than kill-2s, had {n_before} before the kill"
+        n >= n_killed - 2.0 && n <= n_killed + 1.0,
+        "raw samples up to the kill after the restart: {n}, before the kill: {n_killed}"
     );
     // And it goes on scraping into the same series.
     wait_for("new samples after restart", Duration::from_secs(30), || {
@@ -152,7 +181,10 @@ fn sigterm_stops_cleanly_and_data_survives() {
             other => Err(format!("{other:?}")),
         }
     });
-    let n = value_of(&node.query("count_over_time(demo_counter[1h])")[0]);
+    // Raw samples up to a fixed instant: the windows checked after the restart end
+    // before it, so the restarted node's own scrapes cannot make up for a loss.
+    let at = now_s();
+    let n = raw_count(&node, at);
     let st = node.terminate();
     assert!(st.success(), "exit status {st}");
     let node = Node::start_with(
@@ -162,8 +194,11 @@ fn sigterm_stops_cleanly_and_data_survives() {
         free_port(),
         &[],
     );
-    let r = node.query("count_over_time(demo_counter[1h])");
-    assert!(value_of(&r[0]) >= n, "all samples kept after a clean stop");
+    assert_eq!(
+        raw_count(&node, at),
+        n,
+        "all samples up to {at} kept after a clean stop"
+    );
 }
 
 #[test]

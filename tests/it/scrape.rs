@@ -184,14 +184,16 @@ fn bad_targets_fail_alone_with_prometheus_errors() {
             "e500",
             "server returned HTTP status 500 Internal Server Error",
         ),
-        ("malformed", ""),
-        ("utf8", ""),
+        ("malformed", "expected label name, got \"10\""),
+        ("utf8", "invalid UTF-8 label value"),
         ("slow", "context deadline exceeded"),
         ("big", "body size limit exceeded"),
         ("many", "sample limit exceeded"),
         ("labels", "label_limit exceeded"),
     ];
     for (job, err) in expect {
+        // `contains("")` would accept any text: every entry names its real message.
+        assert!(!err.is_empty(), "{job}: no expected message");
         let tg = wait_for(
             &format!("{job} to be down"),
             Duration::from_secs(30),
