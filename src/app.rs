@@ -847,6 +847,11 @@ impl prometheus_client::collector::Collector for TsdbCollector {
                 s.appends_refused_total,
             ),
             (
+                "tsdb_background_panics",
+                "Panics caught in the TSDB's flush and maintenance loop (restarted)",
+                s.background_panics_total,
+            ),
+            (
                 "tsdb_maintenance_runs",
                 "TSDB maintenance passes (sealing, WAL truncation, retention)",
                 s.maintenance_runs_total,

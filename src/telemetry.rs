@@ -73,6 +73,7 @@ pub struct Metrics {
     pub targets_gained_total: Counter,
     pub targets_lost_total: Counter,
     pub targets_handed_off_total: Counter,
+    pub scrape_actor_restarts_total: Counter,
     pub config_reloads_total: Counter,
     pub config_reload_failures_total: Counter,
     pub config_last_reload_successful: Gauge,
@@ -104,6 +105,7 @@ impl Metrics {
             targets_gained_total: Counter::default(),
             targets_lost_total: Counter::default(),
             targets_handed_off_total: Counter::default(),
+            scrape_actor_restarts_total: Counter::default(),
             config_reloads_total: Counter::default(),
             config_reload_failures_total: Counter::default(),
             config_last_reload_successful: Gauge::default(),
@@ -156,6 +158,11 @@ impl Metrics {
             "scrape_targets_handed_off",
             "Moved targets this node kept scraping until the new owner had scraped them",
             m.targets_handed_off_total.clone(),
+        );
+        registry.register(
+            "scrape_actor_restarts",
+            "Scrape actors that died (a panic) and were started again by the scrape manager",
+            m.scrape_actor_restarts_total.clone(),
         );
         registry.register(
             "config_reloads",

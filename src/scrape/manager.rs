@@ -347,6 +347,33 @@ impl ScrapeManager {
         self.publish();
     }
 
+    /// Starts again every scrape actor that died without being stopped (a panic in its
+    /// scrape): a target is never silently left unscraped.
+    fn revive_dead(&mut self) {
+        let dead: Vec<(String, u64)> = self
+            .running
+            .iter()
+            .filter(|(_, r)| !r.addr.connected())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in dead {
+            let Some(r) = self.running.get_mut(&k) else {
+                continue;
+            };
+            tracing::error!(job = %k.0, target = %r.active.target.url(), "scrape actor died; starting it again");
+            self.metrics.scrape_actor_restarts_total.inc();
+            r.addr = ScrapeActor::new(
+                r.active.target.clone(),
+                r.cfg.clone(),
+                self.client.clone(),
+                self.storage.clone(),
+                r.active.status.clone(),
+                self.metrics.clone(),
+            )
+            .start();
+        }
+    }
+
     /// Stops the scrape actor of `k` (when running).
     fn stop(&mut self, k: &(String, u64), stale: bool, ctx: &mut Context<Self>) {
         if let Some(r) = self.running.remove(k) {
@@ -440,8 +467,15 @@ impl ScrapeManager {
     }
 }
 
+/// How often the manager looks for scrape actors that died.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+
 impl Actor for ScrapeManager {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(SUPERVISE_EVERY, |act, _| act.revive_dead());
+    }
 }
 
 /// A new configuration (reload).
@@ -597,6 +631,63 @@ mod tests {
             index,
             members: ids.iter().map(|&i| (i, "127.0.0.1:1".to_owned())).collect(),
         })
+    }
+
+    /// Stops every scrape actor behind the manager's back: what a panic in a scrape does.
+    #[derive(Message)]
+    #[rtype(result = "usize")]
+    struct KillActors;
+
+    impl Handler<KillActors> for ScrapeManager {
+        type Result = usize;
+        fn handle(&mut self, _: KillActors, _: &mut Context<Self>) -> usize {
+            for r in self.running.values() {
+                r.addr.do_send(StopScrape { stale: false });
+            }
+            self.running.len()
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "usize")]
+    struct Alive;
+
+    impl Handler<Alive> for ScrapeManager {
+        type Result = usize;
+        fn handle(&mut self, _: Alive, _: &mut Context<Self>) -> usize {
+            self.running.values().filter(|r| r.addr.connected()).count()
+        }
+    }
+
+    #[actix_web::test]
+    async fn dead_scrape_actors_are_started_again() {
+        let (cfg, groups) = setup();
+        let metrics = Metrics::new();
+        let mgr = ScrapeManager::new(
+            Arc::new(crate::storage::memory::MemStore::new()),
+            metrics.clone(),
+            cfg.clone(),
+            1,
+        )
+        .start();
+        mgr.send(ApplyConfig(cfg)).await.unwrap();
+        mgr.send(ApplyTargetGroups(groups)).await.unwrap();
+        mgr.send(membership(1, 5, &[1])).await.unwrap();
+        let n = mgr.send(KillActors).await.unwrap();
+        assert_eq!(n, 30);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alive = mgr.send(Alive).await.unwrap();
+            if alive == n && metrics.scrape_actor_restarts_total.get() == n as u64 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{alive} of {n} alive, {} restarts",
+                metrics.scrape_actor_restarts_total.get()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn keys(s: &TargetsSnapshot, handing_off: bool) -> BTreeSet<u64> {

@@ -23,7 +23,9 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use sled::Tree;
 
@@ -38,10 +40,6 @@ pub const FORMAT_V3: u8 = 3;
 
 pub(crate) fn sled_err(what: &str, e: sled::Error) -> StorageError {
     StorageError(format!("tsdb: {what}: {e}"))
-}
-
-fn poisoned<T>(_: T) -> StorageError {
-    StorageError("tsdb: index lock poisoned".into())
 }
 
 /// name symbol → value symbol → sorted series ids.
@@ -324,8 +322,8 @@ impl Index {
     /// Adds a new series in memory and queues it for [`Index::flush_pending`]. Ids
     /// must be added in increasing order.
     pub fn add_series(&self, id: u64, labels: &Labels) -> Result<(), StorageError> {
-        let mut st = self.st.write().map_err(poisoned)?;
-        let mut p = self.pending.lock().map_err(poisoned)?;
+        let mut st = self.st.write();
+        let mut p = self.pending.lock();
         let mut pairs = Vec::with_capacity(labels.len() * 2);
         for l in labels {
             for s in [&l.name, &l.value] {
@@ -354,7 +352,7 @@ impl Index {
     /// Writes the queued symbols and series as one sled value (not fsynced). Returns
     /// whether there was anything to write.
     pub fn flush_pending(&self) -> Result<bool, StorageError> {
-        let mut p = self.pending.lock().map_err(poisoned)?;
+        let mut p = self.pending.lock();
         if p.nseries == 0 && p.nsyms == 0 {
             return Ok(false);
         }
@@ -379,7 +377,7 @@ impl Index {
 
     /// Whether series `id` has exactly these labels.
     pub fn has_labels(&self, id: u64, labels: &Labels) -> Result<bool, StorageError> {
-        let st = self.st.read().map_err(poisoned)?;
+        let st = self.st.read();
         let pairs = st.pairs(id);
         Ok(pairs.len() == labels.len() * 2
             && pairs
@@ -389,14 +387,14 @@ impl Index {
     }
 
     pub fn labels(&self, id: u64) -> Result<Option<Labels>, StorageError> {
-        let st = self.st.read().map_err(poisoned)?;
+        let st = self.st.read();
         let pairs = st.pairs(id);
         Ok((!pairs.is_empty()).then(|| st.labels(pairs)))
     }
 
     /// Every series id (ascending).
     pub fn all_ids(&self) -> Result<Vec<u64>, StorageError> {
-        let st = self.st.read().map_err(poisoned)?;
+        let st = self.st.read();
         Ok((1..st.offs.len() as u64)
             .filter(|&id| !st.pairs(id).is_empty())
             .collect())
@@ -410,7 +408,7 @@ impl Index {
         ids: &[u64],
         matchers: &[Matcher],
     ) -> Result<Vec<(usize, u64)>, StorageError> {
-        let st = self.st.read().map_err(poisoned)?;
+        let st = self.st.read();
         let mut buf = Vec::with_capacity(256);
         Ok(filter(&st, ids, matchers)
             .into_iter()
@@ -434,8 +432,8 @@ impl Index {
         ids: &[u64],
         matchers: &[Matcher],
     ) -> Result<Vec<(usize, Labels)>, StorageError> {
-        let ranks = self.st.write().map_err(poisoned)?.ranks();
-        let st = self.st.read().map_err(poisoned)?;
+        let ranks = self.st.write().ranks();
+        let st = self.st.read();
         let mut keep = filter(&st, ids, matchers);
         let rank = |s: u32| ranks.get(s as usize).copied().unwrap_or(u32::MAX);
         let full = |a: &(usize, &[u32]), b: &(usize, &[u32])| {
@@ -507,7 +505,7 @@ impl Index {
 
     /// Sorted ids of series with `name="value"`.
     pub fn postings(&self, name: &str, value: &str) -> Result<Vec<u64>, StorageError> {
-        let st = self.st.read().map_err(poisoned)?;
+        let st = self.st.read();
         let (Some(&n), Some(&v)) = (st.sym_ids.get(name), st.sym_ids.get(value)) else {
             return Ok(Vec::new());
         };
@@ -521,7 +519,7 @@ impl Index {
 
     /// Sorted distinct values of label `name`.
     pub fn label_values(&self, name: &str) -> Result<Vec<String>, StorageError> {
-        let st = self.st.read().map_err(poisoned)?;
+        let st = self.st.read();
         let Some(&n) = st.sym_ids.get(name) else {
             return Ok(Vec::new());
         };
@@ -538,7 +536,7 @@ impl Index {
 
     /// Sorted distinct label names.
     pub fn label_names(&self) -> Result<Vec<String>, StorageError> {
-        let st = self.st.read().map_err(poisoned)?;
+        let st = self.st.read();
         let mut out: Vec<String> = st
             .postings
             .keys()
@@ -550,7 +548,7 @@ impl Index {
 
     /// Estimated bytes held by the index in memory.
     pub fn bytes(&self) -> u64 {
-        let Ok(st) = self.st.read() else { return 0 };
+        let st = self.st.read();
         let syms: usize = st.syms.iter().map(|s| s.len() + 16 + 48).sum();
         let postings: usize = st
             .postings
@@ -563,7 +561,7 @@ impl Index {
     /// Sorted candidate ids for `matchers`, or `None` when no matcher narrows them (all
     /// series are candidates). The caller still checks labels against all matchers.
     pub fn candidates(&self, matchers: &[Matcher]) -> Result<Option<Vec<u64>>, StorageError> {
-        let st = self.st.read().map_err(poisoned)?;
+        let st = self.st.read();
         let mut result: Option<Vec<u32>> = None;
         // Equality matchers first: they are the cheapest and most selective.
         let mut order: Vec<&Matcher> = matchers.iter().filter(|m| !m.matches_empty()).collect();

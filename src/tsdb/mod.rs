@@ -52,7 +52,11 @@ pub mod wal;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
+
+// Locks that do not poison: a panic while one is held (a bug) must not turn every later
+// append and query into an error while the node still answers ready.
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -137,6 +141,8 @@ pub struct TsdbStats {
     pub write_failures_total: u64,
     /// Samples refused because the TSDB could not write.
     pub appends_refused_total: u64,
+    /// Panics caught in the background flush/maintenance loop (which goes on).
+    pub background_panics_total: u64,
     /// Chunks sealed out of the head that sled does not hold yet (kept in memory and
     /// retried; the WAL keeps their samples meanwhile).
     pub chunks_pending_write: u64,
@@ -166,6 +172,7 @@ struct Counters {
     maintenance_runs: AtomicU64,
     write_failures: AtomicU64,
     refused: AtomicU64,
+    background_panics: AtomicU64,
 }
 
 struct WalBuf {
@@ -219,10 +226,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Tsdb {
     inner: Arc<Inner>,
-}
-
-fn lock_err<T>(_: T) -> StorageError {
-    StorageError("tsdb: a lock was poisoned by a panicking thread".into())
 }
 
 fn wal_key(seg: u32, seq: u32) -> [u8; 8] {
@@ -308,7 +311,7 @@ impl Tsdb {
         });
         let next_seg = inner.replay()?;
         inner.seg.store(next_seg, Relaxed);
-        inner.wal.lock().map_err(lock_err)?.seg = next_seg;
+        inner.wal.lock().seg = next_seg;
 
         let weak = Arc::downgrade(&inner);
         let signal = inner.signal.clone();
@@ -320,15 +323,16 @@ impl Tsdb {
             .name("tsdb-flush".into())
             .spawn(move || background(weak, signal, flush, maint))
             .map_err(|e| StorageError(format!("tsdb: spawn flush thread: {e}")))?;
-        *inner.thread.lock().map_err(lock_err)? = Some(handle);
+        *inner.thread.lock() = Some(handle);
         Ok(Tsdb { inner })
     }
 
     /// Counters, head size and disk size.
     pub fn stats(&self) -> TsdbStats {
         let c = &self.inner.counters;
-        let (head_series, head_chunks, head_bytes) = match self.inner.head.read() {
-            Ok(h) => (
+        let (head_series, head_chunks, head_bytes) = {
+            let h = self.inner.head.read();
+            (
                 h.num_series as u64,
                 h.series
                     .iter()
@@ -336,8 +340,7 @@ impl Tsdb {
                     .filter(|s| s.open_samples() > 0)
                     .count() as u64,
                 h.bytes(),
-            ),
-            Err(_) => (0, 0, 0),
+            )
         };
         TsdbStats {
             samples_appended_total: c.appended.load(Relaxed),
@@ -360,13 +363,16 @@ impl Tsdb {
             maintenance_runs_total: c.maintenance_runs.load(Relaxed),
             write_failures_total: c.write_failures.load(Relaxed),
             appends_refused_total: c.refused.load(Relaxed),
+            background_panics_total: c.background_panics.load(Relaxed),
             chunks_pending_write: self
                 .inner
                 .pending_chunks
                 .lock()
-                .map_or(0, |p| p.values().map(|v| v.len() as u64).sum()),
+                .values()
+                .map(|v| v.len() as u64)
+                .sum(),
             disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0)
-                + self.inner.wal.lock().map_or(0, |w| w.files.size()),
+                + self.inner.wal.lock().files.size(),
             head_bytes,
         }
     }
@@ -396,7 +402,7 @@ impl Tsdb {
     pub fn close(&self) -> Result<(), StorageError> {
         self.inner.closed.store(true, Relaxed);
         self.inner.stop_background();
-        let handle = self.inner.thread.lock().map_err(lock_err)?.take();
+        let handle = self.inner.thread.lock().take();
         if let Some(h) = handle
             && h.thread().id() != std::thread::current().id()
             && h.join().is_err()
@@ -439,23 +445,38 @@ fn background(weak: Weak<Inner>, signal: Arc<Signal>, flush: Duration, maint: Du
     let mut last_maint = Instant::now();
     loop {
         {
-            let Ok(stop) = signal.stop.lock() else { return };
-            let Ok((stop, _)) = signal.cv.wait_timeout_while(stop, flush, |s| !*s) else {
-                return;
-            };
+            let mut stop = signal.stop.lock();
+            if !*stop {
+                signal.cv.wait_for(&mut stop, flush);
+            }
             if *stop {
                 return;
             }
         }
         let Some(inner) = weak.upgrade() else { return };
-        if let Err(e) = inner.flush_wal() {
-            tracing::error!(error = %e, "tsdb WAL flush failed");
-        }
-        if last_maint.elapsed() >= maint {
-            last_maint = Instant::now();
-            if let Err(e) = inner.maintain(false) {
-                tracing::error!(error = %e, "tsdb maintenance failed");
+        // Supervised: a panic (a bug) is logged, counted and makes the TSDB unwritable
+        // until a later flush succeeds; the loop goes on instead of dying silently.
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Err(e) = inner.flush_wal() {
+                tracing::error!(error = %e, "tsdb WAL flush failed");
             }
+            if last_maint.elapsed() >= maint {
+                last_maint = Instant::now();
+                if let Err(e) = inner.maintain(false) {
+                    tracing::error!(error = %e, "tsdb maintenance failed");
+                }
+            }
+        }));
+        if let Err(panic) = pass {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            inner.counters.background_panics.fetch_add(1, Relaxed);
+            inner.set_unwritable(&StorageError(format!(
+                "tsdb: the flush thread panicked: {msg}"
+            )));
         }
     }
 }
@@ -535,9 +556,7 @@ struct HeadSnap {
 
 impl Inner {
     fn stop_background(&self) {
-        if let Ok(mut s) = self.signal.stop.lock() {
-            *s = true;
-        }
+        *self.signal.stop.lock() = true;
         self.signal.cv.notify_all();
     }
 
@@ -545,7 +564,7 @@ impl Inner {
     /// files. Returns the segment number to write next (a new one: a torn tail is never
     /// appended to).
     fn replay(&self) -> Result<u32, StorageError> {
-        let mut head = self.head.write().map_err(lock_err)?;
+        let mut head = self.head.write();
         let mut rp = Replay {
             block_range: self.block_range,
             future_limit: future_limit(&self.opts),
@@ -565,7 +584,7 @@ impl Inner {
             rp.value(&mut head, seg, &v);
             last_seg = last_seg.max(Some(seg));
         }
-        let w = self.wal.lock().map_err(lock_err)?;
+        let w = self.wal.lock();
         let io_err = |e: std::io::Error| StorageError(format!("tsdb: read WAL: {e}"));
         for seg in w.files.list().map_err(io_err)? {
             let stop = w
@@ -595,7 +614,7 @@ impl Inner {
         let res = self.write_sealed_to_sled(&sealed);
         if res.is_err() {
             self.counters.write_failures.fetch_add(1, Relaxed);
-            let mut p = self.pending_chunks.lock().map_err(lock_err)?;
+            let mut p = self.pending_chunks.lock();
             for c in sealed {
                 p.entry(c.id).or_default().push(c);
             }
@@ -607,7 +626,7 @@ impl Inner {
     /// Writes the chunks that a failed write left in memory; Ok when none is left.
     fn retry_pending_chunks(&self) -> Result<(), StorageError> {
         let pending: Vec<SealedChunk> = {
-            let p = self.pending_chunks.lock().map_err(lock_err)?;
+            let p = self.pending_chunks.lock();
             if p.is_empty() {
                 return Ok(());
             }
@@ -616,7 +635,7 @@ impl Inner {
         };
         match self.write_sealed_to_sled(&pending) {
             Ok(()) => {
-                let mut p = self.pending_chunks.lock().map_err(lock_err)?;
+                let mut p = self.pending_chunks.lock();
                 for c in &pending {
                     if let Some(v) = p.get_mut(&c.id) {
                         v.retain(|x| x.min_t != c.min_t);
@@ -668,9 +687,7 @@ impl Inner {
         match self.flush_all() {
             Ok(()) => {
                 if self.unwritable_flag.load(Relaxed) {
-                    if let Ok(mut u) = self.unwritable.lock()
-                        && let Some(why) = u.take()
-                    {
+                    if let Some(why) = self.unwritable.lock().take() {
                         tracing::warn!(was = %why, "tsdb: writes succeed again; taking samples again");
                     }
                     self.unwritable_flag.store(false, Relaxed);
@@ -685,12 +702,11 @@ impl Inner {
     }
 
     fn set_unwritable(&self, e: &StorageError) {
-        if let Ok(mut u) = self.unwritable.lock() {
-            if u.is_none() {
-                tracing::error!(error = %e, "tsdb: a write to disk failed; refusing samples until writes succeed again");
-            }
-            *u = Some(e.0.clone());
+        let mut u = self.unwritable.lock();
+        if u.is_none() {
+            tracing::error!(error = %e, "tsdb: a write to disk failed; refusing samples until writes succeed again");
         }
+        *u = Some(e.0.clone());
         self.unwritable_flag.store(true, Relaxed);
     }
 
@@ -701,7 +717,7 @@ impl Inner {
         };
         self.retry_pending_chunks()?;
         let sync = {
-            let mut w = self.wal.lock().map_err(lock_err)?;
+            let mut w = self.wal.lock();
             // Series reach sled, durably, before the records that refer to them (both
             // under the wal lock, so no record can overtake its series).
             if self.index.flush_pending().map_err(fail)? {
@@ -718,11 +734,7 @@ impl Inner {
         };
         if let Some((f, seg, len)) = sync {
             let res = f.sync_data();
-            self.wal
-                .lock()
-                .map_err(lock_err)?
-                .files
-                .synced(seg, len, res.is_ok());
+            self.wal.lock().files.synced(seg, len, res.is_ok());
             res.map_err(|e| fail(StorageError(format!("tsdb: fsync WAL: {e}"))))?;
         }
         self.db.flush().map_err(|e| fail(sled_err("flush", e)))?;
@@ -753,7 +765,7 @@ impl Inner {
         let r = self.block_range;
         // 1. Seal open chunks whose block can no longer receive samples.
         {
-            let mut head = self.head.write().map_err(lock_err)?;
+            let mut head = self.head.write();
             let min_valid = head.min_valid_time(r);
             let mut sealed = Vec::new();
             for (id, s) in head.series.iter_mut().enumerate() {
@@ -769,7 +781,7 @@ impl Inner {
                 self.set_unwritable(&e);
             }
             // 2. Start a new segment when due.
-            let mut w = self.wal.lock().map_err(lock_err)?;
+            let mut w = self.wal.lock();
             if force_roll || w.last_roll.elapsed() >= self.opts.wal_segment_interval {
                 self.write_wal_buf(&mut w)?;
                 w.seg = w.seg.wrapping_add(1);
@@ -781,8 +793,8 @@ impl Inner {
         // 3. Truncate segments that no open chunk needs, nor a sealed chunk sled does
         // not hold yet.
         let keep_from = {
-            let head = self.head.read().map_err(lock_err)?;
-            let pending = self.pending_chunks.lock().map_err(lock_err)?;
+            let head = self.head.read();
+            let pending = self.pending_chunks.lock();
             head.series
                 .iter()
                 .flatten()
@@ -808,7 +820,6 @@ impl Inner {
         let removed = self
             .wal
             .lock()
-            .map_err(lock_err)?
             .files
             .remove_before(keep_from)
             .map_err(|e| StorageError(format!("tsdb: truncate WAL: {e}")))?;
@@ -844,12 +855,12 @@ impl Inner {
         let hash = labels.stable_hash();
         let storage = |e: StorageError| AppendError::Storage(e.0);
         {
-            let head = self.head.read().map_err(|e| storage(lock_err(e)))?;
+            let head = self.head.read();
             if let Some(id) = self.find(&head, hash, labels).map_err(storage)? {
                 return Ok((id, false));
             }
         }
-        let mut head = self.head.write().map_err(|e| storage(lock_err(e)))?;
+        let mut head = self.head.write();
         if let Some(id) = self.find(&head, hash, labels).map_err(storage)? {
             return Ok((id, false));
         }
@@ -879,7 +890,7 @@ impl Inner {
         let mut rb = RecordBuilder::new(shared_t, samples.len());
         let mut sealed = Vec::new();
         let (mut ooo, mut dup, mut oob, mut accepted) = (0u64, 0u64, 0u64, 0u64);
-        let mut head = self.head.write().map_err(lock_err)?;
+        let mut head = self.head.write();
         let seg = self.seg.load(Relaxed);
         let min_valid = head.min_valid_time(self.block_range);
         let mut max_t = head.max_t;
@@ -902,7 +913,7 @@ impl Inner {
         }
         head.max_t = max_t;
         if !rb.is_empty() {
-            let mut w = self.wal.lock().map_err(lock_err)?;
+            let mut w = self.wal.lock();
             rb.finish_into(&mut w.buf);
             self.counters.wal_records.fetch_add(1, Relaxed);
         }
@@ -929,7 +940,7 @@ impl Inner {
         end: i64,
         with_chunks: bool,
     ) -> Result<Vec<HeadSnap>, StorageError> {
-        let head = self.head.read().map_err(lock_err)?;
+        let head = self.head.read();
         let cutoff = self.retention_from.load(Relaxed);
         let ids: Vec<u64> = match cands {
             Some(ids) => ids,
@@ -999,7 +1010,7 @@ impl Inner {
         if !self.has_pending.load(Relaxed) {
             return Ok(());
         }
-        let p = self.pending_chunks.lock().map_err(lock_err)?;
+        let p = self.pending_chunks.lock();
         let Some(chunks) = p.get(&id) else {
             return Ok(());
         };
@@ -1214,10 +1225,7 @@ impl Writable for Inner {
         if !self.unwritable_flag.load(Relaxed) {
             return Ok(());
         }
-        match self.unwritable.lock() {
-            Ok(u) => u.clone().map_or(Ok(()), Err),
-            Err(_) => Err("tsdb: a lock was poisoned".into()),
-        }
+        self.unwritable.lock().clone().map_or(Ok(()), Err)
     }
 }
 
@@ -1297,11 +1305,7 @@ impl TsdbAppender {
     fn check(&mut self, id: u64, t: i64, v: f64) -> Result<bool, AppendError> {
         let c = &self.inner.counters;
         let (last_t, last_v, min_valid) = {
-            let head = self
-                .inner
-                .head
-                .read()
-                .map_err(|e| AppendError::Storage(lock_err(e).0))?;
+            let head = self.inner.head.read();
             let Some(ms) = head.get(id) else {
                 return Err(AppendError::UnknownRef(id));
             };

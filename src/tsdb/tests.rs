@@ -748,3 +748,31 @@ fn retention_follows_the_clock() {
     db.maintain().unwrap();
     assert_eq!(n(&db), 0);
 }
+
+#[test]
+fn a_panic_while_a_lock_is_held_poisons_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let l = lbl("p", &[]);
+    append_all(&db, &l, [(1000, 1.0)]);
+    for which in 0..3 {
+        let inner = db.inner.clone();
+        let res = std::thread::spawn(move || {
+            let _guards = match which {
+                0 => (Some(inner.head.write()), None, None),
+                1 => (None, Some(inner.wal.lock()), None),
+                _ => (None, None, Some(inner.pending_chunks.lock())),
+            };
+            panic!("a bug while holding lock {which}");
+        })
+        .join();
+        assert!(res.is_err());
+    }
+    append_all(&db, &l, [(2000, 2.0)]);
+    db.flush().unwrap();
+    let got = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "p")])
+        .unwrap();
+    assert_eq!(ts(&got)[0], vec![(1000, 1.0), (2000, 2.0)]);
+    assert!(db.writable().is_ok());
+}
