@@ -176,8 +176,9 @@ fn eval_error(e: EvalError) -> ApiError {
         }
         EvalError::Parse(m) | EvalError::BadData(m) => ApiError::bad_data(m),
         EvalError::Execution(m) => ApiError::new(ErrorType::Execution, m),
-        EvalError::Timeout(m) => ApiError::new(ErrorType::Timeout, m),
-        EvalError::Canceled(m) => ApiError::new(ErrorType::Canceled, m),
+        // Prometheus's text: "query timed out in <phase>", "query was canceled in …".
+        e @ EvalError::Timeout(_) => ApiError::new(ErrorType::Timeout, e.to_string()),
+        e @ EvalError::Canceled(_) => ApiError::new(ErrorType::Canceled, e.to_string()),
         e @ EvalError::TooManySamples => ApiError::new(ErrorType::Execution, e.to_string()),
     }
 }

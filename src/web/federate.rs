@@ -115,6 +115,12 @@ pub async fn federate(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse
         end: now,
         max_samples: Some(st.engine_opts.max_samples),
         deadline: Some(deadline),
+        // Only the latest sample of each series is wanted.
+        grid: Some(crate::storage::StepGrid {
+            first: now,
+            step: 0,
+            last: now,
+        }),
         ..SelectHints::default()
     };
     let res = web::block(move || latest(store.as_ref(), &sets, &hints)).await;
@@ -272,6 +278,17 @@ mod tests {
                 .is_too_many_samples()
         );
         assert_eq!(latest(&s, &sets, &hints(Some(4))).unwrap().len(), 2);
+        // Thinned to the latest sample per series: two of x.
+        let thin = |max_samples| SelectHints {
+            grid: Some(crate::storage::StepGrid {
+                first: 2500,
+                step: 0,
+                last: 2500,
+            }),
+            ..hints(max_samples)
+        };
+        assert_eq!(latest(&s, &sets, &thin(Some(2))).unwrap(), got);
+        assert!(latest(&s, &sets, &thin(Some(1))).is_err());
         assert_eq!(got.len(), 2);
         assert_eq!(go_g(1e6), "1e+06");
         assert_eq!(go_g(123456.0), "123456");
