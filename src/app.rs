@@ -407,6 +407,7 @@ impl Node {
             timeout: args.query_timeout,
             max_samples: args.query_max_samples,
             default_subquery_step: cfg.global.evaluation_interval,
+            deadline: None,
         };
         // Rule groups: local ones run here over this node's own store, with its `shard`
         // label; global ones are held for the master loop.
@@ -463,6 +464,7 @@ impl Node {
             timeout: args.query_timeout,
             max_samples: args.query_max_samples,
             default_subquery_step: cfg.global.evaluation_interval,
+            deadline: None,
         };
         let member_reads = Arc::new(query::MemberServer::new(
             queryable.clone(),
@@ -498,6 +500,9 @@ impl Node {
             pushdown: Some(cluster_reads),
             engine_opts,
             query_slots: Arc::new(tokio::sync::Semaphore::new(
+                args.query_max_concurrency.max(1),
+            )),
+            member_slots: Arc::new(tokio::sync::Semaphore::new(
                 args.query_max_concurrency.max(1),
             )),
             targets: targets.clone(),

@@ -248,7 +248,7 @@ impl ClusterHandle {
         }
         let db = match &opts.data {
             ClusterData::Db(db) => db.clone(),
-            ClusterData::Dir(dir) => sled::open(dir).map_err(|e| {
+            ClusterData::Dir(dir) => crate::storage::sled_open::open_path(dir).map_err(|e| {
                 ClusterError::Storage(format!("cannot open {}: {e}", dir.display()))
             })?,
         };

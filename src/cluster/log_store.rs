@@ -211,7 +211,8 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().map_err(|e| io_err(StorageIOError::write, e))?;
-            let db = sled::open(dir.path()).map_err(|e| io_err(StorageIOError::write, e))?;
+            let db = crate::storage::sled_open::open_path(dir.path())
+                .map_err(|e| io_err(StorageIOError::write, e))?;
             let log = LogStore::open(&db).map_err(|e| io_err(StorageIOError::write, e))?;
             let sm = StateMachine::open(&db)?;
             Ok((dir, log, sm))
@@ -229,7 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vote = Vote::new(3, 42);
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
             let mut store = LogStore::open(&db).unwrap();
             store.save_vote(&vote).await.unwrap();
             store
@@ -244,7 +245,7 @@ mod tests {
         // database, which may be a moment after the drop.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let db = loop {
-            match sled::open(dir.path()) {
+            match crate::storage::sled_open::open_path(dir.path()) {
                 Ok(db) => break db,
                 Err(_) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;

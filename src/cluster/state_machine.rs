@@ -550,7 +550,7 @@ mod tests {
     #[tokio::test]
     async fn committed_samples_reach_the_sink_once_per_slot() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
         let mut sm = StateMachine::open(&db).unwrap();
         let sink = Arc::new(Sink::default());
         sm.set_sink(Some(sink.clone()));
@@ -574,12 +574,12 @@ mod tests {
         drop(sm);
         drop(db);
         // Slots survive a restart and travel in snapshots.
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
         let sm = StateMachine::open(&db).unwrap();
         assert_eq!(sm.last_slot("g"), Some(2000));
         assert_eq!(sm.last_slot("h"), Some(1000));
         let dir2 = tempfile::tempdir().unwrap();
-        let db2 = sled::open(dir2.path()).unwrap();
+        let db2 = crate::storage::sled_open::open_path(dir2.path()).unwrap();
         let mut other = StateMachine::open(&db2).unwrap();
         other
             .install_snapshot(&snap.meta, snap.snapshot)
@@ -589,7 +589,9 @@ mod tests {
         // A snapshot of the older format (state only) still installs.
         let old = codec::encode(&other.state()).unwrap();
         let dir3 = tempfile::tempdir().unwrap();
-        let mut third = StateMachine::open(&sled::open(dir3.path()).unwrap()).unwrap();
+        let mut third =
+            StateMachine::open(&crate::storage::sled_open::open_path(dir3.path()).unwrap())
+                .unwrap();
         third
             .install_snapshot(&snap.meta, Box::new(Cursor::new(old)))
             .await
@@ -675,7 +677,7 @@ mod tests {
     #[tokio::test]
     async fn refused_samples_stay_pending_until_the_store_takes_them() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
         let mut sm = StateMachine::open(&db).unwrap();
         let store = Arc::new(FlakyStore {
             store: crate::storage::memory::MemStore::new(),
@@ -707,7 +709,7 @@ mod tests {
         // The pending batch survives a restart of the node.
         drop(sm);
         drop(db);
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
         let sm = StateMachine::open(&db).unwrap();
         sm.set_sink(Some(store.clone()));
         assert_eq!((sm.last_slot("g"), sm.pending_batches()), (None, 1));
@@ -718,7 +720,7 @@ mod tests {
         assert_eq!((sm.last_slot("g"), sm.pending_batches()), (Some(1000), 0));
         drop(sm);
         drop(db);
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
         let mut sm = StateMachine::open(&db).unwrap();
         assert_eq!((sm.last_slot("g"), sm.pending_batches()), (Some(1000), 0));
 
@@ -801,7 +803,7 @@ mod tests {
     #[tokio::test]
     async fn state_and_view_survive_reopen_and_snapshot_install() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
         let mut sm = StateMachine::open(&db).unwrap();
         let mut rx = sm.subscribe();
         sm.apply([
@@ -820,7 +822,7 @@ mod tests {
         drop(sm);
         drop(db);
 
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
         let mut sm = StateMachine::open(&db).unwrap();
         assert_eq!(sm.subscribe().borrow().clone(), v);
         assert_eq!(sm.cluster_id(), Some(7));
@@ -833,7 +835,7 @@ mod tests {
 
         // A fresh state machine installing the snapshot ends up with the same view.
         let dir2 = tempfile::tempdir().unwrap();
-        let db2 = sled::open(dir2.path()).unwrap();
+        let db2 = crate::storage::sled_open::open_path(dir2.path()).unwrap();
         let mut other = StateMachine::open(&db2).unwrap();
         other
             .install_snapshot(&current.meta, current.snapshot)

@@ -395,7 +395,7 @@ async fn late_join_leave_and_restart() {
     drop(handle);
     // Let the old actix workers release their clones of the handle (and the sled lock).
     wait_for("reopen data dir", Duration::from_secs(10), || async {
-        sled::open(dir.path().join("cluster"))
+        crate::storage::sled_open::open_path(dir.path().join("cluster"))
             .err()
             .is_none()
             .then_some(())
@@ -464,7 +464,7 @@ async fn lone_node_without_seeds_forms_its_own_cluster() {
 #[tokio::test]
 async fn wipe_state_gives_a_new_identity() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = sled::open(dir.path()).expect("db");
+    let db = crate::storage::sled_open::open_path(dir.path()).expect("db");
     let data = ClusterData::Db(db.clone());
     let mut o = ClusterOptions::new(data.clone(), "127.0.0.1:1");
     o.bootstrap_grace = Duration::from_millis(10);

@@ -14,7 +14,7 @@ use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 use super::value::{EvalError, QueryResult, Value, VectorSample};
 use crate::model::labels::METRIC_NAME;
 use crate::model::{Labels, MatchOp, Matcher, Sample, is_stale_nan};
-use crate::storage::{Queryable, SelectHints, Series};
+use crate::storage::{Queryable, SelectHints, Series, StepGrid};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -27,6 +27,10 @@ pub struct EngineOptions {
     pub max_samples: usize,
     /// Step of subqueries written without one (`x[5m:]`), default 1m.
     pub default_subquery_step: Duration,
+    /// When the query must be done at the latest, if earlier than its start plus
+    /// `timeout`: the HTTP API sets it from the request's arrival, so that the wait for
+    /// a query slot counts.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for EngineOptions {
@@ -36,6 +40,7 @@ impl Default for EngineOptions {
             timeout: Duration::from_secs(120),
             max_samples: 50_000_000,
             default_subquery_step: Duration::from_secs(60),
+            deadline: None,
         }
     }
 }
@@ -69,6 +74,18 @@ impl Engine {
 
     pub fn options(&self) -> &EngineOptions {
         &self.opts
+    }
+
+    /// When a query started now must be done: `timeout` from now, or the options'
+    /// deadline when that is earlier.
+    pub fn deadline(&self) -> Instant {
+        let by_timeout = Instant::now()
+            .checked_add(self.opts.timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        match self.opts.deadline {
+            Some(d) => d.min(by_timeout),
+            None => by_timeout,
+        }
     }
 
     /// Evaluates `expr` at `t_ms`.
@@ -274,8 +291,7 @@ impl Engine {
             q,
             push,
             lookback: dur_ms(self.opts.lookback_delta),
-            started: Instant::now(),
-            timeout: self.opts.timeout,
+            deadline: self.deadline(),
             max_samples: self.opts.max_samples,
             samples: Cell::new(0),
             annots: RefCell::new(Vec::new()),
@@ -285,6 +301,19 @@ impl Engine {
             sub_step: dur_ms(self.opts.default_subquery_step).max(1),
             checks: Cell::new(0),
         }
+    }
+}
+
+/// A store's error as the engine reports it: its query limits as
+/// [`EvalError::TooManySamples`] and [`EvalError::Timeout`], anything else as an
+/// execution error.
+pub fn storage_error(e: crate::storage::StorageError) -> EvalError {
+    if e.is_too_many_samples() {
+        return EvalError::TooManySamples;
+    }
+    match e.timed_out_in() {
+        Some(what) => EvalError::Timeout(what.to_string()),
+        None => EvalError::Execution(e.0),
     }
 }
 
@@ -357,8 +386,9 @@ pub(crate) struct Global<'a> {
     pub q: &'a dyn Queryable,
     pub push: Option<&'a dyn Pushdown>,
     pub lookback: i64,
-    pub started: Instant,
-    pub timeout: Duration,
+    /// When the query times out (checked by [`Ev::check`], [`Ev::eval`] and, passed in
+    /// the select hints, by the store while it loads).
+    pub deadline: Instant,
     pub max_samples: usize,
     pub samples: Cell<usize>,
     pub annots: RefCell<Vec<String>>,
@@ -486,7 +516,7 @@ impl<'g, 'a> Ev<'g, 'a> {
     pub fn check(&self) -> Result<(), EvalError> {
         let c = self.g.checks.get().wrapping_add(1);
         self.g.checks.set(c);
-        if c.is_multiple_of(64) && self.g.started.elapsed() > self.g.timeout {
+        if c.is_multiple_of(64) && Instant::now() >= self.g.deadline {
             return Err(EvalError::Timeout("expression evaluation".into()));
         }
         Ok(())
@@ -522,7 +552,7 @@ impl<'g, 'a> Ev<'g, 'a> {
     /// its children's results count as held; once it returns, only its own result does
     /// (like Prometheus's `currentSamples`).
     pub fn eval(&self, e: &Expr) -> Result<V, EvalError> {
-        if self.g.started.elapsed() > self.g.timeout {
+        if Instant::now() >= self.g.deadline {
             return Err(EvalError::Timeout("expression evaluation".into()));
         }
         let before = self.g.samples.get();
@@ -687,20 +717,22 @@ impl<'g, 'a> Ev<'g, 'a> {
         maxt: i64,
         range: i64,
         func: Option<&str>,
+        grid: Option<StepGrid>,
     ) -> Result<Vec<Series>, EvalError> {
         let matchers = convert_matchers(vs)?;
+        // The store loads at most what the query may still hold, and stops at the
+        // query's deadline.
         let hints = SelectHints {
             start: mint,
             end: maxt,
             step: self.g.qstep,
             func: func.map(str::to_string),
             range,
+            max_samples: Some(self.g.max_samples.saturating_sub(self.g.samples.get())),
+            deadline: Some(self.g.deadline),
+            grid,
         };
-        let set = self
-            .g
-            .q
-            .select(&hints, &matchers)
-            .map_err(|e| EvalError::Execution(e.0))?;
+        let set = self.g.q.select(&hints, &matchers).map_err(storage_error)?;
         for w in set.warnings {
             let mut a = self.g.annots.borrow_mut();
             if !a.contains(&w) {
@@ -744,7 +776,22 @@ impl<'g, 'a> Ev<'g, 'a> {
         let te = self.sel_times(&vs.at, &vs.offset);
         let (mn, mx) = min_max(&te);
         let lb = self.g.lookback;
-        let series = self.select(vs, mn - lb + 1, mx, 0, func)?;
+        // Each step sees the latest sample at or before it: the store may leave out
+        // the others (they are neither loaded nor counted).
+        let grid = if vs.at.is_some() || self.n == 1 {
+            StepGrid {
+                first: te[0],
+                step: 0,
+                last: te[0],
+            }
+        } else {
+            StepGrid {
+                first: te[0],
+                step: self.step,
+                last: te[self.n - 1],
+            }
+        };
+        let series = self.select(vs, mn - lb + 1, mx, 0, func, Some(grid))?;
         let mut out = Vec::with_capacity(series.len());
         let mut total = 0usize;
         for s in series {
@@ -797,7 +844,7 @@ impl<'g, 'a> Ev<'g, 'a> {
             });
         }
         let (mn, mx) = min_max(&te);
-        let series = self.select(vs, mn - range + 1, mx, range, func)?;
+        let series = self.select(vs, mn - range + 1, mx, range, func, None)?;
         let mut out = Vec::with_capacity(series.len());
         for mut s in series {
             self.check()?;
@@ -1170,6 +1217,143 @@ mod tests {
         });
         let err = e.instant_query(&store(), "sum(x)", 135_000).unwrap_err();
         assert!(matches!(err, EvalError::Timeout(_)), "{err:?}");
+    }
+
+    /// A store that records the hints of every select and answers with `answer`.
+    struct Recorder<F>(std::sync::Mutex<Vec<SelectHints>>, MemStore, F);
+
+    impl<F> Queryable for Recorder<F>
+    where
+        F: Fn(
+                &MemStore,
+                &SelectHints,
+                &[Matcher],
+            ) -> Result<crate::storage::SeriesSet, crate::storage::StorageError>
+            + Send
+            + Sync,
+    {
+        fn select(
+            &self,
+            h: &SelectHints,
+            m: &[Matcher],
+        ) -> Result<crate::storage::SeriesSet, crate::storage::StorageError> {
+            self.0.lock().unwrap().push(h.clone());
+            (self.2)(&self.1, h, m)
+        }
+        fn series(
+            &self,
+            a: i64,
+            b: i64,
+            m: &[Matcher],
+        ) -> Result<Vec<Labels>, crate::storage::StorageError> {
+            self.1.series(a, b, m)
+        }
+        fn label_names(
+            &self,
+            a: i64,
+            b: i64,
+            m: &[Matcher],
+        ) -> Result<Vec<String>, crate::storage::StorageError> {
+            self.1.label_names(a, b, m)
+        }
+        fn label_values(
+            &self,
+            n: &str,
+            a: i64,
+            b: i64,
+            m: &[Matcher],
+        ) -> Result<Vec<String>, crate::storage::StorageError> {
+            self.1.label_values(n, a, b, m)
+        }
+    }
+
+    /// Every select is told what the query may still load and when it must stop.
+    #[test]
+    fn selects_get_the_remaining_sample_budget_and_the_deadline() {
+        let rec = Recorder(
+            Default::default(),
+            store(),
+            |st: &MemStore, h: &SelectHints, m: &[Matcher]| st.select(h, m),
+        );
+        let e = Engine::new(EngineOptions {
+            max_samples: 1000,
+            timeout: Duration::from_secs(30),
+            ..Default::default()
+        });
+        let before = Instant::now();
+        // The left side's two samples are held while the right side is selected.
+        e.instant_query(&rec, "x + on(job) x", 135_000).unwrap();
+        let after = Instant::now();
+        let h = rec.0.lock().unwrap().clone();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].max_samples, Some(1000));
+        assert_eq!(h[1].max_samples, Some(998));
+        for h in &h {
+            let d = h.deadline.expect("a deadline");
+            assert!(d >= before + Duration::from_secs(30) && d <= after + Duration::from_secs(30));
+        }
+        // An earlier deadline in the options (the request's arrival plus its timeout)
+        // wins over the timeout counted from the start of the evaluation.
+        let early = before + Duration::from_secs(5);
+        let e = Engine::new(EngineOptions {
+            deadline: Some(early),
+            ..Default::default()
+        });
+        rec.0.lock().unwrap().clear();
+        e.instant_query(&rec, "x", 135_000).unwrap();
+        assert_eq!(rec.0.lock().unwrap()[0].deadline, Some(early));
+    }
+
+    /// A store that stops at a limit makes the query fail with the limit's error.
+    #[test]
+    fn limits_hit_in_the_store_are_query_errors() {
+        let too_many = Recorder(
+            Default::default(),
+            store(),
+            |_: &MemStore, _: &SelectHints, _: &[Matcher]| {
+                Err(crate::storage::StorageError::too_many_samples())
+            },
+        );
+        let e = Engine::new(EngineOptions::default());
+        assert_eq!(
+            e.instant_query(&too_many, "sum(x)", 135_000).unwrap_err(),
+            EvalError::TooManySamples
+        );
+        let late = Recorder(
+            Default::default(),
+            store(),
+            |_: &MemStore, _: &SelectHints, _: &[Matcher]| {
+                Err(crate::storage::StorageError::timeout("query execution"))
+            },
+        );
+        let err = e.instant_query(&late, "sum(x)", 135_000).unwrap_err();
+        assert_eq!(err, EvalError::Timeout("query execution".into()));
+        assert_eq!(err.to_string(), "query timed out in query execution");
+        // The in-memory store honours the budget itself: 20 samples in the window.
+        let e = Engine::new(EngineOptions {
+            max_samples: 19,
+            ..Default::default()
+        });
+        assert_eq!(
+            e.instant_query(&store(), "count(count_over_time(x[10m]))", 135_000)
+                .unwrap_err(),
+            EvalError::TooManySamples
+        );
+        // A deadline that has passed stops the query before it reads anything.
+        let rec = Recorder(
+            Default::default(),
+            store(),
+            |st: &MemStore, h: &SelectHints, m: &[Matcher]| st.select(h, m),
+        );
+        let e = Engine::new(EngineOptions {
+            deadline: Some(Instant::now()),
+            ..Default::default()
+        });
+        assert!(matches!(
+            e.instant_query(&rec, "x", 135_000),
+            Err(EvalError::Timeout(_))
+        ));
+        assert!(rec.0.lock().unwrap().is_empty());
     }
 
     #[test]

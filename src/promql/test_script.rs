@@ -204,6 +204,7 @@ pub fn run_file(path: &Path, out: &mut dyn Write) -> Summary {
         timeout: Duration::from_secs(100),
         max_samples: 50_000_000,
         default_subquery_step: Duration::from_secs(60),
+        deadline: None,
     });
     for cmd in cmds {
         match cmd {

@@ -29,14 +29,16 @@ pub mod wire;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::config::rules::RuleScope;
 use crate::model::{Labels, Matcher, Sample};
 use crate::promql::{Engine, EvalError, QueryResult, Value, VectorSample};
-use crate::storage::{Queryable, SelectHints, Series, SeriesSet, StorageError, Warned};
-use wire::{Request, Response, SeriesBlock};
+use crate::storage::{
+    Queryable, SampleBudget, SelectHints, Series, SeriesSet, StorageError, Warned,
+};
+use wire::{Request, Response, SeriesBlock, WireLimits};
 
 /// Start of the error message of a read that refused a partial answer.
 pub const INCOMPLETE: &str = "partial response disallowed";
@@ -157,6 +159,21 @@ pub enum ServeError {
     BadRequest(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// The read stopped at a query limit (too many samples, past its time): the text
+    /// is Prometheus's ([`StorageError::too_many_samples`], [`StorageError::timeout`]),
+    /// answered with 422 / 503 so that the asking node fails the query the same way.
+    #[error("{0}")]
+    Limit(StorageError),
+}
+
+impl From<StorageError> for ServeError {
+    fn from(e: StorageError) -> Self {
+        if e.is_limit() {
+            ServeError::Limit(e)
+        } else {
+            ServeError::Storage(e.0)
+        }
+    }
 }
 
 impl MemberServer {
@@ -171,9 +188,36 @@ impl MemberServer {
     /// Decodes a request body, reads the local store, returns the encoded answer.
     /// Blocking (sled): call it from a blocking thread.
     pub fn handle(&self, body: &[u8]) -> Result<Vec<u8>, ServeError> {
-        let req: Request = wire::decode(body).map_err(|e| ServeError::BadRequest(e.to_string()))?;
+        self.serve(Self::decode(body)?)
+    }
+
+    /// Decodes a request body (cheap: the route looks at the limits before it waits
+    /// for a query slot).
+    pub fn decode(body: &[u8]) -> Result<Request, ServeError> {
+        wire::decode(body).map_err(|e| ServeError::BadRequest(e.to_string()))
+    }
+
+    /// The limits of a read here: the asking node's, within this node's own flags
+    /// (`--query.max-samples`, `--query.timeout` from now).
+    fn limits(&self, l: WireLimits) -> (usize, Instant) {
+        let own = self.engine.options();
+        let max = l
+            .max_samples
+            .map_or(own.max_samples, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            })
+            .min(own.max_samples);
+        let own_deadline = self.engine.deadline();
+        let deadline = l.deadline().map_or(own_deadline, |d| d.min(own_deadline));
+        (max, deadline)
+    }
+
+    /// Reads the local store for a decoded request; returns the encoded answer.
+    /// Blocking (sled): call it from a blocking thread.
+    pub fn serve(&self, req: Request) -> Result<Vec<u8>, ServeError> {
         let bad = ServeError::BadRequest;
-        let storage = |e: StorageError| ServeError::Storage(e.0);
+        let storage = ServeError::from;
+        let (max_samples, deadline) = self.limits(req.limits());
         let resp = match req {
             Request::Select {
                 hints,
@@ -181,7 +225,10 @@ impl MemberServer {
                 exclude_global,
             } => {
                 let ms = wire::matchers(&matchers).map_err(bad)?;
-                let mut set = self.local.select(&hints.into(), &ms).map_err(storage)?;
+                let mut hints: SelectHints = hints.into();
+                hints.max_samples = Some(max_samples);
+                hints.deadline = Some(deadline);
+                let mut set = self.local.select(&hints, &ms).map_err(storage)?;
                 if exclude_global {
                     let names = self.global.names();
                     if !names.is_empty() {
@@ -228,6 +275,7 @@ impl MemberServer {
                 end,
                 step,
                 window_ms,
+                limits: _,
             } => {
                 let ms = wire::matchers(&matchers).map_err(bad)?;
                 if queries.is_empty() || queries.iter().any(|q| pushdown::plan(q).is_none()) {
@@ -239,9 +287,13 @@ impl MemberServer {
                     step,
                     window_ms,
                 };
-                let part =
-                    pushdown::evaluate(&self.engine, self.local.as_ref(), &queries, &ms, span)
-                        .map_err(ServeError::Storage)?;
+                let engine = Engine::new(crate::promql::EngineOptions {
+                    max_samples,
+                    deadline: Some(deadline),
+                    ..self.engine.options().clone()
+                });
+                let part = pushdown::evaluate(&engine, self.local.as_ref(), &queries, &ms, span)
+                    .map_err(|e| ServeError::from(StorageError(e)))?;
                 Response::Aggregate {
                     listing: pushdown::pack(&part.listing),
                     results: part.results.iter().map(|r| wire::series_block(r)).collect(),
@@ -301,6 +353,13 @@ impl Drop for Inner {
 /// What one member said (or why it said nothing).
 type MemberAnswer = (Member, Result<Response, String>);
 
+/// Why a member call gave no answer: a failure (the answer becomes partial) or a
+/// query limit the member or the query's deadline hit (the read fails).
+enum CallError {
+    Failed(String),
+    Limit(StorageError),
+}
+
 impl ClusterQueryable {
     /// A fan-out over `members()` plus `local` (this node's store).
     pub fn new(
@@ -357,11 +416,12 @@ impl ClusterQueryable {
     /// (ordered by member id) and the members that were down.
     fn fan_out<T>(
         &self,
-        req: &Request,
+        req: Request,
+        deadline: Option<Instant>,
         local: impl FnOnce() -> Result<T, StorageError>,
     ) -> Result<(T, Vec<MemberAnswer>, Vec<Member>), StorageError> {
         let (up, down) = self.members();
-        let (local, answers) = self.fan_out_to(up, req, local)?;
+        let (local, answers) = self.fan_out_to(up, req, deadline, local)?;
         Ok((local, answers, down))
     }
 
@@ -373,16 +433,30 @@ impl ClusterQueryable {
         members.into_iter().partition(|m| m.up)
     }
 
-    /// [`ClusterQueryable::fan_out`] to the given members.
+    /// [`ClusterQueryable::fan_out`] to the given members. Each call is bounded by the
+    /// member timeout and by the query's `deadline`; the member is told that bound
+    /// (and the query's sample limit, in `req`). A member that hits a query limit, or
+    /// the deadline passing, fails the read (no partial answer: the query is over).
     fn fan_out_to<T>(
         &self,
         up: Vec<Member>,
-        req: &Request,
+        req: Request,
+        deadline: Option<Instant>,
         local: impl FnOnce() -> Result<T, StorageError>,
     ) -> Result<(T, Vec<MemberAnswer>), StorageError> {
         let inner = &self.inner;
         let timeout = inner.opts.member_timeout;
         let now = std::time::Instant::now();
+        // The query's time left, when it ends before the member timeout.
+        let cut = deadline
+            .map(|d| d.saturating_duration_since(now))
+            .filter(|left| *left < timeout);
+        let bound = cut.unwrap_or(timeout);
+        let limits = req.limits();
+        let req = req.with_limits(WireLimits::new(
+            limits.max_samples.map(|n| n as usize),
+            Some(now + bound),
+        ));
         let (up, skipped): (Vec<Member>, Vec<Member>) = {
             let mut suspect = inner.suspect.lock().unwrap_or_else(|p| p.into_inner());
             suspect.retain(|_, until| *until > now);
@@ -400,21 +474,27 @@ impl ClusterQueryable {
         if up.is_empty() {
             return Ok((local()?, answers));
         }
-        let body = Arc::new(wire::encode(req).map_err(|e| StorageError(e.to_string()))?);
-        let (tx, rx) = std::sync::mpsc::channel::<MemberAnswer>();
+        let body = Arc::new(wire::encode(&req).map_err(|e| StorageError(e.to_string()))?);
+        let (tx, rx) = std::sync::mpsc::channel::<(Member, Result<Response, CallError>)>();
         for m in up.iter().cloned() {
             let tx = tx.clone();
             let body = body.clone();
             let this = self.inner.clone();
             inner.handle.spawn(async move {
-                let r = match tokio::time::timeout(timeout, this.call(&m.addr, body)).await {
+                let r = match tokio::time::timeout(bound, this.call(&m.addr, body)).await {
                     Ok(r) => r,
+                    // The query's time is up, not the member's: it is not suspect.
+                    Err(_) if cut.is_some() => {
+                        Err(CallError::Limit(StorageError::timeout("query execution")))
+                    }
                     Err(_) => {
                         this.suspect
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(m.id, std::time::Instant::now() + timeout);
-                        Err(format!("did not answer within {timeout:?}"))
+                        Err(CallError::Failed(format!(
+                            "did not answer within {timeout:?}"
+                        )))
                     }
                 };
                 let _ = tx.send((m, r));
@@ -422,13 +502,29 @@ impl ClusterQueryable {
         }
         drop(tx);
         let local = local()?;
-        // Each call ends within the timeout; the extra second covers scheduling.
-        let deadline = std::time::Instant::now() + timeout + Duration::from_secs(1);
+        // Each call ends within its bound; the extra second covers scheduling (but
+        // never past the query's deadline).
+        let mut wait_until = now + bound + Duration::from_secs(1);
+        if cut.is_some()
+            && let Some(d) = deadline
+        {
+            wait_until = wait_until.min(d);
+        }
         let asked = answers.len() + up.len();
         while answers.len() < asked {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = wait_until.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
-                Ok(a) => answers.push(a),
+                // A member that gave up at the member timeout (not the query's) is
+                // one that did not answer in time: the answer is partial.
+                Ok((m, Err(CallError::Limit(e)))) if cut.is_none() && !e.is_too_many_samples() => {
+                    answers.push((m, Err(format!("did not answer within {timeout:?}"))));
+                }
+                Ok((_, Err(CallError::Limit(e)))) => return Err(e),
+                Ok((m, Err(CallError::Failed(e)))) => answers.push((m, Err(e))),
+                Ok((m, Ok(r))) => answers.push((m, Ok(r))),
+                Err(_) if cut.is_some() => {
+                    return Err(StorageError::timeout("query execution"));
+                }
                 Err(_) => break,
             }
         }
@@ -479,7 +575,7 @@ impl ClusterQueryable {
         local: impl FnOnce() -> Result<Vec<T>, StorageError>,
         from: impl Fn(Response) -> Result<Vec<T>, String>,
     ) -> Result<Warned<Vec<T>>, StorageError> {
-        let (mut all, answers, down) = self.fan_out(&req, local)?;
+        let (mut all, answers, down) = self.fan_out(req, None, local)?;
         let mut failed = Vec::new();
         for (m, r) in answers {
             match r.and_then(&from) {
@@ -555,15 +651,21 @@ impl ClusterQueryable {
             end,
             step,
             window_ms: span.window_ms,
+            limits: WireLimits::new(Some(engine.options().max_samples), Some(engine.deadline())),
         };
+        let deadline = engine.deadline();
         let eval = || {
             pushdown::evaluate(engine, local, &plan.member_queries, &plan.matchers, span)
                 .map_err(StorageError)
         };
         let t0 = std::time::Instant::now();
-        // A local failure (e.g. too many samples) is left to the normal path to report.
-        let (local_part, answers) = match self.fan_out_to(up, &req, eval) {
+        // A query limit fails the query; another local failure is left to the normal
+        // path to report.
+        let (local_part, answers) = match self.fan_out_to(up, req, Some(deadline), eval) {
             Ok(x) => x,
+            Err(e) if e.is_limit() => {
+                return Some(Err(crate::promql::engine::storage_error(e)));
+            }
             Err(e) => {
                 tracing::debug!(query, error = %e, "pushdown: the local part failed");
                 return None;
@@ -695,7 +797,8 @@ impl crate::promql::Pushdown for ClusterPushdown<'_> {
 }
 
 impl Inner {
-    async fn call(&self, addr: &str, body: Arc<Vec<u8>>) -> Result<Response, String> {
+    async fn call(&self, addr: &str, body: Arc<Vec<u8>>) -> Result<Response, CallError> {
+        let fail = CallError::Failed;
         let mut rb = self
             .client
             .post(format!("http://{addr}{}", wire::PATH))
@@ -707,23 +810,27 @@ impl Inner {
         let resp = rb
             .send()
             .await
-            .map_err(|e| format!("could not be reached: {e}"))?;
+            .map_err(|e| fail(format!("could not be reached: {e}")))?;
         let status = resp.status();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| format!("broke off its answer: {e}"))?;
+            .map_err(|e| fail(format!("broke off its answer: {e}")))?;
         self.bytes_received
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-            return Err(format!(
+            let limit = StorageError(text.trim().to_string());
+            if limit.is_limit() && matches!(status.as_u16(), 422 | 503) {
+                return Err(CallError::Limit(limit));
+            }
+            return Err(fail(format!(
                 "answered HTTP {}: {}",
                 status.as_u16(),
                 text.trim()
-            ));
+            )));
         }
-        wire::decode(&bytes).map_err(|e| format!("sent an unreadable answer: {e}"))
+        wire::decode(&bytes).map_err(|e| fail(format!("sent an unreadable answer: {e}")))
     }
 }
 
@@ -789,13 +896,24 @@ impl Queryable for ClusterQueryable {
             matchers: wire::wire_matchers(matchers),
             exclude_global: true,
         };
-        let (local, answers, down) =
-            self.fan_out(&req, || self.inner.local.select(hints, matchers))?;
+        // This node and every member each load at most the limit; what they send is
+        // counted again as it is decoded, so the merged read holds at most the limit
+        // (plus one member's chunk) before it fails.
+        let budget = SampleBudget::new(hints.max_samples, hints.deadline);
+        let (local, answers, down) = self.fan_out(req, hints.deadline, || {
+            self.inner.local.select(hints, matchers)
+        })?;
+        budget.take(local.series.iter().map(|s| s.samples.len()).sum())?;
         let self_id = self.inner.opts.self_id;
         let mut parts: Vec<(u64, Vec<Series>)> = vec![(self_id, local.series)];
         let mut failed = Vec::new();
         for (m, r) in answers {
-            match r.and_then(series_of) {
+            let decoded = match r {
+                Ok(Response::Series(b)) => b.decode_counted(&budget)?,
+                Ok(_) => Err("sent the wrong kind of answer".into()),
+                Err(e) => Err(e),
+            };
+            match decoded {
                 Ok(s) => parts.push((m.id, s)),
                 Err(e) => failed.push((m, e)),
             }
@@ -948,6 +1066,8 @@ mod tests {
                     step: 0,
                     func: None,
                     range: 0,
+                    limits: Default::default(),
+                    grid: None,
                 },
                 matchers: all.clone(),
                 exclude_global,
@@ -966,6 +1086,232 @@ mod tests {
         assert!(matches!(
             server.handle(b"\x01\xff\xff"),
             Err(ServeError::BadRequest(_))
+        ));
+    }
+
+    /// A fake member on a loopback port: it records every request it gets and
+    /// answers each with `reply(request)` (status, body), or never when that is `None`.
+    fn fake_member(
+        reply: impl Fn(&Request) -> Option<(u16, Vec<u8>)> + Send + Sync + 'static,
+    ) -> (String, Arc<Mutex<Vec<Request>>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
+        let (seen2, reply) = (seen.clone(), Arc::new(reply));
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let (seen, reply) = (seen2.clone(), reply.clone());
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 4096];
+                    let (head_end, len) = loop {
+                        let n = conn.read(&mut tmp).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&tmp[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (i + 4, len);
+                        }
+                    };
+                    while buf.len() < head_end + len {
+                        let n = conn.read(&mut tmp).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&tmp[..n]);
+                    }
+                    let req: Request = wire::decode(&buf[head_end..head_end + len]).unwrap();
+                    let answer = reply(&req);
+                    seen.lock().unwrap().push(req);
+                    match answer {
+                        Some((status, body)) => {
+                            let _ = write!(
+                                conn,
+                                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = conn.write_all(&body);
+                        }
+                        // Stuck: keep the connection open, never answer.
+                        None => std::thread::sleep(Duration::from_secs(30)),
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn cluster_with(addr: String, member_timeout: Duration) -> ClusterQueryable {
+        let member = Member {
+            id: 2,
+            addr,
+            up: true,
+        };
+        ClusterQueryable::new(
+            Arc::new(MemStore::new()),
+            Arc::new(move || vec![member.clone()]),
+            FanOutOptions {
+                self_id: 1,
+                member_timeout,
+                secret: None,
+                local_address: None,
+                pushdown: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn limited(max_samples: usize, left: Duration) -> SelectHints {
+        SelectHints {
+            start: 0,
+            end: 1000,
+            max_samples: Some(max_samples),
+            deadline: Some(Instant::now() + left),
+            ..SelectHints::default()
+        }
+    }
+
+    /// Members are told the query's sample limit and the time it has left (not the
+    /// fixed member timeout).
+    #[test]
+    fn members_get_the_sample_limit_and_the_remaining_time() {
+        let empty = wire::encode(&Response::Series(SeriesBlock::default())).unwrap();
+        let (addr, seen) = fake_member(move |_| Some((200, empty.clone())));
+        let q = cluster_with(addr, Duration::from_secs(30));
+        let set = q
+            .select(&limited(1234, Duration::from_secs(2)), &[])
+            .unwrap();
+        assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+        let l = seen.lock().unwrap()[0].limits();
+        assert_eq!(l.max_samples, Some(1234));
+        let ms = l.timeout_ms.expect("a time limit");
+        assert!(ms > 0 && ms <= 2000, "{ms} ms");
+        // A query with more time than the member timeout: the member timeout.
+        seen.lock().unwrap().clear();
+        let q2 = cluster_with(
+            q.inner.members.as_ref()()[0].addr.clone(),
+            Duration::from_secs(3),
+        );
+        q2.select(&limited(5, Duration::from_secs(60)), &[])
+            .unwrap();
+        let ms = seen.lock().unwrap()[0].limits().timeout_ms.unwrap();
+        assert!(ms > 2000 && ms <= 3000, "{ms} ms");
+    }
+
+    /// A member over the sample limit fails the read (not a partial answer), as does a
+    /// member that is still silent when the query's time is up; a member silent past
+    /// the member timeout only makes the answer partial.
+    #[test]
+    fn a_member_at_a_limit_fails_the_read() {
+        let (addr, _) = fake_member(|_| Some((422, crate::storage::TOO_MANY_SAMPLES.into())));
+        let q = cluster_with(addr, Duration::from_secs(30));
+        let err = q
+            .select(&limited(10, Duration::from_secs(10)), &[])
+            .unwrap_err();
+        assert!(err.is_too_many_samples(), "{err}");
+
+        let (addr, _) = fake_member(|_| None);
+        let q = cluster_with(addr.clone(), Duration::from_secs(30));
+        let t = Instant::now();
+        let err = q
+            .select(&limited(10, Duration::from_millis(300)), &[])
+            .unwrap_err();
+        assert_eq!(err.timed_out_in(), Some("query execution"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let q = cluster_with(addr, Duration::from_millis(300));
+        let set = q
+            .select(&limited(10, Duration::from_secs(30)), &[])
+            .unwrap();
+        assert!(
+            set.warnings.iter().any(|w| w.contains("did not answer")),
+            "{:?}",
+            set.warnings
+        );
+    }
+
+    /// What members send is counted against the limit as it is decoded.
+    #[test]
+    fn member_samples_count_against_the_limit() {
+        let series = vec![Series {
+            labels: Labels::from_pairs(&[("__name__", "x")]),
+            samples: (0..100).map(|t| Sample { t, v: 1.0 }).collect(),
+        }];
+        let body = wire::encode(&Response::Series(wire::series_block(&series))).unwrap();
+        let (addr, _) = fake_member(move |_| Some((200, body.clone())));
+        let q = cluster_with(addr, Duration::from_secs(30));
+        assert_eq!(
+            q.select(&limited(100, Duration::from_secs(10)), &[])
+                .unwrap()
+                .series[0]
+                .samples
+                .len(),
+            100
+        );
+        assert!(
+            q.select(&limited(99, Duration::from_secs(10)), &[])
+                .unwrap_err()
+                .is_too_many_samples()
+        );
+    }
+
+    /// The serving side holds a select to the asking node's limits.
+    #[test]
+    fn member_server_enforces_the_limits_in_the_request() {
+        let store = MemStore::new();
+        for t in 0..50 {
+            store.insert(
+                &Labels::from_pairs(&[("__name__", "x"), ("job", "a")]),
+                t,
+                1.0,
+            );
+        }
+        let server = MemberServer::new(
+            Arc::new(store),
+            GlobalRecords::new(Arc::new(|| {
+                Arc::new(crate::config::load_str("{}").unwrap())
+            })),
+            Engine::new(crate::promql::EngineOptions::default()),
+        );
+        let req = |limits| {
+            wire::encode(&Request::Select {
+                hints: wire::WireHints {
+                    start: 0,
+                    end: 100,
+                    step: 0,
+                    func: None,
+                    range: 0,
+                    limits,
+                    grid: None,
+                },
+                matchers: vec![any_job()],
+                exclude_global: false,
+            })
+            .unwrap()
+        };
+        assert!(server.handle(&req(WireLimits::default())).is_ok());
+        let over = WireLimits {
+            max_samples: Some(49),
+            timeout_ms: None,
+        };
+        assert!(matches!(
+            server.handle(&req(over)),
+            Err(ServeError::Limit(e)) if e.is_too_many_samples()
+        ));
+        let late = WireLimits {
+            max_samples: None,
+            timeout_ms: Some(0),
+        };
+        assert!(matches!(
+            server.handle(&req(late)),
+            Err(ServeError::Limit(e)) if e.timed_out_in().is_some()
         ));
     }
 

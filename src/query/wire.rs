@@ -10,16 +10,18 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::model::{Label, Labels, MatchOp, Matcher, Sample};
-use crate::storage::{SelectHints, Series};
+use crate::storage::{SampleBudget, SelectHints, Series, StorageError};
 use crate::tsdb::chunkenc::{XorIterator, XorState, new_chunk};
 
 /// The internal route every member serves.
 pub const PATH: &str = "/internal/query";
 
-/// Version byte in front of every request and response body.
-pub const FORMAT_VERSION: u8 = 2;
+/// Version byte in front of every request and response body. 3: selects and
+/// aggregations carry the query's limits (`max_samples`, `timeout_ms`).
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Upper bound on one decoded body (protects against malformed length prefixes).
 const DECODE_LIMIT: usize = 512 << 20;
@@ -63,7 +65,58 @@ pub enum Request {
         end: i64,
         step: i64,
         window_ms: i64,
+        limits: WireLimits,
     },
+}
+
+impl Request {
+    /// The limits the asking node set for this read (none for metadata reads).
+    pub fn limits(&self) -> WireLimits {
+        match self {
+            Request::Select { hints, .. } => hints.limits,
+            Request::Aggregate { limits, .. } => *limits,
+            _ => WireLimits::default(),
+        }
+    }
+
+    /// The same request with its limits replaced (a no-op for metadata reads).
+    pub fn with_limits(mut self, l: WireLimits) -> Request {
+        match &mut self {
+            Request::Select { hints, .. } => hints.limits = l,
+            Request::Aggregate { limits, .. } => *limits = l,
+            _ => {}
+        }
+        self
+    }
+}
+
+/// A query's limits on the wire: the samples the member may load for it and the time
+/// it has left (a duration, not an instant: the clocks of two hosts differ). `None`:
+/// no limit from the asking node (the member's own flags still apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireLimits {
+    pub max_samples: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+impl WireLimits {
+    /// The time left as a deadline from now.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.timeout_ms
+            .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
+    }
+
+    /// Limits for a read that must end by `deadline` (rounded up to whole ms, so that
+    /// a member never gets 0 ms while time is left).
+    pub fn new(max_samples: Option<usize>, deadline: Option<Instant>) -> WireLimits {
+        WireLimits {
+            max_samples: max_samples.map(|n| n as u64),
+            timeout_ms: deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_micros().div_ceil(1000).min(u64::MAX as u128) as u64
+            }),
+        }
+    }
 }
 
 /// [`SelectHints`] on the wire.
@@ -74,6 +127,9 @@ pub struct WireHints {
     pub step: i64,
     pub func: Option<String>,
     pub range: i64,
+    pub limits: WireLimits,
+    /// [`SelectHints::grid`] as (first, step, last).
+    pub grid: Option<(i64, i64, i64)>,
 }
 
 impl From<&SelectHints> for WireHints {
@@ -84,6 +140,8 @@ impl From<&SelectHints> for WireHints {
             step: h.step,
             func: h.func.clone(),
             range: h.range,
+            limits: WireLimits::new(h.max_samples, h.deadline),
+            grid: h.grid.map(|g| (g.first, g.step, g.last)),
         }
     }
 }
@@ -96,6 +154,14 @@ impl From<WireHints> for SelectHints {
             step: h.step,
             func: h.func,
             range: h.range,
+            max_samples: h
+                .limits
+                .max_samples
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            deadline: h.limits.deadline(),
+            grid: h
+                .grid
+                .map(|(first, step, last)| crate::storage::StepGrid { first, step, last }),
         }
     }
 }
@@ -233,6 +299,18 @@ impl SeriesBlock {
     /// Decodes every series; fails on a bad symbol index, a corrupt chunk or samples
     /// out of time order.
     pub fn decode(self) -> Result<Vec<Series>, String> {
+        match self.decode_counted(&SampleBudget::unlimited()) {
+            Ok(r) => r,
+            Err(e) => Err(e.0),
+        }
+    }
+
+    /// [`SeriesBlock::decode`] counting the samples into `budget` chunk by chunk: the
+    /// outer error is the budget's (a query limit), the inner one a bad answer.
+    pub fn decode_counted(
+        self,
+        budget: &SampleBudget,
+    ) -> Result<Result<Vec<Series>, String>, StorageError> {
         let SeriesBlock { symbols, series } = self;
         let sym = |i: u32| -> Result<&String, String> {
             symbols
@@ -243,24 +321,32 @@ impl SeriesBlock {
         for ws in series {
             let mut labels = Vec::with_capacity(ws.labels.len());
             for (n, v) in ws.labels {
-                labels.push(Label::new(sym(n)?.clone(), sym(v)?.clone()));
+                match (sym(n), sym(v)) {
+                    (Ok(n), Ok(v)) => labels.push(Label::new(n.clone(), v.clone())),
+                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+                }
             }
             let mut samples: Vec<Sample> = Vec::new();
             for chunk in &ws.chunks {
+                let before = samples.len();
                 for s in XorIterator::new(chunk) {
-                    let s = s.map_err(|e| format!("corrupt chunk: {}", e.0))?;
+                    let s = match s {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Err(format!("corrupt chunk: {}", e.0))),
+                    };
                     if samples.last().is_some_and(|p| p.t >= s.t) {
-                        return Err("samples out of time order".into());
+                        return Ok(Err("samples out of time order".into()));
                     }
                     samples.push(s);
                 }
+                budget.take(samples.len() - before)?;
             }
             out.push(Series {
                 labels: Labels::new(labels),
                 samples,
             });
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 }
 

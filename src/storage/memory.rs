@@ -151,8 +151,10 @@ fn in_range(samples: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
 impl Queryable for MemStore {
     fn select(&self, hints: &SelectHints, matchers: &[Matcher]) -> Result<SeriesSet, StorageError> {
         let g = self.read();
+        let budget = hints.budget();
         let mut out = SeriesSet::default();
         for (l, s) in &g.series {
+            budget.check_deadline()?;
             if !Matcher::all_match(matchers, l) {
                 continue;
             }
@@ -160,9 +162,14 @@ impl Queryable for MemStore {
             if s.is_empty() {
                 continue;
             }
+            let mut samples = s.to_vec();
+            if let Some(g) = &hints.grid {
+                g.thin(&mut samples, 0);
+            }
+            budget.take(samples.len())?;
             out.series.push(Series {
                 labels: l.clone(),
-                samples: s.to_vec(),
+                samples,
             });
         }
         Ok(out)

@@ -503,6 +503,21 @@ impl Index {
         Ok(out)
     }
 
+    /// The entries of `ids` (every series when `None`) whose series match every
+    /// matcher, in their order: a select counts the samples of matching series only.
+    pub fn filter_ids(
+        &self,
+        ids: Option<Vec<u64>>,
+        matchers: &[Matcher],
+    ) -> Result<Vec<u64>, StorageError> {
+        let st = self.st.read();
+        let ids = ids.unwrap_or_else(|| (0..st.offs.len() as u64).collect());
+        Ok(filter(&st, &ids, matchers)
+            .into_iter()
+            .filter_map(|(pos, _)| ids.get(pos).copied())
+            .collect())
+    }
+
     /// Sorted ids of series with `name="value"`.
     pub fn postings(&self, name: &str, value: &str) -> Result<Vec<u64>, StorageError> {
         let st = self.st.read();

@@ -70,8 +70,8 @@ use self::segments::SegmentFiles;
 use self::wal::{RecordBuilder, WalCursor};
 use crate::model::{Labels, Matcher, Sample};
 use crate::storage::{
-    AppendError, Appendable, Appender, CommitStats, Presence, Queryable, SelectHints, Series,
-    SeriesRef, SeriesSet, StorageError, Writable,
+    AppendError, Appendable, Appender, CommitStats, Presence, Queryable, SampleBudget, SelectHints,
+    Series, SeriesRef, SeriesSet, StepGrid, StorageError, Writable,
 };
 
 /// How the TSDB is run.
@@ -413,32 +413,16 @@ impl Tsdb {
     }
 }
 
-/// Opens sled, waiting a little for the directory lock: a store just dropped in this
-/// process (its last reference may go away on the flush thread a moment later), or a
-/// process that is still exiting, releases it shortly.
-/// (Tests that reopen a directory use it too: sled's own threads release the lock a
-/// moment after the last handle is dropped.)
+/// Opens the TSDB's sled database through the shared lock wait
+/// ([`crate::storage::sled_open`]).
 fn open_sled(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StorageError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let res = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity)
-            .flush_every_ms(None)
-            .mode(sled::Mode::LowSpace)
-            .open();
-        match res {
-            Ok(db) => return Ok(db),
-            // sled reports a held lock as an `Other` IO error with this text.
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(sled_err(&format!("open {}", dir.display()), e)),
-        }
-    }
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_capacity)
+        .flush_every_ms(None)
+        .mode(sled::Mode::LowSpace);
+    crate::storage::sled_open::open(&config)
+        .map_err(|e| sled_err(&format!("open {}", dir.display()), e))
 }
 
 fn background(weak: Weak<Inner>, signal: Arc<Signal>, flush: Duration, maint: Duration) {
@@ -933,12 +917,14 @@ impl Inner {
 
     /// Copies what the query path needs out of the head for the candidate series. Large
     /// candidate lists are split over two threads (the head read lock is shared).
+    /// `load`: also decode the open chunks, counting their samples into this budget
+    /// (and stopping at its limit or deadline).
     fn snapshot(
         &self,
         cands: Option<Vec<u64>>,
         start: i64,
         end: i64,
-        with_chunks: bool,
+        load: Option<&Load>,
     ) -> Result<Vec<HeadSnap>, StorageError> {
         let head = self.head.read();
         let cutoff = self.retention_from.load(Relaxed);
@@ -953,7 +939,7 @@ impl Inner {
                 .collect(),
         };
         let head: &Head = &head;
-        let run = |ids: &[u64]| snap_many(head, ids, start, end, cutoff, with_chunks);
+        let run = |ids: &[u64]| snap_many(head, ids, start, end, cutoff, load);
         if ids.len() < PARALLEL_MIN {
             return run(&ids);
         }
@@ -968,13 +954,15 @@ impl Inner {
         Ok(out)
     }
 
-    /// Sealed-chunk samples of `id` within `[lo, hi]`.
+    /// Sealed-chunk samples of `id` within `[lo, hi]` (thinned to the grid, if any),
+    /// counted into the budget chunk by chunk.
     fn sealed_samples(
         &self,
         id: u64,
         lo: i64,
         hi: i64,
         out: &mut Vec<Sample>,
+        load: &Load,
     ) -> Result<(), StorageError> {
         let r = self.block_range;
         let mut b = block_of(lo, r);
@@ -986,9 +974,14 @@ impl Inner {
                 if min_t > hi || max_t < lo {
                     continue;
                 }
+                let before = out.len();
                 chunkenc::decode_range(bytes, lo, hi, out).map_err(|e| {
                     StorageError(format!("tsdb: series {id} chunk at {min_t}: {e}"))
                 })?;
+                if let Some(g) = &load.grid {
+                    g.thin(out, before);
+                }
+                load.budget.take(out.len() - before)?;
             }
             b = match b.checked_add(r) {
                 Some(n) => n,
@@ -1031,19 +1024,28 @@ impl Inner {
     }
 
     /// Matching series (labels checked against every matcher) overlapping the range,
-    /// sorted by labels.
+    /// sorted by labels. `load`: with their open chunks' samples, counted (see
+    /// [`Inner::snapshot`]).
     fn matching(
         &self,
         start: i64,
         end: i64,
         matchers: &[Matcher],
-        with_chunks: bool,
+        load: Option<&Load>,
     ) -> Result<Vec<(Labels, HeadSnap)>, StorageError> {
         if start > end {
             return Ok(Vec::new());
         }
-        let cands = self.index.candidates(matchers)?;
-        let snaps = self.snapshot(cands, start, end, with_chunks)?;
+        let mut cands = self.index.candidates(matchers)?;
+        if load.is_some() && matchers.iter().any(Matcher::matches_empty) {
+            // Candidates are a superset here (such matchers do not narrow them): drop
+            // the series that do not match before their samples are decoded and counted.
+            cands = Some(self.index.filter_ids(cands, matchers)?);
+        }
+        let snaps = self.snapshot(cands, start, end, load)?;
+        if let Some(l) = load {
+            l.budget.check_deadline()?;
+        }
         let ids: Vec<u64> = snaps.iter().map(|s| s.id).collect();
         let resolved = self.index.resolve(&ids, matchers)?;
         let mut snaps: Vec<Option<HeadSnap>> = snaps.into_iter().map(Some).collect();
@@ -1070,6 +1072,15 @@ fn retention_limit(opts: &TsdbOptions) -> i64 {
 /// Candidate lists at least this long are processed on two threads.
 pub(crate) const PARALLEL_MIN: usize = 16_384;
 
+/// How many series the query path handles between two looks at the clock.
+const DEADLINE_EVERY: usize = 1024;
+
+/// What a select loads under: its budget, and the grid its samples are thinned to.
+struct Load<'a> {
+    budget: &'a SampleBudget,
+    grid: Option<StepGrid>,
+}
+
 /// [`Inner::snapshot`] for one slice of ids.
 fn snap_many(
     head: &Head,
@@ -1077,21 +1088,34 @@ fn snap_many(
     start: i64,
     end: i64,
     cutoff: i64,
-    with_chunks: bool,
+    load: Option<&Load>,
 ) -> Result<Vec<HeadSnap>, StorageError> {
     let mut out = Vec::with_capacity(ids.len());
     let mut scratch: Vec<Sample> = Vec::new();
-    for &id in ids {
+    for (i, &id) in ids.iter().enumerate() {
+        if let Some(l) = load
+            && i % DEADLINE_EVERY == 0
+        {
+            l.budget.check_deadline()?;
+        }
         let Some(ms) = head.get(id) else { continue };
         let last_t = ms.last_t();
         if !ms.has_samples() || ms.min_t > end || last_t < start || last_t < cutoff {
             continue;
         }
-        let open = if with_chunks && ms.open_samples() > 0 && ms.chunk_min_t <= end {
-            // Decode in place (no copy of the chunk); one exact-size allocation.
+        let open = if let Some(load) = load
+            && ms.open_samples() > 0
+            && ms.chunk_min_t <= end
+        {
+            // Decode in place (no copy of the chunk); one exact-size allocation, once
+            // the budget has room for it.
             scratch.clear();
             chunkenc::decode_range(&ms.chunk, start, end, &mut scratch)
                 .map_err(|e| StorageError(format!("tsdb: series {id} head chunk: {e}")))?;
+            if let Some(g) = &load.grid {
+                g.thin(&mut scratch, 0);
+            }
+            load.budget.take(scratch.len())?;
             Some((ms.chunk_min_t, scratch.as_slice().to_vec()))
         } else {
             None
@@ -1106,12 +1130,32 @@ fn snap_many(
     Ok(out)
 }
 
-impl Queryable for Tsdb {
-    fn select(&self, hints: &SelectHints, matchers: &[Matcher]) -> Result<SeriesSet, StorageError> {
+impl Tsdb {
+    /// [`Queryable::select`] counting into `budget`: head samples are counted as the
+    /// snapshot decodes them, sealed ones chunk by chunk; the select stops with an error
+    /// at the budget's limit or deadline, having loaded at most one chunk per thread
+    /// more than the limit.
+    pub fn select_with_budget(
+        &self,
+        hints: &SelectHints,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<SeriesSet, StorageError> {
         let (start, end) = (hints.start, hints.end);
         let inner = &self.inner;
+        let load = Load {
+            budget,
+            grid: hints.grid,
+        };
         let mut series = Vec::new();
-        for (labels, snap) in inner.matching(start, end, matchers, true)? {
+        for (i, (labels, snap)) in inner
+            .matching(start, end, matchers, Some(&load))?
+            .into_iter()
+            .enumerate()
+        {
+            if i % DEADLINE_EVERY == 0 {
+                budget.check_deadline()?;
+            }
             let sealed_hi = snap
                 .open
                 .as_ref()
@@ -1121,9 +1165,12 @@ impl Queryable for Tsdb {
             let head_samples = snap.open.map(|(_, s)| s).unwrap_or_default();
             let samples = if lo <= sealed_hi {
                 let mut samples = Vec::new();
-                inner.sealed_samples(snap.id, lo, sealed_hi, &mut samples)?;
+                inner.sealed_samples(snap.id, lo, sealed_hi, &mut samples, &load)?;
                 inner.pending_samples(snap.id, lo, sealed_hi, &mut samples)?;
                 samples.extend_from_slice(&head_samples);
+                if let Some(g) = &load.grid {
+                    g.thin(&mut samples, 0);
+                }
                 samples
             } else {
                 head_samples
@@ -1137,6 +1184,12 @@ impl Queryable for Tsdb {
             warnings: Vec::new(),
         })
     }
+}
+
+impl Queryable for Tsdb {
+    fn select(&self, hints: &SelectHints, matchers: &[Matcher]) -> Result<SeriesSet, StorageError> {
+        self.select_with_budget(hints, matchers, &hints.budget())
+    }
 
     fn series(
         &self,
@@ -1146,7 +1199,7 @@ impl Queryable for Tsdb {
     ) -> Result<Vec<Labels>, StorageError> {
         Ok(self
             .inner
-            .matching(mint, maxt, matchers, false)?
+            .matching(mint, maxt, matchers, None)?
             .into_iter()
             .map(|(l, _)| l)
             .collect())
@@ -1163,7 +1216,7 @@ impl Queryable for Tsdb {
         }
         let inner = &self.inner;
         let cands = inner.index.candidates(matchers)?;
-        let snaps = inner.snapshot(cands, mint, maxt, false)?;
+        let snaps = inner.snapshot(cands, mint, maxt, None)?;
         let ids: Vec<u64> = snaps.iter().map(|s| s.id).collect();
         Ok(inner
             .index
@@ -1394,3 +1447,6 @@ impl Appender for TsdbAppender {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod select_tests;

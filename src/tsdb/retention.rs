@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn drops_only_old_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
         let t = db.open_tree("chunks").unwrap();
         for (b, id) in [(-100, 1), (0, 1), (0, 2), (100, 1), (200, 3)] {
             t.insert(chunk_key(b, id, b), chunk_value(b + 1, &[]))

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::{Value as Json, json};
@@ -122,12 +122,50 @@ fn pushdown_for(
     Ok((st.pushdown.clone(), strict))
 }
 
-/// A storage failure of a read route: a refused partial answer is `unavailable`.
+/// A storage failure of a read route: a refused partial answer is `unavailable`, a
+/// query limit as the query routes answer it.
 fn storage_error(e: StorageError) -> ApiError {
     if e.0.starts_with(crate::query::INCOMPLETE) {
         ApiError::new(ErrorType::Unavailable, e.0)
+    } else if e.is_limit() {
+        eval_error(crate::promql::engine::storage_error(e))
     } else {
         ApiError::internal(e.0)
+    }
+}
+
+/// The `timeout` of a read: the node's `--query.timeout`, shortened by the `timeout`
+/// parameter.
+fn timeout_for(st: &AppState, p: &Params) -> Result<Duration, ApiError> {
+    let mut timeout = st.engine_opts.timeout;
+    if let Some(t) = p.get("timeout") {
+        let ms = parse_duration_ms(t)
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"timeout\": {e}")))?;
+        if ms > 0 {
+            timeout = timeout.min(Duration::from_millis(ms as u64));
+        }
+    }
+    Ok(timeout)
+}
+
+/// When a read that arrived at `arrived` must be done.
+fn deadline_for(st: &AppState, p: &Params, arrived: Instant) -> Result<Instant, ApiError> {
+    let t = timeout_for(st, p)?;
+    Ok(arrived
+        .checked_add(t)
+        .unwrap_or_else(|| arrived + Duration::from_secs(86_400 * 365)))
+}
+
+/// Waits for one of `slots` until `deadline` (Prometheus: "query timed out in query
+/// queue"). The permit is held until the read's answer is built.
+pub(super) async fn slot(
+    slots: &Arc<tokio::sync::Semaphore>,
+    deadline: Instant,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(_)) => Err(ApiError::new(ErrorType::Unavailable, "query queue closed")),
+        Err(_) => Err(eval_error(EvalError::Timeout("query queue".into()))),
     }
 }
 
@@ -138,35 +176,34 @@ fn eval_error(e: EvalError) -> ApiError {
         }
         EvalError::Parse(m) | EvalError::BadData(m) => ApiError::bad_data(m),
         EvalError::Execution(m) => ApiError::new(ErrorType::Execution, m),
-        EvalError::Timeout(m) => ApiError::new(ErrorType::Timeout, m),
-        EvalError::Canceled(m) => ApiError::new(ErrorType::Canceled, m),
+        // Prometheus's text: "query timed out in <phase>", "query was canceled in …".
+        e @ EvalError::Timeout(_) => ApiError::new(ErrorType::Timeout, e.to_string()),
+        e @ EvalError::Canceled(_) => ApiError::new(ErrorType::Canceled, e.to_string()),
         e @ EvalError::TooManySamples => ApiError::new(ErrorType::Execution, e.to_string()),
     }
 }
 
-/// Engine options for one request: the `timeout` parameter can only shorten the
-/// node's `--query.timeout`.
-fn engine_for(st: &AppState, p: &Params) -> Result<Engine, ApiError> {
+/// Engine options for one request that arrived at `arrived`: the `timeout` parameter
+/// can only shorten the node's `--query.timeout`, and the time counts from the
+/// request's arrival (the wait for a query slot is part of it).
+fn engine_for(st: &AppState, p: &Params, arrived: Instant) -> Result<Engine, ApiError> {
     let mut opts = st.engine_opts.clone();
-    if let Some(t) = p.get("timeout") {
-        let ms = parse_duration_ms(t)
-            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"timeout\": {e}")))?;
-        if ms > 0 {
-            opts.timeout = opts.timeout.min(Duration::from_millis(ms as u64));
-        }
-    }
+    opts.timeout = timeout_for(st, p)?;
+    opts.deadline = Some(deadline_for(st, p, arrived)?);
     Ok(Engine::new(opts))
 }
 
-async fn run_query<F>(st: &AppState, f: F) -> Result<HttpResponse, ApiError>
+async fn run_query<F>(st: &AppState, engine: &Engine, f: F) -> Result<HttpResponse, ApiError>
 where
     F: FnOnce() -> Result<crate::promql::QueryResult, EvalError> + Send + 'static,
 {
-    let _permit = st
-        .query_slots
-        .acquire()
-        .await
-        .map_err(|_| ApiError::new(ErrorType::Unavailable, "query queue closed"))?;
+    let _permit = match slot(&st.query_slots, engine.deadline()).await {
+        Ok(p) => p,
+        Err(e) => {
+            count_failure(st, &e);
+            return Err(e);
+        }
+    };
     st.metrics.queries_total.inc();
     let res = web::block(f)
         .await
@@ -175,16 +212,20 @@ where
         Ok(r) => Ok(success_raw(&encode_query_data(&r), &r.warnings)),
         Err(e) => {
             let err = eval_error(e);
-            st.metrics
-                .query_failures_total
-                .get_or_create(&crate::telemetry::JobReasonLabels {
-                    job: String::new(),
-                    reason: err.kind.as_str().to_string(),
-                })
-                .inc();
+            count_failure(st, &err);
             Err(err)
         }
     }
+}
+
+fn count_failure(st: &AppState, err: &ApiError) {
+    st.metrics
+        .query_failures_total
+        .get_or_create(&crate::telemetry::JobReasonLabels {
+            job: String::new(),
+            reason: err.kind.as_str().to_string(),
+        })
+        .inc();
 }
 
 fn query_param(p: &Params) -> Result<String, ApiError> {
@@ -198,13 +239,14 @@ pub async fn query(
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let arrived = Instant::now();
     let p = Params::from_request(&req, &body)?;
     let q = query_param(&p)?;
     let t = p.time("time", now_ms())?;
-    let engine = engine_for(&st, &p)?;
+    let engine = engine_for(&st, &p, arrived)?;
     let storage = storage_for(&st, &p)?;
     let (cluster, strict) = pushdown_for(&st, &p)?;
-    run_query(&st, move || match cluster {
+    run_query(&st, &engine.clone(), move || match cluster {
         Some(cluster) => {
             let push = ClusterPushdown {
                 cluster: &cluster,
@@ -223,6 +265,7 @@ pub async fn query_range(
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let arrived = Instant::now();
     let p = Params::from_request(&req, &body)?;
     let q = query_param(&p)?;
     let start = match p.get("start") {
@@ -263,10 +306,10 @@ pub async fn query_range(
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
         ));
     }
-    let engine = engine_for(&st, &p)?;
+    let engine = engine_for(&st, &p, arrived)?;
     let storage = storage_for(&st, &p)?;
     let (cluster, strict) = pushdown_for(&st, &p)?;
-    run_query(&st, move || match cluster {
+    run_query(&st, &engine.clone(), move || match cluster {
         Some(cluster) => {
             let push = ClusterPushdown {
                 cluster: &cluster,
@@ -286,11 +329,20 @@ fn range_params(p: &Params) -> Result<(i64, i64), ApiError> {
 
 /// Runs `f` on a blocking thread once per `match[]` alternative (once with no matchers
 /// when there are none) and returns the sorted union of the results with the warnings.
-async fn union_over<T, F>(sets: Vec<Vec<Matcher>>, f: F) -> Result<Warned<Vec<T>>, ApiError>
+/// Holds a query slot (waiting for one until the read's deadline, counted from
+/// `arrived`).
+async fn union_over<T, F>(
+    st: &AppState,
+    p: &Params,
+    arrived: Instant,
+    sets: Vec<Vec<Matcher>>,
+    f: F,
+) -> Result<Warned<Vec<T>>, ApiError>
 where
     T: Ord + Send + 'static,
     F: Fn(&[Matcher]) -> Result<Warned<Vec<T>>, StorageError> + Send + 'static,
 {
+    let _permit = slot(&st.query_slots, deadline_for(st, p, arrived)?).await?;
     web::block(move || -> Result<Warned<Vec<T>>, ApiError> {
         if sets.is_empty() {
             return f(&[]).map_err(storage_error);
@@ -326,6 +378,7 @@ pub async fn series(
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let arrived = Instant::now();
     let p = Params::from_request(&req, &body)?;
     let sets = p.matchers()?;
     if sets.is_empty() {
@@ -333,7 +386,10 @@ pub async fn series(
     }
     let (start, end) = range_params(&p)?;
     let storage = storage_for(&st, &p)?;
-    let res = union_over(sets, move |ms| storage.series_warned(start, end, ms)).await?;
+    let res = union_over(&st, &p, arrived, sets, move |ms| {
+        storage.series_warned(start, end, ms)
+    })
+    .await?;
     let data: Vec<BTreeMap<&str, &str>> = res
         .value
         .iter()
@@ -351,11 +407,15 @@ pub async fn labels(
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let arrived = Instant::now();
     let p = Params::from_request(&req, &body)?;
     let sets = p.matchers()?;
     let (start, end) = range_params(&p)?;
     let storage = storage_for(&st, &p)?;
-    let res = union_over(sets, move |ms| storage.label_names_warned(start, end, ms)).await?;
+    let res = union_over(&st, &p, arrived, sets, move |ms| {
+        storage.label_names_warned(start, end, ms)
+    })
+    .await?;
     Ok(success_warned(&res.value, &res.warnings))
 }
 
@@ -364,6 +424,7 @@ pub async fn label_values(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let arrived = Instant::now();
     let name = path.into_inner();
     if !crate::model::labels::is_valid_label_name(&name) {
         return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
@@ -372,7 +433,7 @@ pub async fn label_values(
     let sets = p.matchers()?;
     let (start, end) = range_params(&p)?;
     let storage = storage_for(&st, &p)?;
-    let res = union_over(sets, move |ms| {
+    let res = union_over(&st, &p, arrived, sets, move |ms| {
         storage.label_values_warned(&name, start, end, ms)
     })
     .await?;
@@ -410,13 +471,35 @@ pub async fn member_read(
             "missing or wrong cluster secret".into(),
         );
     }
-    match web::block(move || server.handle(&body)).await {
+    let bad_request = |e: crate::query::ServeError| {
+        tracing::warn!(peer = ?req.peer_addr(), error = %e, "rejected malformed internal read");
+        plain(actix_web::http::StatusCode::BAD_REQUEST, e.to_string())
+    };
+    let request = match crate::query::MemberServer::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    drop(body);
+    // A slot of the internal pool, within the time the asking node gave the read.
+    let deadline = request
+        .limits()
+        .deadline()
+        .unwrap_or_else(|| Instant::now() + st.engine_opts.timeout);
+    let _permit = match slot(&st.member_slots, deadline).await {
+        Ok(p) => p,
+        Err(e) => {
+            let status = e.kind.status();
+            return plain(status, e.msg);
+        }
+    };
+    match web::block(move || server.serve(request)).await {
         Ok(Ok(bytes)) => HttpResponse::Ok()
             .content_type("application/octet-stream")
             .body(bytes),
-        Ok(Err(e @ crate::query::ServeError::BadRequest(_))) => {
-            tracing::warn!(peer = ?req.peer_addr(), error = %e, "rejected malformed internal read");
-            plain(actix_web::http::StatusCode::BAD_REQUEST, e.to_string())
+        Ok(Err(e @ crate::query::ServeError::BadRequest(_))) => bad_request(e),
+        Ok(Err(crate::query::ServeError::Limit(e))) => {
+            let e = storage_error(e);
+            plain(e.kind.status(), e.msg)
         }
         Ok(Err(e)) => plain(
             actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,

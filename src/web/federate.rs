@@ -17,12 +17,21 @@
 //! uses it: external labels are for the world outside the cluster, not for data the
 //! cluster stores).
 //!
+//! Limits, as a query's: the request holds a query slot (`--query.max-concurrency`,
+//! waiting at most `--query.timeout`), each selector's select loads at most
+//! `--query.max-samples` samples and stops at the deadline. Over the limit the answer
+//! is a 422 with Prometheus's text ("query processing would load too many samples into
+//! memory in query execution"), past the deadline a 503 ("query timed out in …") —
+//! never a partial 200.
+//!
 //! Differences from Prometheus: a request without any `match[]` is a 400 (Prometheus
 //! answers an empty 200), so a misconfigured federation job shows up as a failed
-//! scrape; only the text format is served (no protobuf negotiation).
+//! scrape; only the text format is served (no protobuf negotiation); Prometheus's
+//! `/federate` has no sample limit.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -51,6 +60,7 @@ fn flag(v: Option<&String>) -> Result<Option<bool>, String> {
 }
 
 pub async fn federate(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
+    let arrived = Instant::now();
     let params: Vec<(String, String)> = match serde_urlencoded::from_str(req.query_string()) {
         Ok(p) => p,
         Err(e) => return bad_request(format!("error parsing form values: {e}")),
@@ -89,13 +99,45 @@ pub async fn federate(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse
     } else {
         st.storage.clone()
     };
+    let deadline = arrived + st.engine_opts.timeout;
+    let _permit = match super::api::slot(&st.query_slots, deadline).await {
+        Ok(p) => p,
+        Err(e) => {
+            return HttpResponse::build(e.kind.status())
+                .content_type("text/plain; charset=utf-8")
+                .body(format!("federation failed: {}\n", e.msg));
+        }
+    };
     let now = now_ms();
     let lookback = st.engine_opts.lookback_delta.as_millis() as i64;
-    let res = web::block(move || latest(store.as_ref(), &sets, now - lookback, now)).await;
+    let hints = SelectHints {
+        start: now - lookback,
+        end: now,
+        max_samples: Some(st.engine_opts.max_samples),
+        deadline: Some(deadline),
+        // Only the latest sample of each series is wanted.
+        grid: Some(crate::storage::StepGrid {
+            first: now,
+            step: 0,
+            last: now,
+        }),
+        ..SelectHints::default()
+    };
+    let res = web::block(move || latest(store.as_ref(), &sets, &hints)).await;
     match res {
         Ok(Ok(series)) => HttpResponse::Ok()
             .content_type(CONTENT_TYPE)
             .body(render(&series, &extra)),
+        Ok(Err(e)) if e.is_limit() => {
+            let status = if e.is_too_many_samples() {
+                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+            };
+            HttpResponse::build(status)
+                .content_type("text/plain; charset=utf-8")
+                .body(format!("federation failed: {e}\n"))
+        }
         Ok(Err(e)) => HttpResponse::InternalServerError()
             .content_type("text/plain; charset=utf-8")
             .body(format!("federation failed: {e}\n")),
@@ -107,22 +149,17 @@ fn now_ms() -> i64 {
     crate::rules::now_ms()
 }
 
-/// The latest non-stale sample in `[mint, maxt]` of every series matching one of the
-/// matcher sets, by labels.
+/// The latest non-stale sample in `[hints.start, hints.end]` of every series matching
+/// one of the matcher sets, by labels. Each set's select is held to the hints' limits.
 pub fn latest(
     q: &dyn Queryable,
     sets: &[Vec<Matcher>],
-    mint: i64,
-    maxt: i64,
+    hints: &SelectHints,
 ) -> Result<BTreeMap<Labels, Sample>, StorageError> {
-    let hints = SelectHints {
-        start: mint,
-        end: maxt,
-        ..SelectHints::default()
-    };
+    let (mint, maxt) = (hints.start, hints.end);
     let mut out: BTreeMap<Labels, Sample> = BTreeMap::new();
     for ms in sets {
-        let set = q.select(&hints, ms)?;
+        let set = q.select(hints, ms)?;
         for w in &set.warnings {
             tracing::debug!(warning = %w, "federation select");
         }
@@ -227,7 +264,31 @@ mod tests {
             vec![Matcher::equal("__name__", "x")],
             vec![Matcher::equal("__name__", "y")],
         ];
-        let got = latest(&s, &sets, 500, 2500).unwrap();
+        let hints = |max_samples| SelectHints {
+            start: 500,
+            end: 2500,
+            max_samples,
+            ..SelectHints::default()
+        };
+        let got = latest(&s, &sets, &hints(None)).unwrap();
+        // Four samples in the window (and the select stops at the limit).
+        assert!(
+            latest(&s, &sets, &hints(Some(3)))
+                .unwrap_err()
+                .is_too_many_samples()
+        );
+        assert_eq!(latest(&s, &sets, &hints(Some(4))).unwrap().len(), 2);
+        // Thinned to the latest sample per series: two of x.
+        let thin = |max_samples| SelectHints {
+            grid: Some(crate::storage::StepGrid {
+                first: 2500,
+                step: 0,
+                last: 2500,
+            }),
+            ..hints(max_samples)
+        };
+        assert_eq!(latest(&s, &sets, &thin(Some(2))).unwrap(), got);
+        assert!(latest(&s, &sets, &thin(Some(1))).is_err());
         assert_eq!(got.len(), 2);
         assert_eq!(go_g(1e6), "1e+06");
         assert_eq!(go_g(123456.0), "123456");

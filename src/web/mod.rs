@@ -40,7 +40,14 @@ pub struct AppState {
     /// (`query::ClusterQueryable::pushdown`); `None` outside a cluster.
     pub pushdown: Option<crate::query::ClusterQueryable>,
     pub engine_opts: EngineOptions,
+    /// `--query.max-concurrency` slots of every read route (queries, series, labels,
+    /// label values, `/federate`): a read waits for one, within its timeout.
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// As many slots again for the internal read route (`/internal/query`), which
+    /// other members' fan-outs call: a pool of its own, so that a node whose query
+    /// slots all wait on members can never starve those members' answers to it (no
+    /// cycle of waits between nodes).
+    pub member_slots: Arc<tokio::sync::Semaphore>,
     pub targets: TargetsView,
     pub config: Arc<RwLock<Arc<Config>>>,
     pub reload: ReloadFn,

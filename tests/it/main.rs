@@ -15,6 +15,8 @@
 //! - `federate`: `/federate` with a real Prometheus on both sides.
 //! - `master`: leader as master: shard rules, global rules committed through Raft.
 //! - `rules`: recording and alerting rules, `/api/v1/rules`, `/api/v1/alerts`, reloads.
+//! - `limits`: query limits (max samples, timeout, concurrency) on every read route,
+//!   on members, and a huge query against a node with a million series.
 
 mod api;
 mod cluster;
@@ -23,6 +25,7 @@ mod federate;
 mod hardening;
 mod harness;
 mod lifecycle;
+mod limits;
 mod master;
 mod promtool;
 mod query;

@@ -630,6 +630,8 @@ fn the_internal_read_route_wants_the_secret_and_a_well_formed_body() {
             step: 0,
             func: None,
             range: 0,
+            limits: Default::default(),
+            grid: None,
         },
         matchers: vec![WireMatcher {
             op: 0,
@@ -736,6 +738,8 @@ fn aggregation_pushdown_moves_far_fewer_bytes_and_gives_the_same_answer() {
             step: 0,
             func: Some("rate".into()),
             range: 60_000,
+            limits: Default::default(),
+            grid: None,
         },
         matchers: matchers.clone(),
         exclude_global: true,
@@ -749,6 +753,7 @@ fn aggregation_pushdown_moves_far_fewer_bytes_and_gives_the_same_answer() {
         end: end_ms,
         step: 0,
         window_ms: 60_000,
+        limits: Default::default(),
     })
     .unwrap();
     let (code, raw_body) = post_internal(&c.nodes[1], None, &raw);
