@@ -54,6 +54,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             what: CheckCommand::Config { files },
         } => Ok(check_config(&files)),
         Command::Cluster { what } => cluster_command(what),
+        Command::Tsdb {
+            what: crate::cli::TsdbCommand::Check { dir, repair },
+        } => tsdb_check(&dir, repair),
         Command::Fleet(args) => crate::demo::run_fleet(args),
         Command::Healthcheck { url, timeout } => Ok(healthcheck(&url, timeout)),
         Command::PromqlTest { files } => {
@@ -66,6 +69,47 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `shoal tsdb check DIR [--repair]`.
+fn tsdb_check(dir: &std::path::Path, repair: bool) -> anyhow::Result<ExitCode> {
+    let r = crate::tsdb::check::check(dir, repair)
+        .with_context(|| format!("checking {} (is its node stopped?)", dir.display()))?;
+    let mut problems = r.problems;
+    let cluster = dir.join("cluster");
+    if cluster.exists() {
+        let db = crate::storage::sled_open::open_path(&cluster)
+            .with_context(|| format!("opening {}", cluster.display()))?;
+        if let Some((key, why)) = crate::cluster::log_store::LogStore::check(&db)? {
+            problems.push(format!(
+                "raft log entry {key}: {why} (it and every later entry are dropped at start)"
+            ));
+            if repair {
+                crate::cluster::log_store::LogStore::open(&db)?;
+            }
+        }
+    }
+    for p in &problems {
+        println!("  CORRUPT {p}");
+    }
+    println!(
+        "{}: {} series batches, {} chunks, {} WAL segments; {} corrupt record(s){}",
+        dir.display(),
+        r.series_batches,
+        r.chunks,
+        r.wal_segments,
+        problems.len(),
+        if repair && !problems.is_empty() {
+            ", quarantined"
+        } else {
+            ""
+        }
+    );
+    Ok(if problems.is_empty() || repair {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn check_config(files: &[PathBuf]) -> ExitCode {
@@ -850,6 +894,26 @@ impl prometheus_client::collector::Collector for TsdbCollector {
                 "tsdb_appends_refused",
                 "Samples refused while the TSDB could not write",
                 s.appends_refused_total,
+            ),
+            (
+                "tsdb_corrupt_chunks_skipped",
+                "Sealed chunks skipped by reads for a bad checksum or encoding",
+                s.corrupt_chunks_skipped_total,
+            ),
+            (
+                "tsdb_corrupt_records_skipped",
+                "Corrupt records skipped at open (series batches, series of theirs, chunk records)",
+                s.corrupt_records_skipped_total,
+            ),
+            (
+                "tsdb_wal_corrupt_values",
+                "WAL values (and the rest of their segment) skipped at replay as corrupt or torn",
+                s.wal_corrupt_values_total,
+            ),
+            (
+                "tsdb_wal_unknown_series_samples",
+                "WAL samples skipped at replay: their series is not in the index",
+                s.wal_unknown_series_samples_total,
             ),
             (
                 "tsdb_background_panics",

@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         what: CheckCommand,
     },
+    /// Inspect a stopped node's data directory.
+    Tsdb {
+        #[command(subcommand)]
+        what: TsdbCommand,
+    },
     /// Inspect or change the cluster membership through a node's HTTP API.
     Cluster {
         #[command(subcommand)]
@@ -70,6 +75,20 @@ pub enum Command {
         /// Test script files (`.test`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TsdbCommand {
+    /// Read every record of a stopped node's data dir (series, chunks, WAL, Raft log) and
+    /// report the corrupt ones; exit 1 when there are any (and `--repair` was not given).
+    Check {
+        /// The node's `--data-dir`.
+        dir: PathBuf,
+        /// Move corrupt records aside (the `quarantine` tree, `DIR/quarantine/`) so the
+        /// node stops skipping them at every start.
+        #[arg(long)]
+        repair: bool,
     },
 }
 

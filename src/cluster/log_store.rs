@@ -28,15 +28,63 @@ const KEY_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
+    /// Entries dropped at open from the first corrupt one on.
+    pub corrupt_dropped: u64,
 }
 
 impl LogStore {
-    /// Opens (creating if needed) the log trees in `db`.
+    /// Opens (creating if needed) the log trees in `db`. A corrupt entry (one that does
+    /// not decode, or names another index) is dropped with every entry after it, as if
+    /// the node had crashed before writing them: the leader sends them again, or
+    /// openraft purges up to the state machine's last applied entry when the log now
+    /// ends below it. The committed id is moved back to the log's end when it was past.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self {
+        let mut store = Self {
             log: db.open_tree(LOG_TREE)?,
             meta: db.open_tree(META_TREE)?,
-        })
+            corrupt_dropped: 0,
+        };
+        store.drop_corrupt_suffix()?;
+        Ok(store)
+    }
+
+    /// The first corrupt entry of the log in `db`, if any: `(its key, why)`; nothing is
+    /// changed (`shoal tsdb check`; [`LogStore::open`] drops it and what follows).
+    pub fn check(db: &sled::Db) -> Result<Option<(String, String)>, sled::Error> {
+        let log = db.open_tree(LOG_TREE)?;
+        Ok(first_corrupt(&log)?
+            .0
+            .map(|(k, why)| (format!("{k:?}"), why)))
+    }
+
+    fn drop_corrupt_suffix(&mut self) -> Result<(), sled::Error> {
+        let (cut, last_good) = first_corrupt(&self.log)?;
+        let Some((cut, why)) = cut else { return Ok(()) };
+        tracing::error!(key = ?cut, error = %why, "raft log: corrupt entry; dropping it and every later entry (the leader sends them again)");
+        let doomed: Vec<sled::IVec> = self.log.range(cut..).keys().collect::<Result<_, _>>()?;
+        for k in &doomed {
+            self.log.remove(k)?;
+        }
+        self.corrupt_dropped = doomed.len() as u64;
+        let end = match last_good {
+            Some(l) => Some(l),
+            None => self
+                .meta
+                .get(KEY_PURGED)?
+                .and_then(|b| codec::decode::<LogId>(&b).ok()),
+        };
+        let committed = self
+            .meta
+            .get(KEY_COMMITTED)?
+            .and_then(|b| codec::decode::<Option<LogId>>(&b).ok().flatten());
+        if committed.is_some_and(|c| Some(c.index) > end.map(|e| e.index))
+            && let Ok(bytes) = codec::encode(&end)
+        {
+            self.meta.insert(KEY_COMMITTED, bytes)?;
+        }
+        self.log.flush()?;
+        self.meta.flush()?;
+        Ok(())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -64,6 +112,29 @@ impl LogStore {
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
         self.read_meta(KEY_PURGED, StorageIOError::read_logs)
     }
+}
+
+/// The first entry that does not decode or names another index (with why), and the log
+/// id of the last good entry before it.
+#[allow(clippy::type_complexity)]
+fn first_corrupt(
+    log: &sled::Tree,
+) -> Result<(Option<(sled::IVec, String)>, Option<LogId>), sled::Error> {
+    let mut last_good = None;
+    for item in log.iter() {
+        let (k, v) = item?;
+        let index = <[u8; 8]>::try_from(&k[..]).ok().map(u64::from_be_bytes);
+        match (index, codec::decode::<Entry>(&v)) {
+            (Some(i), Ok(e)) if e.log_id.index == i => last_good = Some(e.log_id),
+            (_, res) => {
+                let why = res
+                    .err()
+                    .map_or("an entry under another index".into(), |e| e.to_string());
+                return Ok((Some((k, why)), last_good));
+            }
+        }
+    }
+    Ok((None, last_good))
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
@@ -223,6 +294,42 @@ mod tests {
     #[test]
     fn openraft_storage_suite() {
         Suite::test_all(SledBuilder).expect("storage suite");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_entry_is_dropped_with_the_suffix_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
+        let id = |i| openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), i);
+        {
+            let store = LogStore::open(&db).unwrap();
+            for i in 1..=5u64 {
+                let e = Entry {
+                    log_id: id(i),
+                    payload: openraft::EntryPayload::Blank,
+                };
+                store
+                    .log
+                    .insert(i.to_be_bytes(), codec::encode(&e).unwrap())
+                    .unwrap();
+            }
+            let mut s = store.clone();
+            s.save_committed(Some(id(5))).await.unwrap();
+            // Entry 3 rots on disk.
+            let mut v = store.log.get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
+            v.truncate(v.len() / 2);
+            store.log.insert(3u64.to_be_bytes(), v).unwrap();
+        }
+        let mut store = LogStore::open(&db).unwrap();
+        assert_eq!(store.corrupt_dropped, 3);
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(id(2)));
+        let got = store.try_get_log_entries(0..10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(store.read_committed().await.unwrap(), Some(id(2)));
     }
 
     #[tokio::test]

@@ -166,6 +166,11 @@ pub struct Index {
     tree: Tree,
     st: RwLock<State>,
     pending: Mutex<Pending>,
+    /// Corrupt records skipped by [`Index::open`]: batches, and series naming a label
+    /// name or value of a skipped batch.
+    pub skipped_at_open: u64,
+    /// Keys of the series batches [`Index::open`] skipped, with why.
+    pub corrupt_batches: Vec<(u64, String)>,
 }
 
 /// One matcher prepared for symbol-level evaluation.
@@ -177,7 +182,21 @@ struct Prepared<'a> {
     empty: bool,
 }
 
-fn decode_batch(st: &mut State, v: &[u8], ids: &mut Vec<(u64, u64)>) -> Result<(), String> {
+/// A series batch, parsed and checked before anything of it is applied.
+struct Batch {
+    first: u64,
+    syms: Vec<String>,
+    /// `(id, symbol pairs)`.
+    series: Vec<(u64, Vec<u32>)>,
+}
+
+/// Largest step between consecutive series ids a batch may take (ids are dense; a gap
+/// is series lost with an unflushed batch). A corrupt id beyond it is refused rather
+/// than sized into memory.
+const MAX_ID_GAP: u64 = 1 << 24;
+
+/// Parses a series batch against the symbols and ids loaded so far.
+fn parse_batch(st: &State, v: &[u8]) -> Result<Batch, String> {
     let inflated;
     let v: &[u8] = match v.first() {
         Some(&FORMAT_V2) => &v[1..],
@@ -197,41 +216,81 @@ fn decode_batch(st: &mut State, v: &[u8], ids: &mut Vec<(u64, u64)>) -> Result<(
     let mut pos = 0;
     let next = |pos: &mut usize| get_uvarint(v, pos).ok_or("series batch: truncated");
     let first = next(&mut pos)?;
-    if first != st.syms.len() as u64 {
-        return Err(format!(
-            "series batch: symbols start at {first}, expected {}",
-            st.syms.len()
-        ));
-    }
     let nsyms = next(&mut pos)?;
+    let mut syms = Vec::new();
     for _ in 0..nsyms {
         let len = next(&mut pos)? as usize;
         let end = pos.checked_add(len).ok_or("series batch: bad length")?;
         let s = v.get(pos..end).ok_or("series batch: truncated symbol")?;
         let s = std::str::from_utf8(s).map_err(|e| format!("series batch: {e}"))?;
         pos = end;
+        syms.push(s.to_owned());
+    }
+    let known = first.saturating_add(syms.len() as u64);
+    let nseries = next(&mut pos)?;
+    let mut series = Vec::new();
+    let mut last = st.offs.len() as u64;
+    for _ in 0..nseries {
+        let id = next(&mut pos)?;
+        if id < last || id > last.saturating_add(MAX_ID_GAP) {
+            return Err(format!("series batch: series id {id} out of order"));
+        }
+        last = id + 1;
+        let n = next(&mut pos)?;
+        if n > 1024 {
+            return Err(format!("series {id}: {n} labels"));
+        }
+        let mut pairs = Vec::with_capacity(n as usize * 2);
+        for _ in 0..n * 2 {
+            let s = next(&mut pos)?;
+            if s >= known {
+                return Err(format!("series {id}: unknown symbol {s}"));
+            }
+            pairs.push(s as u32);
+        }
+        series.push((id, pairs));
+    }
+    if pos != v.len() {
+        return Err("series batch: trailing bytes".into());
+    }
+    Ok(Batch {
+        first,
+        syms,
+        series,
+    })
+}
+
+/// Applies a parsed batch. `lost` are symbols of batches skipped as corrupt: a series
+/// naming one is skipped too (its labels are unknown). Returns the series skipped.
+fn apply_batch(
+    st: &mut State,
+    b: Batch,
+    lost: &[std::ops::Range<u32>],
+    ids: &mut Vec<(u64, u64)>,
+) -> Result<u64, String> {
+    if b.first != st.syms.len() as u64 {
+        return Err(format!(
+            "series batch: symbols start at {}, expected {}",
+            b.first,
+            st.syms.len()
+        ));
+    }
+    for s in &b.syms {
         let (_, new) = st.intern(s).map_err(|e| e.0)?;
         if !new {
             return Err(format!("series batch: duplicate symbol {s:?}"));
         }
     }
-    let nseries = next(&mut pos)?;
-    let mut pairs = Vec::new();
-    for _ in 0..nseries {
-        let id = next(&mut pos)?;
-        let n = next(&mut pos)?;
-        pairs.clear();
-        for _ in 0..n.saturating_mul(2) {
-            let s = next(&mut pos)?;
-            if s >= st.syms.len() as u64 {
-                return Err(format!("series {id}: unknown symbol {s}"));
-            }
-            pairs.push(s as u32);
+    let mut skipped = 0;
+    for (id, pairs) in b.series {
+        if pairs.iter().any(|s| lost.iter().any(|r| r.contains(s))) {
+            skipped += 1;
+            continue;
         }
         st.push_series(id, &pairs).map_err(|e| e.0)?;
         ids.push((id, st.labels(&pairs).stable_hash()));
     }
-    Ok(())
+    Ok(skipped)
 }
 
 /// The entries of `ids` whose series match every matcher: `(position in ids, pairs)`.
@@ -295,14 +354,49 @@ impl Index {
         };
         let mut ids = Vec::new();
         let mut seq = 0u64;
+        let mut lost: Vec<std::ops::Range<u32>> = Vec::new();
+        let mut corrupt_batches = Vec::new();
+        let mut skipped = 0u64;
         for r in tree.iter() {
             let (k, v) = r.map_err(|e| sled_err("scan series", e))?;
-            let key = super::codec::bytes8(&k, 0)
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StorageError("tsdb: bad series key".into()))?;
-            decode_batch(&mut st, &v, &mut ids)
-                .map_err(|e| StorageError(format!("tsdb: series batch {key}: {e}")))?;
-            seq = key.saturating_add(1);
+            let Some(key) = super::codec::bytes8(&k, 0).map(u64::from_be_bytes) else {
+                tracing::warn!(key = ?k, "tsdb: series tree key of the wrong size skipped");
+                skipped += 1;
+                continue;
+            };
+            seq = seq.max(key.saturating_add(1));
+            let res = parse_batch(&st, &v).and_then(|b| {
+                // After a skipped batch, stand in for its symbols (the next batch says
+                // where its own start); series naming them are skipped.
+                let have = st.syms.len() as u64;
+                // (A gap is a batch that is missing: quarantined, or lost.)
+                if b.first > have && b.first - have <= MAX_ID_GAP {
+                    let from = have as u32;
+                    for n in have..b.first {
+                        st.intern(&format!("\u{0}lost symbol {n}"))
+                            .map_err(|e| e.0)?;
+                    }
+                    lost.push(from..b.first as u32);
+                }
+                apply_batch(&mut st, b, &lost, &mut ids)
+            });
+            match res {
+                Ok(n) => skipped += n,
+                Err(e) if e.contains("v1 format") => {
+                    return Err(StorageError(format!("tsdb: series batch {key}: {e}")));
+                }
+                Err(e) => {
+                    tracing::warn!(batch = key, error = %e, "tsdb: corrupt series batch skipped; its series (and later series naming its label values) are lost (`shoal tsdb check`)");
+                    skipped += 1;
+                    corrupt_batches.push((key, e));
+                    if lost.is_empty()
+                        || lost.last().is_some_and(|r| r.end as usize != st.syms.len())
+                    {
+                        let at = st.syms.len() as u32;
+                        lost.push(at..at);
+                    }
+                }
+            }
         }
         let pending = Pending {
             first_sym: st.syms.len() as u32,
@@ -314,6 +408,8 @@ impl Index {
                 tree,
                 st: RwLock::new(st),
                 pending: Mutex::new(pending),
+                skipped_at_open: skipped,
+                corrupt_batches,
             },
             ids,
         ))
@@ -853,6 +949,57 @@ mod tests {
             .unwrap()
             .insert(1u64.to_be_bytes(), &[2, 5])
             .unwrap();
-        assert!(Index::open(&db).is_err());
+        let (idx, _) = Index::open(&db).unwrap();
+        assert_eq!(
+            idx.skipped_at_open, 1,
+            "a corrupt batch is skipped, not fatal"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_batch_loses_its_series_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::tsdb::open_sled(dir.path(), 1 << 20).unwrap();
+        let (idx, _) = Index::open(&db).unwrap();
+        // Three batches; the second one's series name a label value only it defines.
+        for (id, pairs) in [
+            (1, &[("job", "a"), ("x", "1")][..]),
+            (2, &[("job", "b"), ("x", "2")][..]),
+            (3, &[("job", "a"), ("x", "1"), ("y", "new")][..]),
+            (4, &[("job", "b"), ("x", "3")][..]),
+        ] {
+            idx.add_series(id, &Labels::from_pairs(pairs)).unwrap();
+            if id != 3 {
+                idx.flush_pending().unwrap();
+            }
+        }
+        drop(idx);
+        let tree = db.open_tree("series").unwrap();
+        let keys: Vec<_> = tree.iter().keys().map(|k| k.unwrap()).collect();
+        assert_eq!(keys.len(), 3);
+        let mut bad = tree.get(&keys[1]).unwrap().unwrap().to_vec();
+        let n = bad.len();
+        bad[n / 2] ^= 0x5a;
+        bad.truncate(n - 1);
+        tree.insert(&keys[1], bad).unwrap();
+        let (idx, ids) = Index::open(&db).unwrap();
+        // The batch, and series 4 of the last batch (its `job="b"` was in the lost one).
+        assert_eq!(idx.skipped_at_open, 2);
+        let got: Vec<u64> = ids.iter().map(|x| x.0).collect();
+        assert_eq!(got, vec![1, 3]);
+        let three = Labels::from_pairs(&[("job", "a"), ("x", "1"), ("y", "new")]);
+        assert_eq!(idx.labels(3).unwrap(), Some(three.clone()));
+        // New series still get consistent symbols across a reopen.
+        idx.add_series(5, &Labels::from_pairs(&[("job", "c")]))
+            .unwrap();
+        idx.flush_pending().unwrap();
+        drop(idx);
+        let (idx, ids) = Index::open(&db).unwrap();
+        assert_eq!(ids.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 3, 5]);
+        assert_eq!(
+            idx.labels(5).unwrap(),
+            Some(Labels::from_pairs(&[("job", "c")]))
+        );
+        assert_eq!(idx.labels(3).unwrap(), Some(three));
     }
 }

@@ -41,6 +41,7 @@
 //! addition: Prometheus accepts such a sample, and its head then rejects every other
 //! series' samples). Retention follows the wall clock too, never the newest sample.
 
+pub mod check;
 pub mod chunkenc;
 pub mod clock;
 pub mod codec;
@@ -143,6 +144,13 @@ pub struct TsdbStats {
     pub appends_refused_total: u64,
     /// Panics caught in the background flush/maintenance loop (which goes on).
     pub background_panics_total: u64,
+    /// Sealed chunks skipped by reads for a bad checksum or encoding.
+    pub corrupt_chunks_skipped_total: u64,
+    /// Records skipped at open: series batches, series whose labels were in one, and
+    /// per-series chunk metadata.
+    pub corrupt_records_skipped_total: u64,
+    /// WAL samples of series the index does not know (lost with a corrupt batch).
+    pub wal_unknown_series_samples_total: u64,
     /// Chunks sealed out of the head that sled does not hold yet (kept in memory and
     /// retried; the WAL keeps their samples meanwhile).
     pub chunks_pending_write: u64,
@@ -173,6 +181,9 @@ struct Counters {
     write_failures: AtomicU64,
     refused: AtomicU64,
     background_panics: AtomicU64,
+    corrupt_chunks: AtomicU64,
+    corrupt_records: AtomicU64,
+    replay_unknown: AtomicU64,
 }
 
 struct WalBuf {
@@ -257,6 +268,7 @@ impl Tsdb {
             head.insert(id, hash);
             max_id = max_id.max(id);
         }
+        let mut corrupt_records = index.skipped_at_open;
         for r in sealed.iter() {
             let (k, v) = r.map_err(|e| sled_err("scan sealed", e))?;
             let (Some(id), Some(min_t), Some(max_t), Some(last_v)) = (
@@ -265,8 +277,17 @@ impl Tsdb {
                 bytes8(&v, 9).map(i64::from_be_bytes),
                 bytes8(&v, 17).map(u64::from_be_bytes),
             ) else {
-                return Err(StorageError("tsdb: corrupt sealed record".into()));
+                tracing::warn!(key = ?k, "tsdb: corrupt per-series chunk record skipped");
+                corrupt_records += 1;
+                continue;
             };
+            if !check::sealed_record_ok(&k, &v) {
+                tracing::warn!(series = id, "tsdb: corrupt per-series chunk record skipped");
+                corrupt_records += 1;
+                continue;
+            }
+            // Ids of series lost with a corrupt batch are never given out again.
+            max_id = max_id.max(id);
             if let Some(ms) = head.get_mut(id) {
                 ms.min_t = min_t;
                 ms.wal.t = max_t;
@@ -309,6 +330,10 @@ impl Tsdb {
             }),
             thread: Mutex::new(None),
         });
+        inner
+            .counters
+            .corrupt_records
+            .store(corrupt_records, Relaxed);
         let next_seg = inner.replay()?;
         inner.seg.store(next_seg, Relaxed);
         inner.wal.lock().seg = next_seg;
@@ -364,6 +389,9 @@ impl Tsdb {
             write_failures_total: c.write_failures.load(Relaxed),
             appends_refused_total: c.refused.load(Relaxed),
             background_panics_total: c.background_panics.load(Relaxed),
+            corrupt_chunks_skipped_total: c.corrupt_chunks.load(Relaxed),
+            corrupt_records_skipped_total: c.corrupt_records.load(Relaxed),
+            wal_unknown_series_samples_total: c.replay_unknown.load(Relaxed),
             chunks_pending_write: self
                 .inner
                 .pending_chunks
@@ -484,6 +512,11 @@ struct Replay {
     sealed: Vec<SealedChunk>,
     replayed: u64,
     corrupt: u64,
+    /// Samples of series the index does not know (lost with a corrupt batch, or
+    /// created just before a crash that lost their batch).
+    unknown: u64,
+    /// Highest series id the WAL names (never given out again).
+    max_id: u64,
 }
 
 impl Replay {
@@ -506,8 +539,13 @@ impl Replay {
         };
         let r = self.block_range;
         let (sealed, replayed, limit) = (&mut self.sealed, &mut self.replayed, self.future_limit);
+        let (unknown, max_id) = (&mut self.unknown, &mut self.max_id);
         let res = wal::decode_records(&body, &mut self.cursors, |id, t, vb| {
-            let Some(ms) = head.get_mut(id) else { return };
+            *max_id = (*max_id).max(id);
+            let Some(ms) = head.get_mut(id) else {
+                *unknown += 1;
+                return;
+            };
             if let Ok(Appended::Stored(s)) = ms.append(id, t, f64::from_bits(vb), r, seg, None) {
                 sealed.extend(s);
                 if t <= limit {
@@ -557,6 +595,8 @@ impl Inner {
             broken_seg: None,
             sealed: Vec::new(),
             replayed: 0,
+            unknown: 0,
+            max_id: 0,
             corrupt: 0,
         };
         let mut last_seg = None;
@@ -583,6 +623,14 @@ impl Inner {
         }
         drop(w);
         self.counters.replayed.fetch_add(rp.replayed, Relaxed);
+        self.counters.replay_unknown.fetch_add(rp.unknown, Relaxed);
+        if rp.unknown > 0 {
+            tracing::warn!(
+                samples = rp.unknown,
+                "tsdb: WAL samples of series the index does not know were skipped"
+            );
+        }
+        self.next_id.fetch_max(rp.max_id.saturating_add(1), Relaxed);
         self.counters.corrupt.fetch_add(rp.corrupt, Relaxed);
         self.write_sealed(rp.sealed)?;
         Ok(last_seg.map_or(0, |s| s.saturating_add(1)))
@@ -969,15 +1017,24 @@ impl Inner {
         while b <= hi {
             for item in self.chunks.scan_prefix(retention::series_prefix(b, id)) {
                 let (k, v) = item.map_err(|e| sled_err("scan chunks", e))?;
-                let (max_t, bytes) = retention::parse_chunk_value(&v)?;
                 let min_t = retention::key_min_t(&k).unwrap_or(i64::MIN);
+                // A corrupt chunk is skipped (logged, counted): the rest is served.
+                let (max_t, bytes) = match retention::parse_chunk_value(&v) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        self.corrupt_chunk(id, min_t, &e.0);
+                        continue;
+                    }
+                };
                 if min_t > hi || max_t < lo {
                     continue;
                 }
                 let before = out.len();
-                chunkenc::decode_range(bytes, lo, hi, out).map_err(|e| {
-                    StorageError(format!("tsdb: series {id} chunk at {min_t}: {e}"))
-                })?;
+                if let Err(e) = chunkenc::decode_range(bytes, lo, hi, out) {
+                    out.truncate(before);
+                    self.corrupt_chunk(id, min_t, &e.to_string());
+                    continue;
+                }
                 if let Some(g) = &load.grid {
                     g.thin(out, before);
                 }
@@ -989,6 +1046,11 @@ impl Inner {
             };
         }
         Ok(())
+    }
+
+    fn corrupt_chunk(&self, id: u64, min_t: i64, why: &str) {
+        self.counters.corrupt_chunks.fetch_add(1, Relaxed);
+        tracing::warn!(series = id, chunk_min_t = min_t, error = %why, "tsdb: corrupt chunk skipped (`shoal tsdb check --repair` quarantines it)");
     }
 
     /// Samples within `[lo, hi]` of `id`'s chunks that a failed write left in memory,

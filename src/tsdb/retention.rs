@@ -25,25 +25,45 @@ pub fn series_prefix(block: i64, id: u64) -> [u8; 16] {
 }
 
 pub fn chunk_value(max_t: i64, bytes: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + bytes.len());
-    v.push(FORMAT_V1);
+    let mut v = Vec::with_capacity(13 + bytes.len());
+    v.push(CHUNK_CRC);
     v.extend_from_slice(&max_t.to_be_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&v[1..9]);
+    h.update(bytes);
+    v.extend_from_slice(&h.finalize().to_be_bytes());
     v.extend_from_slice(bytes);
     v
 }
 
-/// Splits a chunk value into `(max time, chunk bytes)`.
+/// Chunk values with a CRC-32 of max time and chunk bytes (as Prometheus's chunk files
+/// have): `2 | max_t | crc | bytes`. Values of format 1 (no checksum) are still read.
+const CHUNK_CRC: u8 = 2;
+
+/// Splits a chunk value into `(max time, chunk bytes)`, checking its checksum.
 pub fn parse_chunk_value(v: &[u8]) -> Result<(i64, &[u8]), StorageError> {
-    if v.first() != Some(&FORMAT_V1) {
-        return Err(StorageError(format!(
-            "tsdb: chunk: unknown format version {:?}",
-            v.first()
-        )));
+    let truncated = || StorageError("tsdb: chunk: truncated".into());
+    match v.first() {
+        Some(&FORMAT_V1) => {
+            let max_t = bytes8(v, 1).map(i64::from_be_bytes).ok_or_else(truncated)?;
+            Ok((max_t, &v[9..]))
+        }
+        Some(&CHUNK_CRC) => {
+            let max_t = bytes8(v, 1).map(i64::from_be_bytes).ok_or_else(truncated)?;
+            let crc = v.get(9..13).ok_or_else(truncated)?;
+            let bytes = &v[13..];
+            let mut h = crc32fast::Hasher::new();
+            h.update(&v[1..9]);
+            h.update(bytes);
+            if h.finalize().to_be_bytes() != crc {
+                return Err(StorageError("tsdb: chunk: checksum mismatch".into()));
+            }
+            Ok((max_t, bytes))
+        }
+        b => Err(StorageError(format!(
+            "tsdb: chunk: unknown format version {b:?}"
+        ))),
     }
-    let max_t = bytes8(v, 1)
-        .map(i64::from_be_bytes)
-        .ok_or_else(|| StorageError("tsdb: chunk: truncated".into()))?;
-    Ok((max_t, &v[9..]))
 }
 
 /// The min time stored in a chunk key.

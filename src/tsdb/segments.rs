@@ -109,7 +109,16 @@ impl SegmentFiles {
 
     /// Calls `f` with every intact value of segment `seg`, in order. Returns why reading
     /// stopped early (a torn or corrupt frame), if it did.
-    pub fn read(&self, seg: u32, mut f: impl FnMut(&[u8])) -> io::Result<Option<String>> {
+    pub fn read(&self, seg: u32, f: impl FnMut(&[u8])) -> io::Result<Option<String>> {
+        Ok(self.read_frames(seg, f)?.1)
+    }
+
+    /// [`SegmentFiles::read`], also returning the length of the intact frames.
+    pub fn read_frames(
+        &self,
+        seg: u32,
+        mut f: impl FnMut(&[u8]),
+    ) -> io::Result<(u64, Option<String>)> {
         let file = File::open(self.dir.join(seg_name(seg)))?;
         let file_len = file.metadata()?.len();
         let mut r = BufReader::new(file);
@@ -118,42 +127,71 @@ impl SegmentFiles {
         loop {
             let mut header = [0u8; 8];
             match read_full(&mut r, &mut header)? {
-                0 => return Ok(None),
+                0 => return Ok((offset, None)),
                 8 => {}
                 n => {
-                    return Ok(Some(format!(
-                        "torn frame header at offset {offset} ({n} of 8 bytes)"
-                    )));
+                    return Ok((
+                        offset,
+                        Some(format!(
+                            "torn frame header at offset {offset} ({n} of 8 bytes)"
+                        )),
+                    ));
                 }
             }
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
             let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
             if len > MAX_FRAME || offset + 8 + u64::from(len) > file_len {
                 if offset + 8 + u64::from(len) > file_len && len <= MAX_FRAME {
-                    return Ok(Some(format!(
-                        "torn frame at offset {offset} ({} of {len} bytes)",
-                        file_len.saturating_sub(offset + 8)
-                    )));
+                    return Ok((
+                        offset,
+                        Some(format!(
+                            "torn frame at offset {offset} ({} of {len} bytes)",
+                            file_len.saturating_sub(offset + 8)
+                        )),
+                    ));
                 }
-                return Ok(Some(format!(
-                    "frame at offset {offset} declares {len} bytes"
-                )));
+                return Ok((
+                    offset,
+                    Some(format!("frame at offset {offset} declares {len} bytes")),
+                ));
             }
             value.resize(len as usize, 0);
             let got = read_full(&mut r, &mut value)?;
             if got < value.len() {
-                return Ok(Some(format!(
-                    "torn frame at offset {offset} ({got} of {len} bytes)"
-                )));
+                return Ok((
+                    offset,
+                    Some(format!(
+                        "torn frame at offset {offset} ({got} of {len} bytes)"
+                    )),
+                ));
             }
             if crc32fast::hash(&value) != crc {
-                return Ok(Some(format!(
-                    "checksum mismatch in frame at offset {offset}"
-                )));
+                return Ok((
+                    offset,
+                    Some(format!("checksum mismatch in frame at offset {offset}")),
+                ));
             }
             f(&value);
             offset += 8 + u64::from(len);
         }
+    }
+
+    /// Cuts segment `seg` to `len` bytes (`shoal tsdb check --repair` after copying
+    /// the cut tail aside).
+    pub fn truncate(&mut self, seg: u32, len: u64) -> io::Result<()> {
+        if self.open.as_ref().is_some_and(|o| o.seg == seg) {
+            self.open = None;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.dir.join(seg_name(seg)))?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    /// The file of segment `seg`.
+    pub fn path(&self, seg: u32) -> PathBuf {
+        self.dir.join(seg_name(seg))
     }
 
     /// Appends `value` as the next frame of segment `seg` (creating its file; the

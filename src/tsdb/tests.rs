@@ -776,3 +776,66 @@ fn a_panic_while_a_lock_is_held_poisons_nothing() {
     assert_eq!(ts(&got)[0], vec![(1000, 1.0), (2000, 2.0)]);
     assert!(db.writable().is_ok());
 }
+
+#[test]
+fn corrupt_records_are_skipped_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let a = lbl("a", &[]);
+    let b = lbl("b", &[]);
+    // Two series with a sealed chunk each (120 samples) and open heads.
+    for s in [&a, &b] {
+        append_all(&db, s, (0..130).map(|i| (i * 1000, i as f64)));
+    }
+    db.flush().unwrap();
+    // A bit flips in a's sealed chunk.
+    let key = db.inner.chunks.iter().keys().next().unwrap().unwrap();
+    let mut v = db.inner.chunks.get(&key).unwrap().unwrap().to_vec();
+    let n = v.len();
+    v[n - 5] ^= 0x10;
+    db.inner.chunks.insert(&key, v).unwrap();
+    let got = db.select(&hints(0, i64::MAX), &[]).unwrap();
+    let lens: Vec<usize> = got.series.iter().map(|s| s.samples.len()).collect();
+    assert_eq!(lens, vec![10, 130], "the corrupt chunk alone is skipped");
+    assert_eq!(db.stats().corrupt_chunks_skipped_total, 1);
+    // A per-series chunk record rots too; the node still opens.
+    let skey = db.inner.sealed.iter().keys().nth(1).unwrap().unwrap();
+    db.inner.sealed.insert(&skey, &[1u8, 2, 3][..]).unwrap();
+    db.close().unwrap();
+    drop(db);
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.stats().corrupt_records_skipped_total, 1);
+    let got = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "b")])
+        .unwrap();
+    assert_eq!(ts(&got)[0].len(), 130);
+}
+
+#[test]
+fn a_corrupt_wal_frame_loses_the_rest_of_its_segment_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    let l = lbl("w", &[]);
+    append_all(&db, &l, (0..3).map(|i| (i * 1000, i as f64)));
+    db.flush().unwrap();
+    append_all(&db, &l, (3..6).map(|i| (i * 1000, i as f64)));
+    db.flush().unwrap();
+    db.checkpoint().unwrap(); // a new segment
+    append_all(&db, &l, (6..9).map(|i| (i * 1000, i as f64)));
+    db.close().unwrap();
+    drop(db);
+    // Flip a byte in the first segment's second frame.
+    let seg = dir.path().join("wal/00000000");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let first_len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    bytes[8 + first_len + 10] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    assert!(db.stats().wal_corrupt_values_total >= 1);
+    let got = db
+        .select(&hints(0, i64::MAX), &[eq("__name__", "w")])
+        .unwrap();
+    let times: Vec<i64> = ts(&got)[0].iter().map(|s| s.0).collect();
+    // The first frame and the later segment survive.
+    assert_eq!(times, vec![0, 1000, 2000, 6000, 7000, 8000]);
+}

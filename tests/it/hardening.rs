@@ -578,3 +578,136 @@ fn a_full_disk_refuses_samples_loses_none_and_recovers_by_itself() {
         "a good_metric sample for every up sample"
     );
 }
+
+/// `shoal tsdb check DIR [--repair]`: exit code and output.
+fn tsdb_check(dir: &std::path::Path, repair: bool) -> (i32, String) {
+    let mut cmd = std::process::Command::new(crate::harness::shoal_bin());
+    cmd.args(["tsdb", "check"]).arg(dir);
+    if repair {
+        cmd.arg("--repair");
+    }
+    let out = cmd.output().expect("run shoal tsdb check");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn corrupt_records_are_skipped_reported_and_quarantined() {
+    let dir = tempdir();
+    let t = TargetServer::start();
+    t.set(
+        "/metrics",
+        Reply::text("c_metric{a=\"1\"} 1\nc_metric{a=\"2\"} 2\n"),
+    );
+    let cfg = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: c\n    static_configs:\n      - targets: ['{}']\n",
+        t.target()
+    );
+    let mut node = Node::start(dir.path(), &cfg, &[]);
+    wait_for("some scrapes", Duration::from_secs(30), || {
+        let n = up_count(&node, now_ms());
+        if n >= 6 { Ok(()) } else { Err(format!("{n}")) }
+    });
+    // Samples older than two WAL flushes are in earlier frames than the last one.
+    let stopped_at = now_ms() - 2_500;
+    let before = up_count(&node, stopped_at);
+    assert!(node.terminate().success());
+    let data = node.data_dir.clone();
+
+    // Corrupt one record of every kind.
+    {
+        let db = shoal::storage::sled_open::open_path(&data).unwrap();
+        db.open_tree("series")
+            .unwrap()
+            .insert((1u64 << 40).to_be_bytes(), &[3u8, 0xde, 0xad, 0xbe][..])
+            .unwrap();
+        db.open_tree("sealed")
+            .unwrap()
+            .insert(7u64.to_be_bytes(), &[1u8, 2, 3][..])
+            .unwrap();
+        let mut key = Vec::new();
+        key.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        key.extend_from_slice(&1u64.to_be_bytes());
+        key.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        db.open_tree("chunks")
+            .unwrap()
+            .insert(key, &[2u8; 40][..])
+            .unwrap();
+        db.flush().unwrap();
+        let cl = shoal::storage::sled_open::open_path(data.join("cluster")).unwrap();
+        let log = cl.open_tree("cluster.log").unwrap();
+        let (k, v) = log.last().unwrap().expect("a raft log entry");
+        let mut v = v.to_vec();
+        v.truncate(v.len() / 2);
+        log.insert(k, v).unwrap();
+        cl.flush().unwrap();
+    }
+    // The last WAL frame of the newest segment: a flipped byte in its checksummed body.
+    let wal = data.join("wal");
+    let mut segs: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.metadata().unwrap().len() > 0)
+        .map(|e| e.path())
+        .collect();
+    segs.sort();
+    let seg = segs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+
+    let (code, out) = tsdb_check(&data, false);
+    assert_eq!(code, 1, "{out}");
+    for kind in [
+        "series batch",
+        "chunk record",
+        "CORRUPT chunk ",
+        "WAL segment",
+        "raft log entry",
+    ] {
+        assert!(out.contains(kind), "{kind:?} missing from:\n{out}");
+    }
+
+    // The node starts with the corrupt records, skips them and serves the rest.
+    let config = node.config.clone();
+    let port = node.port;
+    drop(node);
+    let node = Node::start_with(dir.path(), &config, &data, port, &[]);
+    let after = up_count(&node, stopped_at);
+    assert_eq!(
+        after, before,
+        "every sample outside the corrupt last WAL frame"
+    );
+    assert!(metric_value(&node, "shoal_tsdb_corrupt_records_skipped_total", &[]) >= 2.0);
+    wait_for("scrapes go on", Duration::from_secs(30), || {
+        let n = up_count(&node, now_ms());
+        if n > after + 2 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+    drop(node);
+
+    let (code, out) = tsdb_check(&data, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("quarantined"), "{out}");
+    let (code, out) = tsdb_check(&data, false);
+    assert_eq!(code, 0, "after --repair: {out}");
+    assert!(out.contains("0 corrupt record"), "{out}");
+}
+
+/// Raw `up{job="c"}` samples over the hour before `at_ms`.
+fn up_count(node: &Node, at_ms: i64) -> usize {
+    raw_samples(node, "up{job=\"c\"}", 3600, at_ms)
+        .iter()
+        .map(Vec::len)
+        .sum()
+}
