@@ -114,7 +114,7 @@ impl TestCluster {
     }
 
     /// Restarts node `i` on its old address and data dir (after a kill or exit).
-    fn restart(&mut self, i: usize) {
+    pub(crate) fn restart(&mut self, i: usize) {
         let port = self.nodes[i].port;
         self.restart_on(i, port);
     }

@@ -711,3 +711,154 @@ fn up_count(node: &Node, at_ms: i64) -> usize {
         .map(Vec::len)
         .sum()
 }
+
+/// [`raw_samples`] over the node's own data only (`local=1`).
+fn raw_local(node: &Node, sel: &str, from_ms: i64, at_ms: i64) -> Vec<Vec<(i64, f64)>> {
+    let q = format!("{sel}[{}s]", ((at_ms - from_ms) / 1000).max(1));
+    let v = node.get_json(&format!(
+        "/api/v1/query?local=1&query={}&time={}",
+        urlencode(&q),
+        at_ms as f64 / 1000.0
+    ));
+    assert_eq!(v["status"], "success", "{q}: {v}");
+    v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| ((p[0].as_f64().unwrap() * 1000.0).round() as i64, 1.0))
+                .collect()
+        })
+        .collect()
+}
+
+/// 59 good targets and a bad one (`sharding`'s 60-target fleet shape) on 3 nodes.
+#[test]
+fn a_bad_target_moving_through_a_cluster_erases_no_node() {
+    use crate::cluster::TestCluster;
+    use crate::sharding::wait_settled;
+    let good = TargetServer::start();
+    good.set("/metrics", Reply::text("fleet_metric 1\n"));
+    let evil = TargetServer::start();
+    evil.set(
+        "/metrics",
+        Reply::text(&format!("evil_future 1 {YEAR_2100}\nevil_now 1\n")),
+    );
+    let mut cfg = String::from(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n",
+    );
+    for i in 0..59 {
+        cfg.push_str(&format!(
+            "      - targets: ['{}']\n        labels: {{idx: '{i}'}}\n",
+            good.target()
+        ));
+    }
+    cfg.push_str(&format!(
+        "      - targets: ['{}']\n        labels: {{idx: '59'}}\n",
+        evil.target()
+    ));
+    let flags = ["--storage.tsdb.maintenance-interval", "1s"];
+    let mut c = TestCluster::start_with_config(&["127.0.0.1"; 3], &cfg, &flags);
+    let first = wait_settled(&c, &[0, 1, 2], 1);
+    let started = now_ms();
+    let a = *first[&59].iter().next().unwrap();
+    let rejected = |n: &Node| {
+        metric_value(
+            n,
+            "shoal_scrape_samples_out_of_bounds_total",
+            &["reason=\"too_far_in_future\""],
+        )
+    };
+    wait_for(
+        "the first owner to meet the bad target",
+        Duration::from_secs(30),
+        || {
+            let r = rejected(&c.nodes[a]);
+            if r >= 2.0 {
+                Ok(())
+            } else {
+                Err(format!("{r}"))
+            }
+        },
+    );
+    // Move 1: the owner dies; the bad target goes to the next node.
+    c.nodes[a].kill9();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != a).collect();
+    let second = wait_settled(&c, &rest, 1);
+    let b = *second[&59].iter().next().unwrap();
+    assert_ne!(a, b);
+    wait_for(
+        "the second owner to meet the bad target",
+        Duration::from_secs(30),
+        || {
+            let r = rejected(&c.nodes[b]);
+            if r >= 3.0 {
+                Ok(())
+            } else {
+                Err(format!("{r}"))
+            }
+        },
+    );
+    // Move 2: the first owner comes back and takes the target back.
+    c.restart(a);
+    let third = wait_settled(&c, &[0, 1, 2], 1);
+    assert_eq!(third[&59], first[&59]);
+    let settled = now_ms();
+    wait_for(
+        "several maintenance passes",
+        Duration::from_secs(60),
+        || {
+            let runs: f64 = (0..3)
+                .map(|i| metric_value(&c.nodes[i], "shoal_tsdb_maintenance_runs_total", &[]))
+                .fold(f64::MAX, f64::min);
+            if runs >= 4.0 && now_ms() - settled >= 6_000 && rejected(&c.nodes[a]) >= 2.0 {
+                Ok(())
+            } else {
+                Err(format!("fewest maintenance runs {runs}"))
+            }
+        },
+    );
+    let at = now_ms() - 1_500;
+    let complete = |i: usize, idx: &[usize], from: i64| {
+        for &t in idx {
+            let up = raw_local(&c.nodes[i], &format!("up{{idx=\"{t}\"}}"), from, at);
+            assert_eq!(up.len(), 1, "node {i}, target {t}: {up:?}");
+            assert!(
+                max_gap(&up[0]) <= 2_000 && up[0].first().is_some_and(|s| s.0 <= from + 2_000),
+                "node {i}, target {t}: a hole since {from}: {:?}",
+                up[0]
+            );
+        }
+    };
+    // Every node scrapes its good targets now, whoever met the bad one.
+    for i in 0..3 {
+        let mine: Vec<usize> = (0..59).filter(|t| third[t].contains(&i)).collect();
+        complete(i, &mine, settled + 1_000);
+    }
+    // The node that met the bad target second kept the history of the targets it owned
+    // all along: nothing aged out.
+    let always: Vec<usize> = (0..59)
+        .filter(|t| first[t].contains(&b) && third[t].contains(&b))
+        .collect();
+    assert!(!always.is_empty());
+    complete(b, &always, started + 1_000);
+    // Both met the target and stored its good series.
+    for i in [a, b] {
+        assert_eq!(
+            c.nodes[i]
+                .query_local("count_over_time(evil_now[10m])")
+                .len(),
+            1,
+            "node {i}"
+        );
+        assert!(
+            c.nodes[i]
+                .query_local("count_over_time(evil_future[10m])")
+                .is_empty()
+        );
+    }
+}
