@@ -29,9 +29,21 @@ fn now_ms() -> i64 {
 
 /// The raw samples of `sel` in the `range_s` seconds up to `at_ms`: `(t_ms, value)`.
 pub fn raw_samples(node: &Node, sel: &str, range_s: u64, at_ms: i64) -> Vec<Vec<(i64, f64)>> {
+    raw_query(node, sel, range_s, at_ms, false)
+}
+
+/// [`raw_samples`], the whole cluster's or (`local`) the node's own.
+fn raw_query(
+    node: &Node,
+    sel: &str,
+    range_s: u64,
+    at_ms: i64,
+    local: bool,
+) -> Vec<Vec<(i64, f64)>> {
     let q = format!("{sel}[{range_s}s]");
     let v = node.get_json(&format!(
-        "/api/v1/query?query={}&time={}",
+        "/api/v1/query?local={}&query={}&time={}",
+        u8::from(local),
         urlencode(&q),
         at_ms as f64 / 1000.0
     ));
@@ -712,28 +724,10 @@ fn up_count(node: &Node, at_ms: i64) -> usize {
         .sum()
 }
 
-/// [`raw_samples`] over the node's own data only (`local=1`).
+/// [`raw_samples`] over the node's own data only (`local=1`) from `from_ms`.
 fn raw_local(node: &Node, sel: &str, from_ms: i64, at_ms: i64) -> Vec<Vec<(i64, f64)>> {
-    let q = format!("{sel}[{}s]", ((at_ms - from_ms) / 1000).max(1));
-    let v = node.get_json(&format!(
-        "/api/v1/query?local=1&query={}&time={}",
-        urlencode(&q),
-        at_ms as f64 / 1000.0
-    ));
-    assert_eq!(v["status"], "success", "{q}: {v}");
-    v["data"]["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            s["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| ((p[0].as_f64().unwrap() * 1000.0).round() as i64, 1.0))
-                .collect()
-        })
-        .collect()
+    let range_s = ((at_ms - from_ms) / 1000).max(1) as u64;
+    raw_query(node, sel, range_s, at_ms, true)
 }
 
 /// 59 good targets and a bad one (`sharding`'s 60-target fleet shape) on 3 nodes.
