@@ -135,8 +135,12 @@ fn check_config(files: &[PathBuf]) -> ExitCode {
 pub fn run_until_signal(args: RunArgs) -> anyhow::Result<()> {
     actix::System::new().block_on(async move {
         let node = Node::start(args).await?;
-        let left = node.left.clone();
+        let (left, quit) = (node.left.clone(), node.quit.clone());
         tokio::select! {
+            _ = quit.notified() => {
+                tracing::info!("POST /-/quit: shutting down");
+                node.stop().await;
+            }
             sig = wait_for_shutdown_signal() => match sig {
                 ShutdownSignal::Interrupt => node.stop().await,
                 ShutdownSignal::Terminate => node.leave_and_stop().await,
@@ -226,6 +230,9 @@ pub struct Node {
     master_loop: tokio::task::JoinHandle<()>,
     /// Notified when this node has left the cluster through the HTTP API.
     pub left: Arc<tokio::sync::Notify>,
+    /// Notified by `POST /-/quit` (`--web.enable-lifecycle`): stop, keeping the
+    /// cluster identity, as on SIGINT.
+    pub quit: Arc<tokio::sync::Notify>,
 }
 
 fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
@@ -263,6 +270,10 @@ fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
     m.insert(
         "scrape.timestamp-tolerance".into(),
         crate::model::duration::format(args.scrape_timestamp_tolerance),
+    );
+    m.insert(
+        "web.enable-lifecycle".into(),
+        args.web_enable_lifecycle.to_string(),
     );
     m.insert("cluster.seeds".into(), args.cluster.seeds.join(","));
     m.insert(
@@ -497,6 +508,7 @@ impl Node {
             })
         };
         let left = Arc::new(tokio::sync::Notify::new());
+        let quit = Arc::new(tokio::sync::Notify::new());
         let exit_after_leave: Arc<dyn Fn() + Send + Sync> = {
             let left = left.clone();
             Arc::new(move || left.notify_one())
@@ -556,6 +568,7 @@ impl Node {
             }),
             config: config_lock,
             reload: reload.clone(),
+            lifecycle: args.web_enable_lifecycle.then(|| quit.clone()),
             metrics,
             flags: flags_map(&args),
             ready: ready.clone(),
@@ -591,6 +604,7 @@ impl Node {
             rules: rule_manager,
             master_loop,
             left,
+            quit,
         })
     }
 

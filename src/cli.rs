@@ -163,6 +163,10 @@ pub struct RunArgs {
     /// for jobs whose `body_size_limit` is 0 (none); 0 lifts the ceiling.
     #[arg(long = "scrape.max-body-size", default_value = "256MiB", value_parser = crate::config::parse_base2_bytes)]
     pub scrape_max_body_size: u64,
+    /// Enable `POST /-/reload` and `POST /-/quit` (Prometheus's lifecycle API); without
+    /// it they answer 403 and the config reloads on SIGHUP only.
+    #[arg(long = "web.enable-lifecycle")]
+    pub web_enable_lifecycle: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod glob;
+pub mod redact;
 pub mod rules;
 mod units;
 

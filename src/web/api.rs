@@ -587,7 +587,13 @@ pub async fn buildinfo() -> HttpResponse {
 
 pub async fn status_config(st: web::Data<AppState>) -> HttpResponse {
     let cfg = st.current_config();
-    success(&json!({ "yaml": cfg.original }))
+    // Never the raw file: it holds scrape passwords and tokens.
+    match crate::config::redact::redacted_yaml(&cfg.original) {
+        Ok(yaml) => success(&json!({ "yaml": yaml })),
+        Err(e) => {
+            ApiError::new(ErrorType::Internal, format!("showing the config: {e}")).error_response()
+        }
+    }
 }
 
 pub async fn status_flags(st: web::Data<AppState>) -> HttpResponse {
@@ -604,7 +610,27 @@ pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
         .body(st.metrics.render())
 }
 
+/// Prometheus's answer on a lifecycle route without `--web.enable-lifecycle`.
+fn lifecycle_disabled() -> HttpResponse {
+    HttpResponse::Forbidden()
+        .content_type("text/plain; charset=utf-8")
+        .body("Lifecycle API is not enabled.")
+}
+
+pub async fn quit(st: web::Data<AppState>) -> HttpResponse {
+    let Some(quit) = &st.lifecycle else {
+        return lifecycle_disabled();
+    };
+    quit.notify_one();
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("Requesting termination... Goodbye!")
+}
+
 pub async fn reload(st: web::Data<AppState>) -> HttpResponse {
+    if st.lifecycle.is_none() {
+        return lifecycle_disabled();
+    }
     let f = st.reload.clone();
     match web::block(move || f()).await {
         Ok(Ok(())) => HttpResponse::Ok().body(""),

@@ -51,6 +51,9 @@ pub struct AppState {
     pub targets: TargetsView,
     pub config: Arc<RwLock<Arc<Config>>>,
     pub reload: ReloadFn,
+    /// `--web.enable-lifecycle`: notified by `POST /-/quit`; `None` answers 403 on
+    /// `/-/reload` and `/-/quit`, as Prometheus without the flag.
+    pub lifecycle: Option<Arc<tokio::sync::Notify>>,
     pub metrics: Metrics,
     /// Command-line flags for `/api/v1/status/flags`.
     pub flags: BTreeMap<String, String>,
@@ -83,6 +86,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/-/ready", web::head().to(ready))
         .route("/-/reload", web::post().to(api::reload))
         .route("/-/reload", web::put().to(api::reload))
+        .route("/-/quit", web::post().to(api::quit))
+        .route("/-/quit", web::put().to(api::quit))
         .route("/metrics", web::get().to(api::metrics))
         .route("/federate", web::get().to(federate::federate))
         .route("/", web::get().to(index))

@@ -140,3 +140,82 @@ fn status_endpoints() {
         "{m}"
     );
 }
+
+#[test]
+fn status_config_shows_secrets_as_secret() {
+    let dir = tempdir();
+    let cfg = "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: locked\n    basic_auth:\n      username: scraper\n      password: s3cr3t-pass\n    static_configs:\n      - targets: ['127.0.0.1:1']\n  - job_name: tokened\n    authorization:\n      credentials: s3cr3t-token\n    static_configs:\n      - targets: ['127.0.0.1:2']\n";
+    let node = Node::start(dir.path(), cfg, &["--log.level", "debug"]);
+    let v = node.get_json("/api/v1/status/config");
+    let yaml = v["data"]["yaml"].as_str().unwrap();
+    assert!(yaml.contains("job_name: locked"), "{yaml}");
+    assert!(yaml.contains("username: scraper"), "{yaml}");
+    assert_eq!(yaml.matches("<secret>").count(), 2, "{yaml}");
+    let (_, flags) = http_get(&node.url("/api/v1/status/flags")).unwrap();
+    // Scrapes were tried (and logged at debug) with the credentials.
+    wait_for("scrapes", Duration::from_secs(30), || {
+        let up = node.query("up");
+        if up.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{up:?}"))
+        }
+    });
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    for secret in ["s3cr3t-pass", "s3cr3t-token"] {
+        assert!(!yaml.contains(secret), "{secret} in status/config");
+        assert!(!flags.contains(secret), "{secret} in status/flags");
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+
+#[test]
+fn lifecycle_routes_need_web_enable_lifecycle() {
+    let dir = tempdir();
+    let cfg = "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: before\n    static_configs:\n      - targets: ['127.0.0.1:1']\n";
+    let mut node = Node::start(dir.path(), cfg, &[]);
+    std::fs::write(&node.config, cfg.replace("before", "after")).unwrap();
+    for path in ["/-/reload", "/-/quit"] {
+        let (code, body) = http("POST", &node.url(path), None, b"").unwrap();
+        assert_eq!(
+            (code, body.as_str()),
+            (403, "Lifecycle API is not enabled."),
+            "{path}"
+        );
+    }
+    let yaml = node.get_json("/api/v1/status/config")["data"]["yaml"].clone();
+    assert!(
+        yaml.as_str().unwrap().contains("job_name: before"),
+        "{yaml}"
+    );
+    assert!(node.child.try_wait().unwrap().is_none(), "still running");
+    assert!(node.terminate().success());
+
+    // With the flag: reload applies, quit stops the node cleanly.
+    let port = node.port;
+    let (config, data) = (node.config.clone(), node.data_dir.clone());
+    drop(node);
+    let mut node = Node::start_with(
+        dir.path(),
+        &config,
+        &data,
+        port,
+        &["--web.enable-lifecycle"],
+    );
+    let (code, body) = http("POST", &node.url("/-/reload"), None, b"").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let yaml = node.get_json("/api/v1/status/config")["data"]["yaml"].clone();
+    assert!(yaml.as_str().unwrap().contains("job_name: after"), "{yaml}");
+    let (code, body) = http("POST", &node.url("/-/quit"), None, b"").unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "Requesting termination... Goodbye!")
+    );
+    let st = wait_for("the node to exit", Duration::from_secs(30), || {
+        node.child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or("running".to_string())
+    });
+    assert!(st.success(), "{st}");
+}

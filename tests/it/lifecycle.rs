@@ -122,7 +122,11 @@ fn reload_rejects_a_bad_config_and_keeps_running() {
     let dir = tempdir();
     let t = TargetServer::start();
     t.set("/metrics", Reply::text("demo_counter 1\n"));
-    let node = Node::start(dir.path(), &one_job(&t.target()), &[]);
+    let node = Node::start(
+        dir.path(),
+        &one_job(&t.target()),
+        &["--web.enable-lifecycle"],
+    );
 
     std::fs::write(&node.config, "global:\n  scrape_intervall: 1s\n").unwrap();
     let (code, body) = http("POST", &node.url("/-/reload"), None, b"").unwrap();

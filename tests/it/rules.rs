@@ -62,7 +62,7 @@ fn local_rules_record_alert_and_reload() {
     let node = Node::start(
         dir.path(),
         &config(&t.target(), rules.to_str().unwrap()),
-        &[],
+        &["--web.enable-lifecycle"],
     );
     let node_id = node.get_json("/api/v1/cluster")["data"]["nodeId"]
         .as_str()

@@ -252,7 +252,7 @@ fn vanished_series_and_removed_targets_go_stale() {
                 ("two", vec![t2.target()], ""),
             ],
         ),
-        &[],
+        &["--web.enable-lifecycle"],
     );
     wait_for("both series", Duration::from_secs(30), || {
         let n =

@@ -511,7 +511,11 @@ fn a_killed_nodes_targets_are_taken_over_within_down_after() {
 #[test]
 fn a_target_that_leaves_discovery_is_marked_stale_in_a_cluster() {
     let server = fleet_server();
-    let c = TestCluster::start_with_config(&["127.0.0.1"; 3], &fleet_config(&server), &[]);
+    let c = TestCluster::start_with_config(
+        &["127.0.0.1"; 3],
+        &fleet_config(&server),
+        &["--web.enable-lifecycle"],
+    );
     let before = wait_settled(&c, &[0, 1, 2], 1);
     // Each node's `up` query for the targets idx 50..59 it owns; all present now.
     let removed_queries: Vec<(usize, String)> = (0..3)
