@@ -305,15 +305,23 @@ fn decode_slice<T: DeserializeOwned>(
     ) -> Result<(T, usize), bincode::error::DecodeError> {
         bincode::serde::decode_from_slice(body, bincode::config::standard().with_limit::<L>())
     }
-    match body.len().saturating_mul(16) {
-        0..=0x1_0000 => with::<T, 0x1_0000>(body),
-        ..=0x4_0000 => with::<T, 0x4_0000>(body),
-        ..=0x10_0000 => with::<T, 0x10_0000>(body),
-        ..=0x40_0000 => with::<T, 0x40_0000>(body),
-        ..=0x100_0000 => with::<T, 0x100_0000>(body),
-        ..=0x400_0000 => with::<T, 0x400_0000>(body),
-        ..=0x1000_0000 if DECODE_LIMIT > 0x1000_0000 => with::<T, 0x1000_0000>(body),
-        _ => with::<T, DECODE_LIMIT>(body),
+    let need = body.len().saturating_mul(16);
+    if need <= 0x1_0000 {
+        with::<T, 0x1_0000>(body)
+    } else if need <= 0x4_0000 {
+        with::<T, 0x4_0000>(body)
+    } else if need <= 0x10_0000 {
+        with::<T, 0x10_0000>(body)
+    } else if need <= 0x40_0000 {
+        with::<T, 0x40_0000>(body)
+    } else if need <= 0x100_0000 {
+        with::<T, 0x100_0000>(body)
+    } else if need <= 0x400_0000 {
+        with::<T, 0x400_0000>(body)
+    } else if need <= 0x1000_0000 && DECODE_LIMIT > 0x1000_0000 {
+        with::<T, 0x1000_0000>(body)
+    } else {
+        with::<T, DECODE_LIMIT>(body)
     }
 }
 
