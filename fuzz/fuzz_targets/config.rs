@@ -1,8 +1,7 @@
 //! Configuration loading (`config`): with an even first byte the rest is a
 //! `prometheus.yml` (`config::load_str`: YAML, defaults, validation, relabel configs,
 //! rule-file globs), with an odd one a rule file (`config::rules::parse_rule_file`,
-//! which also parses every expression). No panic, no hang, no huge allocation. The
-//! target runs in an empty directory, so relative `rule_files` match nothing.
+//! which also parses every expression). No panic, no hang, no huge allocation.
 #![no_main]
 
 use std::path::Path;
@@ -11,25 +10,18 @@ use libfuzzer_sys::fuzz_target;
 use shoal::config;
 use shoal::config::rules::parse_rule_file;
 
-fuzz_target!(
-    init: {
-        let d = std::env::temp_dir().join(format!("shoal-fuzz-config-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("create an empty directory");
-        std::env::set_current_dir(&d).expect("enter it");
-    },
-    |data: &[u8]| {
-        let Some((&kind, body)) = data.split_first() else {
-            return;
-        };
-        let Ok(text) = std::str::from_utf8(body) else {
-            return;
-        };
-        if kind % 2 == 0 {
-            if let Ok(cfg) = config::load_str(text) {
-                let _ = cfg.validate();
-            }
-        } else {
-            let _ = parse_rule_file(text, Path::new("rules.yml"));
+fuzz_target!(|data: &[u8]| {
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return;
+    };
+    if kind % 2 == 0 {
+        if let Ok(cfg) = config::load_str(text) {
+            let _ = cfg.validate();
         }
+    } else {
+        let _ = parse_rule_file(text, Path::new("rules.yml"));
     }
-);
+});
