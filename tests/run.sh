@@ -40,6 +40,60 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo nextest run"
 cargo nextest run --locked --no-fail-fast "$@"
 
+# Fuzz smoke: every cargo-fuzz target of fuzz/ for 30 s from its committed corpus
+# (docs/reliability.md, "Fuzzing"). New inputs go to a scratch copy, so the committed
+# corpora stay as they are. Needs the nightly toolchain, which rustup cannot fetch here
+# (no network but the package registries): without it the smoke is skipped, loudly.
+# With nextest arguments it is skipped unless SHOAL_FUZZ_SMOKE=1; SHOAL_FUZZ_SMOKE=0
+# always skips it.
+fuzz_smoke=${SHOAL_FUZZ_SMOKE:-auto}
+if [ "$fuzz_smoke" = auto ]; then
+  if [ $# -eq 0 ]; then fuzz_smoke=1; else fuzz_smoke=0; fi
+fi
+if [ "$fuzz_smoke" = 1 ]; then
+  echo "== fuzz smoke (cargo-fuzz, 30 s per target)"
+  if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    echo "!! SKIPPED fuzz smoke: no nightly Rust toolchain (cargo-fuzz needs one), and"
+    echo "!! rustup cannot download toolchains on this machine. Install one with"
+    echo "!! \`rustup toolchain install nightly\` where the network allows it."
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+  else
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+      echo "== installing cargo-fuzz"
+      cargo install cargo-fuzz --locked
+    fi
+    (
+      cd fuzz
+      cargo +nightly fuzz build
+      failed=""
+      for t in $(cargo +nightly fuzz list); do
+        scratch="artifacts-scratch/smoke/$t"
+        rm -rf "$scratch"
+        mkdir -p "$scratch/corpus"
+        log="$scratch/log"
+        # ASan's quarantine of freed memory (256 MB by default) would count against
+        # the 256 MB RSS limit; a single allocation over it still fails (malloc limit).
+        if ASAN_OPTIONS=quarantine_size_mb=16 cargo +nightly fuzz run "$t" "$scratch/corpus" "corpus/$t" -- \
+          -max_total_time=30 -rss_limit_mb=256 -timeout=10 \
+          -artifact_prefix="$scratch/" -print_final_stats=1 >"$log" 2>&1; then
+          echo "fuzz $t: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$') executions in 30 s, no crash"
+        else
+          echo "FAILED fuzz $t (crash, hang or OOM; input under fuzz/$scratch/):"
+          tail -n 60 "$log"
+          failed="$failed $t"
+        fi
+      done
+      if [ -n "$failed" ]; then
+        echo "fuzz smoke failed:$failed"
+        exit 1
+      fi
+    )
+  fi
+else
+  echo "== fuzz smoke skipped (nextest arguments given; SHOAL_FUZZ_SMOKE=1 runs it)"
+fi
+
 fault_tests=${SHOAL_FAULT_TESTS:-auto}
 if [ "$fault_tests" = auto ]; then
   if [ $# -eq 0 ]; then fault_tests=1; else fault_tests=0; fi

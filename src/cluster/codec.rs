@@ -39,13 +39,48 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// `bincode::serde::decode_from_slice` with a limit on the bytes the decoder may claim
+/// that grows with the body. bincode allocates (and zeroes) a string's or byte vector's
+/// declared length before it reads it, checking only that limit: under a fixed limit a
+/// body of a few bytes could make the node allocate up to the whole limit. A value
+/// claims at most 16 times its encoded size (a one-byte varint u64 claims 8), so the
+/// limit is 16 times the body rounded up to a power of four, at least 64 KiB, at most
+/// [`DECODE_LIMIT`].
+fn decode_slice<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    fn with<T: DeserializeOwned, const L: usize>(
+        body: &[u8],
+    ) -> Result<(T, usize), bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(body, bincode::config::standard().with_limit::<L>())
+    }
+    let need = body.len().saturating_mul(16);
+    if need <= 0x1_0000 {
+        with::<T, 0x1_0000>(body)
+    } else if need <= 0x4_0000 {
+        with::<T, 0x4_0000>(body)
+    } else if need <= 0x10_0000 {
+        with::<T, 0x10_0000>(body)
+    } else if need <= 0x40_0000 {
+        with::<T, 0x40_0000>(body)
+    } else if need <= 0x100_0000 {
+        with::<T, 0x100_0000>(body)
+    } else if need <= 0x400_0000 {
+        with::<T, 0x400_0000>(body)
+    } else if need <= 0x1000_0000 && DECODE_LIMIT > 0x1000_0000 {
+        with::<T, 0x1000_0000>(body)
+    } else {
+        with::<T, DECODE_LIMIT>(body)
+    }
+}
+
 /// Decodes bytes written by [`encode`]; rejects other versions and trailing garbage.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(CodecError::Version { found: version });
     }
-    let (value, read) = bincode::serde::decode_from_slice(body, config())?;
+    let (value, read) = decode_slice(body)?;
     if read != body.len() {
         return Err(CodecError::Trailing {
             trailing: body.len() - read,
@@ -93,5 +128,24 @@ mod tests {
             0x7f,
         ];
         assert!(decode::<String>(&garbage).is_err());
+    }
+
+    /// Found by the `query_wire` fuzz target (the same holds here): a few bytes
+    /// declaring a 200 MB string made the decoder allocate it before finding the body
+    /// short.
+    #[test]
+    fn a_short_body_cannot_claim_a_big_allocation() {
+        let mut body = vec![FORMAT_VERSION, 9, 0xfc];
+        body.extend_from_slice(&200_000_000u32.to_le_bytes());
+        body.extend_from_slice(b"10.0.0.9:9090");
+        assert!(matches!(
+            decode::<(u64, String)>(&body),
+            Err(CodecError::Decode(
+                bincode::error::DecodeError::LimitExceeded
+            ))
+        ));
+        let big = (7u64, "x".repeat(5 << 20), vec![3u64; 1 << 16]);
+        let back: (u64, String, Vec<u64>) = decode(&encode(&big).unwrap()).unwrap();
+        assert_eq!(back, big);
     }
 }

@@ -11,6 +11,8 @@
 //! - [`codec`]: the versioned bincode format of everything persisted or sent.
 
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod handle;
 pub mod log_store;
 pub(crate) mod network;

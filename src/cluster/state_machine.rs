@@ -76,7 +76,7 @@ struct SnapshotPayload {
     slots: BTreeMap<String, i64>,
 }
 
-fn decode_payload(bytes: &[u8]) -> Result<SmData, codec::CodecError> {
+pub(crate) fn decode_payload(bytes: &[u8]) -> Result<SmData, codec::CodecError> {
     match codec::decode::<SnapshotPayload>(bytes) {
         Ok(p) => {
             let mut data = p.data;

@@ -277,6 +277,9 @@ pub fn overlapping_steps(listings: &[&Listing], span: Span) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// Most steps a pushed-down range query may have, as `/api/v1/query_range` allows.
+pub const MAX_POINTS: i64 = 11_000;
+
 /// Evaluates a plan's member queries over `local` (on a member, or this node's part).
 /// The series are listed after the evaluation, so a series that appears in between
 /// is listed (at worst a needless normal evaluation of some steps), never unseen.
@@ -290,6 +293,12 @@ pub fn evaluate(
     let Span {
         start, end, step, ..
     } = span;
+    // The API's bound on a range query (a member gets its span from any peer).
+    if step > 0 && end.saturating_sub(start) / step > MAX_POINTS {
+        return Err(format!(
+            "exceeded maximum resolution of 11,000 points per timeseries ({start}..{end} by {step})"
+        ));
+    }
     let mut results = Vec::with_capacity(queries.len());
     for q in queries {
         let r = if step == 0 {
@@ -452,6 +461,25 @@ mod tests {
     use super::*;
     use crate::promql::EngineOptions;
     use crate::storage::memory::MemStore;
+
+    #[test]
+    fn member_span_is_bounded_like_the_api() {
+        // Found by the `query_wire` fuzz target: an Aggregate request over 36 M steps
+        // made a member allocate 288 MB (up to the 50 M-sample limit's worth).
+        let store = MemStore::new();
+        store.insert(&Labels::from_pairs(&[("__name__", "x")]), 0, 1.0);
+        let engine = Engine::new(EngineOptions::default());
+        let q = vec!["sum(x)".to_string()];
+        let span = |end| Span {
+            start: 0,
+            end,
+            step: 1,
+            window_ms: 0,
+        };
+        let err = evaluate(&engine, &store, &q, &[], span(36_000_000)).unwrap_err();
+        assert!(err.contains("11,000 points"), "{err}");
+        assert!(evaluate(&engine, &store, &q, &[], span(11_000)).is_ok());
+    }
 
     #[test]
     fn plans_only_the_safe_shapes() {

@@ -376,13 +376,48 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
+/// `bincode::serde::decode_from_slice` with a limit on the bytes the decoder may claim
+/// that grows with the body. bincode allocates (and zeroes) a string's or byte vector's
+/// declared length before it reads it, checking only that limit: under a fixed limit a
+/// body of a few bytes could make the node allocate up to the whole limit. A value
+/// claims at most 16 times its encoded size (a one-byte varint u64 claims 8), so the
+/// limit is 16 times the body rounded up to a power of four, at least 64 KiB, at most
+/// [`DECODE_LIMIT`].
+fn decode_slice<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    fn with<T: DeserializeOwned, const L: usize>(
+        body: &[u8],
+    ) -> Result<(T, usize), bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(body, bincode::config::standard().with_limit::<L>())
+    }
+    let need = body.len().saturating_mul(16);
+    if need <= 0x1_0000 {
+        with::<T, 0x1_0000>(body)
+    } else if need <= 0x4_0000 {
+        with::<T, 0x4_0000>(body)
+    } else if need <= 0x10_0000 {
+        with::<T, 0x10_0000>(body)
+    } else if need <= 0x40_0000 {
+        with::<T, 0x40_0000>(body)
+    } else if need <= 0x100_0000 {
+        with::<T, 0x100_0000>(body)
+    } else if need <= 0x400_0000 {
+        with::<T, 0x400_0000>(body)
+    } else if need <= 0x1000_0000 && DECODE_LIMIT > 0x1000_0000 {
+        with::<T, 0x1000_0000>(body)
+    } else {
+        with::<T, DECODE_LIMIT>(body)
+    }
+}
+
 /// Decodes what [`encode`] wrote; rejects other versions and trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(WireError::Version(version));
     }
-    let (value, read) = bincode::serde::decode_from_slice(body, config())?;
+    let (value, read) = decode_slice(body)?;
     if read != body.len() {
         return Err(WireError::Trailing(body.len() - read));
     }
@@ -456,6 +491,32 @@ mod tests {
             value: "x".into(),
         };
         assert!(matchers(&[bad_op]).is_err());
+    }
+
+    /// Found by the `query_wire` fuzz target: 24 bytes declaring a 305 MB matcher name
+    /// made the member allocate (and zero) it before finding the body short.
+    #[test]
+    fn a_short_body_cannot_claim_a_big_allocation() {
+        let mut body = [
+            0x02, 0x02, 0x00, 0x02, 0x02, 0x00, 0xfc, 0x80, 0x60, 0x34, 0x12, 0x00, 0x00, 0x2b,
+            0x3f, 0xfc, 0x80, 0x4f, 0x80, 0x4f, 0x12, 0x12, 0x00, 0x00,
+        ];
+        // Found at wire version 2; the body after the version byte is the same claim.
+        body[0] = FORMAT_VERSION;
+        assert!(matches!(
+            decode::<Request>(&body),
+            Err(WireError::Decode(
+                bincode::error::DecodeError::LimitExceeded
+            ))
+        ));
+        // What the limit allows still decodes: a big body with a big string.
+        let big = Request::LabelValues {
+            name: "x".repeat(3 << 20),
+            mint: 1,
+            maxt: 2,
+            matchers: vec![],
+        };
+        assert_eq!(decode::<Request>(&encode(&big).unwrap()).unwrap(), big);
     }
 
     #[test]

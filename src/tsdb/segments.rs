@@ -114,66 +114,9 @@ impl SegmentFiles {
     }
 
     /// [`SegmentFiles::read`], also returning the length of the intact frames.
-    pub fn read_frames(
-        &self,
-        seg: u32,
-        mut f: impl FnMut(&[u8]),
-    ) -> io::Result<(u64, Option<String>)> {
-        let file = File::open(self.dir.join(seg_name(seg)))?;
-        let file_len = file.metadata()?.len();
-        let mut r = BufReader::new(file);
-        let mut value = Vec::new();
-        let mut offset = 0u64;
-        loop {
-            let mut header = [0u8; 8];
-            match read_full(&mut r, &mut header)? {
-                0 => return Ok((offset, None)),
-                8 => {}
-                n => {
-                    return Ok((
-                        offset,
-                        Some(format!(
-                            "torn frame header at offset {offset} ({n} of 8 bytes)"
-                        )),
-                    ));
-                }
-            }
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-            if len > MAX_FRAME || offset + 8 + u64::from(len) > file_len {
-                if offset + 8 + u64::from(len) > file_len && len <= MAX_FRAME {
-                    return Ok((
-                        offset,
-                        Some(format!(
-                            "torn frame at offset {offset} ({} of {len} bytes)",
-                            file_len.saturating_sub(offset + 8)
-                        )),
-                    ));
-                }
-                return Ok((
-                    offset,
-                    Some(format!("frame at offset {offset} declares {len} bytes")),
-                ));
-            }
-            value.resize(len as usize, 0);
-            let got = read_full(&mut r, &mut value)?;
-            if got < value.len() {
-                return Ok((
-                    offset,
-                    Some(format!(
-                        "torn frame at offset {offset} ({got} of {len} bytes)"
-                    )),
-                ));
-            }
-            if crc32fast::hash(&value) != crc {
-                return Ok((
-                    offset,
-                    Some(format!("checksum mismatch in frame at offset {offset}")),
-                ));
-            }
-            f(&value);
-            offset += 8 + u64::from(len);
-        }
+    pub fn read_frames(&self, seg: u32, f: impl FnMut(&[u8])) -> io::Result<(u64, Option<String>)> {
+        let r = BufReader::new(File::open(self.dir.join(seg_name(seg)))?);
+        read_frame_stream(r, &mut Vec::new(), f)
     }
 
     /// Cuts segment `seg` to `len` bytes (`shoal tsdb check --repair` after copying
@@ -314,6 +257,60 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// [`SegmentFiles::read`] over any reader; `value` is the buffer frames are read into.
+/// Frames of a segment from any reader: calls `f` with each intact value; returns the
+/// length of the intact frames and why reading stopped early, if it did.
+fn read_frame_stream(
+    mut r: impl Read,
+    value: &mut Vec<u8>,
+    mut f: impl FnMut(&[u8]),
+) -> io::Result<(u64, Option<String>)> {
+    let mut offset = 0u64;
+    loop {
+        let mut header = [0u8; 8];
+        match read_full(&mut r, &mut header)? {
+            0 => return Ok((offset, None)),
+            8 => {}
+            n => {
+                return Ok((
+                    offset,
+                    Some(format!(
+                        "torn frame header at offset {offset} ({n} of 8 bytes)"
+                    )),
+                ));
+            }
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_FRAME {
+            return Ok((
+                offset,
+                Some(format!("frame at offset {offset} declares {len} bytes")),
+            ));
+        }
+        // The value grows as its bytes arrive: a header that declares more than the
+        // file holds (up to 1 GiB) costs no more than the file.
+        value.clear();
+        let got = (&mut r).take(u64::from(len)).read_to_end(value)?;
+        if got < len as usize {
+            return Ok((
+                offset,
+                Some(format!(
+                    "torn frame at offset {offset} ({got} of {len} bytes)"
+                )),
+            ));
+        }
+        if crc32fast::hash(value) != crc {
+            return Ok((
+                offset,
+                Some(format!("checksum mismatch in frame at offset {offset}")),
+            ));
+        }
+        f(value);
+        offset += 8 + u64::from(len);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,5 +369,23 @@ mod tests {
         let (vals, stop) = values(&s, 1);
         assert_eq!(vals, vec![b"kept".to_vec()]);
         assert!(stop.unwrap().contains("declares"));
+    }
+
+    /// Found by the `wal` fuzz target: a header declaring up to 1 GiB made the reader
+    /// allocate (and zero) that much before it found the file shorter.
+    #[test]
+    fn a_frame_header_allocates_no_more_than_the_bytes_present() {
+        let mut seg = 1u32.to_le_bytes().to_vec();
+        seg.extend_from_slice(&crc32fast::hash(b"k").to_le_bytes());
+        seg.push(b'k');
+        seg.extend_from_slice(&MAX_FRAME.to_le_bytes());
+        seg.extend_from_slice(&[0; 4]);
+        seg.extend_from_slice(&[7; 100]);
+        let mut value = Vec::new();
+        let mut vals = Vec::new();
+        let (_, stop) = read_frame_stream(&seg[..], &mut value, |v| vals.push(v.to_vec())).unwrap();
+        assert_eq!(vals, vec![b"k".to_vec()]);
+        assert!(stop.unwrap().contains("torn frame at offset 9 (100 of"));
+        assert!(value.capacity() < 1 << 16, "{} bytes", value.capacity());
     }
 }

@@ -130,6 +130,23 @@ struct HandoffNotice {
     view_index: String,
 }
 
+/// Decodes a [`HandoffNotice`] body into `(key, view index)` (public for the `handoff`
+/// fuzz target).
+#[doc(hidden)]
+pub fn parse_handoff_notice(body: &[u8]) -> Result<(u64, u64), String> {
+    let notice: HandoffNotice =
+        serde_json::from_slice(body).map_err(|e| format!("invalid handoff notice: {e}"))?;
+    let key: u64 = notice
+        .key
+        .parse()
+        .map_err(|_| format!("invalid target key {:?}", notice.key))?;
+    let view_index: u64 = notice
+        .view_index
+        .parse()
+        .map_err(|_| format!("invalid view index {:?}", notice.view_index))?;
+    Ok((key, view_index))
+}
+
 /// `POST /internal/scrape/handoff`: a new owner of a target tells this node (a previous
 /// owner, still scraping it) that it can stop. Requires the cluster secret when set.
 pub async fn handoff(
@@ -139,16 +156,7 @@ pub async fn handoff(
 ) -> Result<HttpResponse, ApiError> {
     let c = cluster_of(&st)?;
     authorize(c, &req)?;
-    let notice: HandoffNotice = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_data(format!("invalid handoff notice: {e}")))?;
-    let key: u64 = notice
-        .key
-        .parse()
-        .map_err(|_| ApiError::bad_data(format!("invalid target key {:?}", notice.key)))?;
-    let view_index: u64 = notice
-        .view_index
-        .parse()
-        .map_err(|_| ApiError::bad_data(format!("invalid view index {:?}", notice.view_index)))?;
+    let (key, view_index) = parse_handoff_notice(&body).map_err(ApiError::bad_data)?;
     if let Some(h) = &st.handoff {
         h(key, view_index);
     }
