@@ -68,6 +68,11 @@ fn seeds() -> Vec<Vec<u8>> {
         step: 15_000,
         func: Some("rate".into()),
         range: 60_000,
+        limits: wire::WireLimits {
+            max_samples: Some(1_000_000),
+            timeout_ms: Some(5_000),
+        },
+        grid: Some((0, 15_000, 600_000)),
     };
     let requests = [
         Request::Select {
@@ -98,6 +103,7 @@ fn seeds() -> Vec<Vec<u8>> {
             end: 600_000,
             step: 30_000,
             window_ms: 60_000,
+            limits: wire::WireLimits::default(),
         },
         Request::Aggregate {
             queries: vec!["count(up)".into(), "max(temperature)".into()],
@@ -108,6 +114,7 @@ fn seeds() -> Vec<Vec<u8>> {
             end: 300_000,
             step: 0,
             window_ms: 300_000,
+            limits: wire::WireLimits::default(),
         },
     ];
     let series = vec![Series {
