@@ -2,6 +2,7 @@
 //! exposition-format parsers. Nothing here does IO, spawns tasks or names a crate of the
 //! outer layers (actix, sled, openraft).
 
+pub mod bounded_decode;
 pub mod duration;
 pub mod labels;
 pub mod matcher;

@@ -386,29 +386,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
 fn decode_slice<T: DeserializeOwned>(
     body: &[u8],
 ) -> Result<(T, usize), bincode::error::DecodeError> {
-    fn with<T: DeserializeOwned, const L: usize>(
-        body: &[u8],
-    ) -> Result<(T, usize), bincode::error::DecodeError> {
-        bincode::serde::decode_from_slice(body, bincode::config::standard().with_limit::<L>())
-    }
-    let need = body.len().saturating_mul(16);
-    if need <= 0x1_0000 {
-        with::<T, 0x1_0000>(body)
-    } else if need <= 0x4_0000 {
-        with::<T, 0x4_0000>(body)
-    } else if need <= 0x10_0000 {
-        with::<T, 0x10_0000>(body)
-    } else if need <= 0x40_0000 {
-        with::<T, 0x40_0000>(body)
-    } else if need <= 0x100_0000 {
-        with::<T, 0x100_0000>(body)
-    } else if need <= 0x400_0000 {
-        with::<T, 0x400_0000>(body)
-    } else if need <= 0x1000_0000 && DECODE_LIMIT > 0x1000_0000 {
-        with::<T, 0x1000_0000>(body)
-    } else {
-        with::<T, DECODE_LIMIT>(body)
-    }
+    crate::model::bounded_decode::decode_slice::<T, DECODE_LIMIT>(body)
 }
 
 /// Decodes what [`encode`] wrote; rejects other versions and trailing bytes.
