@@ -34,6 +34,9 @@ pub use units::parse_base2_bytes;
 /// Largest config, rule or file_sd file shoal reads (bytes).
 pub const MAX_FILE_BYTES: u64 = 32 << 20;
 
+/// Largest secret file (password, token, cluster secret) shoal reads (bytes).
+pub const MAX_SECRET_BYTES: u64 = 64 << 10;
+
 /// An error loading or validating a config, rule or file_sd file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -104,18 +107,37 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
 
 /// Reads a whole file, refusing files over [`MAX_FILE_BYTES`].
 pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
-    let io = |source| ConfigError::Io {
+    read_capped(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(ConfigError::invalid(
-            &path.display().to_string(),
-            format!("file is larger than {MAX_FILE_BYTES} bytes"),
-        ));
+    })
+}
+
+/// Reads a whole UTF-8 file of at most `max` bytes. Only regular files are read (a FIFO
+/// or device named by a config would stall or never end), and the cap holds while
+/// reading, so a file that says it is empty (`/proc`) or grows cannot fill the memory.
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
-    std::fs::read_to_string(path).map_err(io)
+    let too_big = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("file is larger than {max} bytes"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let mut text = String::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(text)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -496,6 +496,34 @@ fn load_validates_named_rule_files() {
 }
 
 #[test]
+fn endless_or_special_rule_files_are_refused_not_read_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("prometheus.yml");
+    // /dev/zero never ends and says it is empty; a /proc file also says it is empty.
+    for (path, want) in [
+        ("/dev/zero", "not a regular file"),
+        ("/proc/self/status", ""),
+    ] {
+        std::fs::write(&cfg_path, format!("rule_files: ['{path}']\n")).unwrap();
+        let r = load_file(&cfg_path);
+        if want.is_empty() {
+            // Read in full (it is small) and refused as a rule file, not as an IO error.
+            let msg = r.unwrap_err().to_string();
+            assert!(msg.contains(path) && !msg.contains("regular"), "{msg}");
+        } else {
+            let msg = r.unwrap_err().to_string();
+            assert!(msg.contains(path) && msg.contains(want), "{msg}");
+        }
+    }
+    // A file past the cap is refused while it is read, whatever its size says.
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, vec![b'a'; 4097]).unwrap();
+    let err = super::read_capped(&big, 4096).unwrap_err();
+    assert!(err.to_string().contains("larger than 4096"), "{err}");
+    assert_eq!(super::read_capped(&big, 4097).unwrap().len(), 4097);
+}
+
+#[test]
 fn clean_path_matches_go() {
     let cases = [
         ("a/b", "a/b"),

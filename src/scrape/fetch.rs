@@ -89,7 +89,7 @@ fn read_secret(
 ) -> Result<String, ScrapeError> {
     match (inline, file) {
         (Some(p), _) => Ok(p.clone()),
-        (None, Some(f)) => std::fs::read_to_string(f)
+        (None, Some(f)) => crate::config::read_capped(f, crate::config::MAX_SECRET_BYTES)
             .map(|s| s.trim().to_string())
             .map_err(|e| ScrapeError::Http(format!("reading {}: {e}", f.display()))),
         (None, None) => Ok(String::new()),
