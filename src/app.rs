@@ -19,7 +19,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use anyhow::Context as _;
 
-use crate::cli::{CheckCommand, Cli, ClusterCommand, ClusterTarget, Command, RunArgs};
+use crate::cli::{CheckCommand, Cli, Command, RunArgs};
 use crate::cluster::{ClusterData, ClusterHandle, ClusterOptions};
 use crate::config::{self, Config};
 use crate::discovery::DiscoveryManager;
@@ -28,7 +28,7 @@ use crate::query;
 use crate::rules::{self, RuleManager};
 use crate::scrape::ScrapeManager;
 use crate::scrape::manager::{
-    ApplyConfig, ApplyMembership, ApplyTargetGroups, HandoffDone, Membership, SetClusterSecret,
+    ApplyConfig, ApplyMembership, ApplyTargetGroups, HandoffDone, Membership, SetPeerClient,
     StopAll,
 };
 use crate::storage::{Appendable, Queryable};
@@ -44,6 +44,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => cli.log_level.as_str(),
     };
     telemetry::init_logging(cli.log_format, level);
+    crate::peer::install_crypto_provider();
     match cli.command {
         Command::Run(args) => {
             run_until_signal(*args)?;
@@ -53,12 +54,12 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check {
             what: CheckCommand::Config { files },
         } => Ok(check_config(&files)),
-        Command::Cluster { what } => cluster_command(what),
+        Command::Cluster { what } => crate::ctl::cluster_command(what),
         Command::Tsdb {
             what: crate::cli::TsdbCommand::Check { dir, repair },
         } => tsdb_check(&dir, repair),
         Command::Fleet(args) => crate::demo::run_fleet(args),
-        Command::Healthcheck { url, timeout } => Ok(healthcheck(&url, timeout)),
+        Command::Healthcheck { url, timeout } => Ok(crate::ctl::healthcheck(&url, timeout)),
         Command::PromqlTest { files } => {
             let mut out = std::io::stdout();
             let summary = crate::promql::test_script::run_files(&files, &mut out);
@@ -314,10 +315,9 @@ fn cluster_options(args: &RunArgs, advertise: String) -> anyhow::Result<ClusterO
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    o.secret = match &c.secret_file {
-        Some(p) => Some(crate::cli::read_secret_file(p).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
+    if let Some(p) = &c.secret_file {
+        o.peer.secrets = crate::peer::SecretStore::from_file(p).map_err(anyhow::Error::msg)?;
+    }
     o.max_voters = c.max_voters;
     o.down_after = c.down_after;
     o.heartbeat_interval = c.heartbeat_interval;
@@ -410,10 +410,9 @@ impl Node {
         {
             // Several nodes on one host (tests) are told apart by source address; the
             // OS would send from 127.0.0.1 otherwise.
-            opts.local_address = Some(ip);
+            opts.peer.local_address = Some(ip);
         }
         let cluster_data = opts.data.clone();
-        let opts_local_address = opts.local_address;
         // Samples of global rule groups committed through Raft land in the TSDB.
         opts.sample_sink = Some(Arc::new(TsdbSink(tsdb.clone())));
         let cluster = ClusterHandle::start(opts)
@@ -424,7 +423,7 @@ impl Node {
             let mut views = cluster.membership_view();
             let node_id = cluster.node_id();
             let mgr = manager.clone();
-            mgr.do_send(SetClusterSecret(cluster.secret().map(str::to_owned)));
+            mgr.do_send(SetPeerClient(cluster.peer().clone()));
             let formation = cluster.clone();
             actix::spawn(async move {
                 let mut formed = false;
@@ -539,8 +538,7 @@ impl Node {
             query::FanOutOptions {
                 self_id: cluster.node_id(),
                 member_timeout: member_timeout(args.query_timeout),
-                secret: cluster.secret().map(str::to_owned),
-                local_address: opts_local_address,
+                peer: cluster.peer().clone(),
                 pushdown: args.query_pushdown && args.cluster.replication_factor == 1,
             },
         )
@@ -577,6 +575,7 @@ impl Node {
                 handle: cluster.clone(),
                 exit_after_leave,
             }),
+            peer_secrets: cluster.peer().secrets().clone(),
             rules: Some(rule_manager.clone()),
         };
         let addrs = bound.addrs.clone();
@@ -971,275 +970,5 @@ impl prometheus_client::collector::Collector for TsdbCollector {
             g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
         Ok(())
-    }
-}
-
-// ----- `shoal cluster status|leave|remove`: a client of a node's public HTTP API
-// (`GET /api/v1/cluster`, `POST /api/v1/cluster/leave`, `POST /api/v1/cluster/remove/{id}`).
-// The admin routes get the cluster secret as `Authorization: Bearer` when
-// `--cluster.secret-file` is given.
-
-/// Runs one `shoal cluster` subcommand.
-pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime")?;
-    rt.block_on(async move {
-        match cmd {
-            ClusterCommand::Status { target, json } => {
-                let data = call_node(&target, reqwest::Method::GET, "/api/v1/cluster").await?;
-                if json {
-                    println!("{data}");
-                } else {
-                    print!("{}", render_table(&data));
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            ClusterCommand::Leave(t) => {
-                let data = call_node(&t, reqwest::Method::POST, "/api/v1/cluster/leave").await?;
-                println!(
-                    "node {} left the cluster and is shutting down",
-                    data["nodeId"].as_str().unwrap_or("?")
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            ClusterCommand::Remove { node_id, target } => {
-                let id: u64 = node_id
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("invalid node id {node_id:?}"))?;
-                call_node(
-                    &target,
-                    reqwest::Method::POST,
-                    &format!("/api/v1/cluster/remove/{id}"),
-                )
-                .await?;
-                println!("node {id} removed from the cluster");
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-    })
-}
-
-/// `shoal healthcheck URL`: GET the URL; success (exit 0) on a 2xx answer, else a
-/// line on stderr and exit 1. Used as the container HEALTHCHECK (no curl in the image).
-pub fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
-    let probe = async {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .context("building the HTTP client")?;
-        let resp = client
-            .get(url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url} failed"))?;
-        let status = resp.status();
-        anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
-        anyhow::Ok(())
-    };
-    let res = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime")
-        .and_then(|rt| rt.block_on(probe));
-    match res {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shoal: unhealthy: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn base_url(node: &str) -> String {
-    let node = node.trim().trim_end_matches('/');
-    if node.starts_with("http://") || node.starts_with("https://") {
-        node.to_owned()
-    } else {
-        format!("http://{node}")
-    }
-}
-
-/// Calls `path` on the target node; returns the `data` of a success envelope.
-async fn call_node(
-    t: &ClusterTarget,
-    method: reqwest::Method,
-    path: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .context("building the HTTP client")?;
-    let url = format!("{}{path}", base_url(&t.node));
-    let mut req = client.request(method, &url);
-    if let Some(p) = &t.secret_file {
-        let secret = crate::cli::read_secret_file(p).map_err(anyhow::Error::msg)?;
-        req = req.header("authorization", format!("Bearer {secret}"));
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("request to {url} failed"))?;
-    let status = resp.status();
-    let body = resp
-        .text()
-        .await
-        .with_context(|| format!("reading the answer of {url}"))?;
-    let v: serde_json::Value = serde_json::from_str(&body)
-        .with_context(|| format!("{url} answered {status} with non-JSON: {body}"))?;
-    if v["status"] != "success" {
-        anyhow::bail!(
-            "{url} answered {status}: {}",
-            v["error"].as_str().unwrap_or(&body)
-        );
-    }
-    Ok(v["data"].clone())
-}
-
-fn cell(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => "-".to_owned(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// Renders `GET /api/v1/cluster` data as a header and an aligned member table.
-pub fn render_table(data: &serde_json::Value) -> String {
-    let mut out = format!(
-        "node {} ({})  leader {}  term {}  commit {}  view {}\n",
-        cell(&data["nodeId"]),
-        cell(&data["raftState"]),
-        cell(&data["leaderId"]),
-        cell(&data["term"]),
-        cell(&data["commitIndex"]),
-        cell(&data["viewIndex"]),
-    );
-    let mut rows = vec![[
-        "ID".to_owned(),
-        "ADDRESS".to_owned(),
-        "ROLE".to_owned(),
-        "STATE".to_owned(),
-        "TARGETS".to_owned(),
-        "LAST CONTACT".to_owned(),
-        String::new(),
-    ]];
-    for m in data["members"].as_array().into_iter().flatten() {
-        let mut flags = Vec::new();
-        if m["leader"] == true {
-            flags.push("leader");
-        }
-        if m["id"] == data["nodeId"] {
-            flags.push("self");
-        }
-        rows.push([
-            cell(&m["id"]),
-            cell(&m["address"]),
-            cell(&m["role"]),
-            cell(&m["state"]),
-            cell(&m["targets"]),
-            cell(&m["lastContact"]),
-            flags.join(","),
-        ]);
-    }
-    let mut widths = [0usize; 7];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod cluster_cli_tests {
-    use super::*;
-
-    #[test]
-    fn table_lists_members() {
-        let data = serde_json::json!({
-            "nodeId": "11", "raftState": "leader", "leaderId": "11", "term": 2,
-            "commitIndex": 7, "viewIndex": 5,
-            "members": [
-                {"id": "11", "address": "a:1", "role": "voter", "state": "up",
-                 "lastContact": "2026-01-01T00:00:00.000Z", "leader": true, "targets": 12},
-                {"id": "22", "address": "bb:2", "role": "learner", "state": "down",
-                 "lastContact": null, "leader": false}
-            ]
-        });
-        let t = render_table(&data);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4, "{t}");
-        assert!(
-            lines[0].contains("leader 11") && lines[0].contains("view 5"),
-            "{t}"
-        );
-        assert!(lines[1].contains("STATE  TARGETS"), "{t}");
-        assert!(
-            lines[2].starts_with("11  a:1      voter    up     12"),
-            "{t}"
-        );
-        assert!(lines[2].ends_with("leader,self"), "{t}");
-        assert!(lines[3].contains("learner  down"), "{t}");
-        assert_eq!(base_url("h:1/"), "http://h:1");
-        assert_eq!(base_url("https://h:1"), "https://h:1");
-    }
-}
-
-#[cfg(test)]
-mod healthcheck_tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::time::Duration;
-
-    /// Serves one HTTP request with `status_line` on a loopback port; returns the URL.
-    fn one_shot_server(status_line: &'static str) -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status_line}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                );
-            }
-        });
-        format!("http://{addr}/-/healthy")
-    }
-
-    #[test]
-    fn healthy_answer_exits_zero_anything_else_one() {
-        let t = Duration::from_secs(10);
-        assert_eq!(
-            healthcheck(&one_shot_server("200 OK"), t),
-            ExitCode::SUCCESS
-        );
-        assert_eq!(
-            healthcheck(&one_shot_server("503 Service Unavailable"), t),
-            ExitCode::from(1)
-        );
-        // Nothing listening: a closed port.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port");
-        assert_eq!(
-            healthcheck(&format!("http://{closed}/-/healthy"), t),
-            ExitCode::from(1)
-        );
-        assert_eq!(healthcheck("not a url", t), ExitCode::from(1));
     }
 }

@@ -182,8 +182,9 @@ pub struct ClusterArgs {
     /// the listen host is unspecified (0.0.0.0, [::]), this machine's hostname.
     #[arg(long = "cluster.advertise")]
     pub advertise: Option<String>,
-    /// File holding the shared cluster secret (same file on every node). When set,
-    /// internal and admin cluster routes require it.
+    /// File holding the shared cluster secret (same file on every node), one per line:
+    /// the first is sent, every line is accepted (rotation, docs/security.md). When
+    /// set, internal and admin cluster routes require it.
     #[arg(long = "cluster.secret-file")]
     pub secret_file: Option<PathBuf>,
     /// Most voters in the Raft group (odd); further nodes join as learners.
@@ -273,17 +274,6 @@ pub fn parse_max_voters(s: &str) -> Result<usize, String> {
         ));
     }
     Ok(n)
-}
-
-/// Reads a secret file: its content without surrounding whitespace, never empty.
-pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
-    let s = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(format!("secret file {} is empty", path.display()));
-    }
-    Ok(s.to_owned())
 }
 
 #[derive(Debug, Clone, Args)]

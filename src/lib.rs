@@ -13,6 +13,8 @@
 //! - [`rules`]: recording and alerting rule groups (local groups run on every node).
 //! - [`scrape`]: the actix actors that scrape targets.
 //! - [`cluster`]: Raft membership (openraft): who is in the cluster and who is up.
+//! - [`peer`]: node-to-node traffic — the internal routes and their bodies, the one
+//!   client to peers, the cluster secret (the only module that speaks to peers).
 //! - [`query`]: the distributed select: fan-out to every member, merge and dedup.
 //! - [`federation`]: the leader's master loop: global rule groups over the members'
 //!   federated data, results committed through Raft.
@@ -20,16 +22,19 @@
 //! - [`telemetry`]: logging set-up and shoal's own metrics.
 //! - [`app`]: the composition root that wires the parts of a node together.
 //! - [`cli`]: command-line flags.
+//! - [`ctl`]: `shoal cluster …` and `shoal healthcheck`, clients of a node's public API.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod discovery;
 pub mod federation;
 pub mod model;
+pub mod peer;
 pub mod promql;
 pub mod query;
 pub mod rules;

@@ -59,6 +59,12 @@ pub struct HandlerLabels {
     pub code: String,
 }
 
+/// Labels of refusal metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// shoal's own metrics. Cheap to clone (every field is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -78,6 +84,7 @@ pub struct Metrics {
     pub config_reload_failures_total: Counter,
     pub config_last_reload_successful: Gauge,
     pub http_requests_total: Family<HandlerLabels, Counter>,
+    pub peer_requests_refused_total: Family<ReasonLabels, Counter>,
     pub queries_total: Counter,
     pub query_failures_total: Family<JobReasonLabels, Counter>,
 }
@@ -110,6 +117,7 @@ impl Metrics {
             config_reload_failures_total: Counter::default(),
             config_last_reload_successful: Gauge::default(),
             http_requests_total: Family::default(),
+            peer_requests_refused_total: Family::default(),
             queries_total: Counter::default(),
             query_failures_total: Family::default(),
         };
@@ -183,6 +191,11 @@ impl Metrics {
             "http_requests",
             "HTTP requests served, by handler and status code",
             m.http_requests_total.clone(),
+        );
+        registry.register(
+            "peer_requests_refused",
+            "Requests to the internal (node-to-node) routes refused before their body was read, by reason (unauthorized, too_large, unknown_route, wrong_method)",
+            m.peer_requests_refused_total.clone(),
         );
         registry.register(
             "queries",

@@ -1,22 +1,25 @@
-//! The body of `POST /internal/scrape/handoff` (`web::cluster::parse_handoff_notice`):
-//! JSON `{"key": "<u64>", "viewIndex": "<u64>"}`. No panic; what parses, round-trips.
+//! The body of the internal handoff route (`peer::protocol::HANDOFF`,
+//! `web::internal::parse_handoff_notice`): a `HandoffNotice` in the cluster codec. No
+//! panic, no allocation beyond the input's bound; what decodes, round-trips.
 #![no_main]
 
 #[path = "common/seeds.rs"]
 mod seeds;
 
 use libfuzzer_sys::fuzz_target;
-use shoal::web::cluster::parse_handoff_notice;
+use shoal::cluster::codec;
+use shoal::peer::protocol::HandoffNotice;
+use shoal::web::internal::parse_handoff_notice;
 
 fuzz_target!(
     init: seeds::write("handoff", || vec![
-        br#"{"key": "18446744073709551615", "viewIndex": "12"}"#.to_vec(),
-        br#"{"viewIndex":"0","key":"1"}"#.to_vec(),
+        codec::encode(&HandoffNotice { key: u64::MAX, view_index: 12 }).unwrap(),
+        codec::encode(&HandoffNotice { key: 1, view_index: 0 }).unwrap(),
     ]),
     |data: &[u8]| {
-        if let Ok((key, view)) = parse_handoff_notice(data) {
-            let again = format!(r#"{{"key":"{key}","viewIndex":"{view}"}}"#);
-            assert_eq!(parse_handoff_notice(again.as_bytes()), Ok((key, view)));
+        if let Ok(notice) = parse_handoff_notice(data) {
+            let again = codec::encode(&notice).expect("a decoded notice encodes");
+            assert_eq!(parse_handoff_notice(&again), Ok(notice));
         }
     }
 );

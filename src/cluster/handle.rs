@@ -4,7 +4,7 @@
 //! status, join, leave and remove requests.
 //!
 //! Life cycle: [`ClusterHandle::start`] once at node start (before or right after the
-//! HTTP server that serves [`super::rpc::configure`] is up; discovery retries until it
+//! HTTP server that mounts its internal routes (`crate::web::internal`) is up; discovery retries until it
 //! is), [`ClusterHandle::membership_view`] for sharding, [`ClusterHandle::leave`] on a
 //! graceful exit, then [`ClusterHandle::shutdown`].
 
@@ -22,13 +22,13 @@ use tokio::task::JoinHandle;
 use super::codec;
 use super::log_store::{LOG_TREE, LogStore, META_TREE};
 use super::network::{NetShared, NetworkFactory, PeerContacts};
-use super::rpc::{
-    ADMIN_TIMEOUT, ClusterInfo, JoinRequest, PATH_INFO, PATH_JOIN, PATH_REMOVE, RemoveRequest,
-};
+use super::rpc::{ADMIN_TIMEOUT, ClusterInfo, JoinRequest, RemoveRequest};
 use super::state_machine::{SM_TREE, StateMachine};
 use super::types::{
     ClusterCommand, MembershipView, NodeId, NodeInfo, Raft, SampleBatch, SampleSink,
 };
+use crate::peer::protocol::{CLUSTER_INFO, CLUSTER_JOIN, CLUSTER_REMOVE, Route};
+use crate::peer::{PeerClient, PeerSettings};
 
 const KEY_NODE_ID: &[u8] = b"node_id";
 /// How often committed rule samples the store refused are retried.
@@ -51,8 +51,6 @@ pub struct ClusterOptions {
     pub advertise: String,
     /// `host:port` of seed nodes; a host may resolve to several addresses.
     pub seeds: Vec<String>,
-    /// Shared secret required on every internal route when set.
-    pub secret: Option<String>,
     /// Most voters the leader promotes to (kept odd). Default 5.
     pub max_voters: usize,
     /// A member silent this long is committed as down. Default 10 s.
@@ -69,10 +67,9 @@ pub struct ClusterOptions {
     pub bootstrap_grace: Duration,
     /// Raft cluster name (informational, in openraft's logs).
     pub cluster_name: String,
-    /// Local address outgoing cluster connections are made from (None: the OS picks).
-    /// Set for nodes listening on a loopback address other than 127.0.0.1, so that
-    /// several nodes on one host stay distinguishable by source address.
-    pub local_address: Option<std::net::IpAddr>,
+    /// What the node's one peer client is built from (secret, TLS, source address);
+    /// the handle builds it and lends it out ([`ClusterHandle::peer`]).
+    pub peer: PeerSettings,
     /// Where the state machine appends committed samples of global rule groups.
     pub sample_sink: Option<Arc<dyn SampleSink>>,
 }
@@ -84,7 +81,6 @@ impl ClusterOptions {
             data,
             advertise: advertise.into(),
             seeds: Vec::new(),
-            secret: None,
             max_voters: 5,
             down_after: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(200),
@@ -92,7 +88,7 @@ impl ClusterOptions {
             election_timeout_max: Duration::from_millis(1200),
             bootstrap_grace: Duration::from_secs(5),
             cluster_name: "shoal".to_owned(),
-            local_address: None,
+            peer: PeerSettings::default(),
             sample_sink: None,
         }
     }
@@ -276,16 +272,10 @@ impl ClusterHandle {
                 .map_err(|e| ClusterError::Config(e.to_string()))?,
         );
 
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .local_address(opts.local_address)
-            .build()
-            .map_err(|e| ClusterError::Config(format!("http client: {e}")))?;
+        let peer = PeerClient::new(opts.peer.clone()).map_err(ClusterError::Config)?;
         let net = Arc::new(NetShared {
             id,
-            client,
-            secret: opts.secret.clone(),
+            peer,
             contacts: PeerContacts::default(),
             sm: sm.clone(),
         });
@@ -448,8 +438,9 @@ impl ClusterHandle {
         }
     }
 
-    pub(crate) fn secret(&self) -> Option<&str> {
-        self.inner.net.secret.as_deref()
+    /// The node's one client to its peers (with the cluster secret and TLS).
+    pub fn peer(&self) -> &PeerClient {
+        &self.inner.net.peer
     }
 
     /// This node's status as seen locally.
@@ -515,17 +506,18 @@ impl ClusterHandle {
         }
     }
 
-    async fn forward<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<(), ClusterError> {
+    async fn forward<T: serde::Serialize>(
+        &self,
+        route: Route,
+        body: &T,
+    ) -> Result<(), ClusterError> {
         let (leader, addr) = self.leader().ok_or(ClusterError::NoLeader)?;
         if leader == self.inner.id {
             return Err(ClusterError::Refused("leadership changed, retry".into()));
         }
-        let bytes = codec::encode(body).map_err(|e| ClusterError::Refused(e.to_string()))?;
-        self.inner
-            .net
-            .call(&addr, path, Some(bytes), ADMIN_TIMEOUT)
+        self.peer()
+            .call::<T, ()>(&addr, route, body, ADMIN_TIMEOUT)
             .await
-            .map(|_| ())
             .map_err(|e| ClusterError::Peer {
                 addr,
                 reason: e.to_string(),
@@ -554,7 +546,7 @@ impl ClusterHandle {
                 addr,
                 forwarded: true,
             };
-            return self.forward(PATH_JOIN, &req).await;
+            return self.forward(CLUSTER_JOIN, &req).await;
         }
         let _guard = self.inner.change_lock.lock().await;
         let membership = self.inner.raft.metrics().borrow().membership_config.clone();
@@ -616,7 +608,7 @@ impl ClusterHandle {
                 node_id: node,
                 forwarded: true,
             };
-            return self.forward(PATH_REMOVE, &req).await;
+            return self.forward(CLUSTER_REMOVE, &req).await;
         }
         let _guard = self.inner.change_lock.lock().await;
         let membership = self.inner.raft.metrics().borrow().membership_config.clone();
@@ -718,15 +710,10 @@ impl ClusterHandle {
     }
 
     async fn fetch_info(&self, addr: &str) -> Option<ClusterInfo> {
-        let bytes = self
-            .inner
-            .net
-            .call(addr, PATH_INFO, None, Duration::from_secs(1))
+        self.peer()
+            .call(addr, CLUSTER_INFO, &(), Duration::from_secs(1))
             .await
             .map_err(|e| tracing::debug!(%addr, error = %e, "seed info"))
-            .ok()?;
-        codec::decode(&bytes)
-            .map_err(|e| tracing::warn!(%addr, error = %e, "bad info reply from seed"))
             .ok()
     }
 
@@ -775,17 +762,13 @@ impl ClusterHandle {
                     addr: self.inner.advertise.clone(),
                     forwarded: false,
                 };
-                match codec::encode(&body) {
-                    Ok(bytes) => match self
-                        .inner
-                        .net
-                        .call(&target, PATH_JOIN, Some(bytes), ADMIN_TIMEOUT)
-                        .await
-                    {
-                        Ok(_) => tracing::info!(%target, "join accepted"),
-                        Err(e) => tracing::info!(%target, error = %e, "join not accepted yet"),
-                    },
-                    Err(e) => tracing::error!(error = %e, "cannot encode join request"),
+                match self
+                    .peer()
+                    .call::<_, ()>(&target, CLUSTER_JOIN, &body, ADMIN_TIMEOUT)
+                    .await
+                {
+                    Ok(()) => tracing::info!(%target, "join accepted"),
+                    Err(e) => tracing::info!(%target, error = %e, "join not accepted yet"),
                 }
                 first_since = None;
             } else {
@@ -871,20 +854,17 @@ impl ClusterHandle {
                 addr: self.inner.advertise.clone(),
                 forwarded: false,
             };
-            if let Ok(bytes) = codec::encode(&body) {
-                for target in &targets {
-                    match self
-                        .inner
-                        .net
-                        .call(target, PATH_JOIN, Some(bytes.clone()), ADMIN_TIMEOUT)
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::info!(%target, "address update accepted");
-                            break;
-                        }
-                        Err(e) => tracing::debug!(%target, error = %e, "address update"),
+            for target in &targets {
+                match self
+                    .peer()
+                    .call::<_, ()>(target, CLUSTER_JOIN, &body, ADMIN_TIMEOUT)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(%target, "address update accepted");
+                        break;
                     }
+                    Err(e) => tracing::debug!(%target, error = %e, "address update"),
                 }
             }
             if self.wait_or_shutdown(retry).await {

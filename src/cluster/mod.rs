@@ -4,8 +4,9 @@
 //!
 //! - [`handle`]: [`ClusterHandle`] — start, bootstrap/join, leader duties, status,
 //!   leave/remove, the [`MembershipView`] watch channel.
-//! - [`rpc`]: server side of the internal routes and [`rpc::configure`] for actix-web.
-//! - [`network`]: client side of the Raft RPCs (reqwest).
+//! - [`rpc`]: server side of the internal cluster routes (bytes in, bytes out; mounted
+//!   by `crate::web::internal`).
+//! - [`network`]: client side of the Raft RPCs (over the node's `crate::peer::PeerClient`).
 //! - [`log_store`] / [`state_machine`]: sled-backed Raft storage.
 //! - [`types`]: Raft type configuration, node metadata, commands, [`MembershipView`].
 //! - [`codec`]: the versioned bincode format of everything persisted or sent.
@@ -24,7 +25,6 @@ pub use handle::{
     ClusterData, ClusterError, ClusterHandle, ClusterOptions, ClusterStatus, MemberRole,
     MemberState, MemberStatus,
 };
-pub use rpc::configure;
 pub use types::{
     ClusterCommand, ClusterResponse, MembershipView, NodeId, NodeInfo, SampleBatch, SampleSink,
     append_batches,

@@ -1,6 +1,6 @@
-//! Client side of the Raft RPCs: [`NetworkFactory`] / [`PeerClient`] (openraft's
-//! `RaftNetworkFactory` / `RaftNetwork`) over one shared `reqwest::Client`, posting
-//! [`codec`]-encoded bodies to `/internal/raft/{append,vote,snapshot}` on the peer.
+//! Client side of the Raft RPCs: [`NetworkFactory`] / [`RaftPeer`] (openraft's
+//! `RaftNetworkFactory` / `RaftNetwork`) over the node's one [`PeerClient`], posting
+//! [`codec`]-encoded bodies to the Raft routes of [`protocol`] on the peer.
 //!
 //! Every request carries the id of the node it is meant for ([`RaftRpc::target`]); the
 //! peer rejects it when that is not its own id, so a stale address in a membership entry
@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use openraft::RPCTypes;
 use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use super::codec;
 use super::state_machine::StateMachine;
@@ -25,19 +25,10 @@ use super::types::{
     AppendRequest, AppendResponse, NodeId, NodeInfo, RaftError, RpcError, SnapshotRequest,
     SnapshotResponse, TypeConfig, VoteRequest, VoteResponse,
 };
+use crate::peer::protocol::{self, Route};
+use crate::peer::{Lane, PeerClient, PeerError};
 
-pub(crate) const PATH_APPEND: &str = "/internal/raft/append";
-pub(crate) const PATH_VOTE: &str = "/internal/raft/vote";
-pub(crate) const PATH_SNAPSHOT: &str = "/internal/raft/snapshot";
-
-/// Body of every Raft RPC: the intended receiver and the openraft request.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct RaftRpc<T> {
-    pub target: NodeId,
-    /// The sender's cluster id, when it knows it.
-    pub cluster: Option<NodeId>,
-    pub req: T,
-}
+pub(crate) use crate::peer::protocol::RaftRpc;
 
 /// When each peer last answered an RPC (any answer, including a Raft-level rejection).
 #[derive(Default)]
@@ -60,36 +51,11 @@ impl PeerContacts {
     }
 }
 
-/// What the HTTP layer of a peer call can fail with.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TransportError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: reqwest::Error,
-    },
-    #[error("request to {addr} failed: {source}")]
-    Request {
-        addr: String,
-        source: reqwest::Error,
-    },
-    #[error("{addr} answered HTTP {status}: {body}")]
-    Status {
-        addr: String,
-        status: u16,
-        body: String,
-    },
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error(transparent)]
-    Codec(#[from] codec::CodecError),
-}
-
 /// State shared by all outgoing cluster calls of one node.
 pub(crate) struct NetShared {
     pub id: NodeId,
-    pub client: reqwest::Client,
-    pub secret: Option<String>,
+    /// The node's one peer client.
+    pub peer: PeerClient,
     pub contacts: PeerContacts,
     /// The local state machine (for the cluster id sent with every RPC).
     pub sm: StateMachine,
@@ -99,76 +65,19 @@ impl NetShared {
     pub fn cluster_id(&self) -> Option<NodeId> {
         self.sm.cluster_id()
     }
-
-    /// POSTs (or GETs, when `body` is `None`) `path` on `addr`; returns the body of a 200
-    /// answer. Bounded by `timeout`.
-    pub async fn call(
-        &self,
-        addr: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, TransportError> {
-        let url = format!("http://{addr}{path}");
-        let mut request = match body {
-            Some(body) => self
-                .client
-                .post(&url)
-                .header("content-type", "application/octet-stream")
-                .body(body),
-            None => self.client.get(&url),
-        };
-        if let Some(secret) = &self.secret {
-            request = request.header("authorization", format!("Bearer {secret}"));
-        }
-        let fut = async {
-            let response = request.send().await.map_err(|source| {
-                if source.is_connect() {
-                    TransportError::Connect {
-                        addr: addr.to_owned(),
-                        source,
-                    }
-                } else {
-                    TransportError::Request {
-                        addr: addr.to_owned(),
-                        source,
-                    }
-                }
-            })?;
-            let status = response.status();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|source| TransportError::Request {
-                    addr: addr.to_owned(),
-                    source,
-                })?;
-            if !status.is_success() {
-                return Err(TransportError::Status {
-                    addr: addr.to_owned(),
-                    status: status.as_u16(),
-                    body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
-                });
-            }
-            Ok(bytes.to_vec())
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))?
-    }
 }
 
-/// Creates one lazy [`PeerClient`] per target (no connection is made here).
+/// Creates one lazy [`RaftPeer`] per target (no connection is made here).
 #[derive(Clone)]
 pub(crate) struct NetworkFactory {
     pub shared: Arc<NetShared>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = PeerClient;
+    type Network = RaftPeer;
 
-    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
-        PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> RaftPeer {
+        RaftPeer {
             shared: self.shared.clone(),
             target,
             node: node.clone(),
@@ -177,16 +86,16 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 /// Raft RPC client for one peer.
-pub(crate) struct PeerClient {
+pub(crate) struct RaftPeer {
     shared: Arc<NetShared>,
     target: NodeId,
     node: NodeInfo,
 }
 
-impl PeerClient {
+impl RaftPeer {
     async fn rpc<Req, Resp, E>(
         &self,
-        path: &str,
+        route: Route,
         action: RPCTypes,
         req: Req,
         option: &RPCOption,
@@ -205,11 +114,12 @@ impl PeerClient {
         let timeout = option.hard_ttl();
         let bytes = match self
             .shared
-            .call(&self.node.addr, path, Some(body), timeout)
+            .peer
+            .send(Lane::Control, &self.node.addr, route, body, Some(timeout))
             .await
         {
             Ok(bytes) => bytes,
-            Err(TransportError::Timeout(_)) => {
+            Err(PeerError::Timeout(_)) => {
                 return Err(RpcError::Timeout(Timeout {
                     action,
                     id: self.shared.id,
@@ -217,7 +127,7 @@ impl PeerClient {
                     timeout,
                 }));
             }
-            Err(e @ (TransportError::Connect { .. } | TransportError::Status { .. })) => {
+            Err(e @ (PeerError::Connect { .. } | PeerError::Status { .. })) => {
                 tracing::debug!(target_node = self.target, error = %e, "raft rpc: peer unreachable");
                 return Err(RpcError::Unreachable(Unreachable::new(&e)));
             }
@@ -236,13 +146,13 @@ impl PeerClient {
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl RaftNetwork<TypeConfig> for RaftPeer {
     async fn append_entries(
         &mut self,
         rpc: AppendRequest,
         option: RPCOption,
     ) -> Result<AppendResponse, RpcError> {
-        self.rpc(PATH_APPEND, RPCTypes::AppendEntries, rpc, &option)
+        self.rpc(protocol::RAFT_APPEND, RPCTypes::AppendEntries, rpc, &option)
             .await
     }
 
@@ -251,8 +161,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: SnapshotRequest,
         option: RPCOption,
     ) -> Result<SnapshotResponse, RpcError<InstallSnapshotError>> {
-        self.rpc(PATH_SNAPSHOT, RPCTypes::InstallSnapshot, rpc, &option)
-            .await
+        self.rpc(
+            protocol::RAFT_SNAPSHOT,
+            RPCTypes::InstallSnapshot,
+            rpc,
+            &option,
+        )
+        .await
     }
 
     async fn vote(
@@ -260,6 +175,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest,
         option: RPCOption,
     ) -> Result<VoteResponse, RpcError> {
-        self.rpc(PATH_VOTE, RPCTypes::Vote, rpc, &option).await
+        self.rpc(protocol::RAFT_VOTE, RPCTypes::Vote, rpc, &option)
+            .await
     }
 }

@@ -20,13 +20,25 @@ struct TestNode {
 fn options(dir: &std::path::Path, addr: &str, seeds: &[String]) -> ClusterOptions {
     let mut o = ClusterOptions::new(ClusterData::Dir(dir.join("cluster")), addr);
     o.seeds = seeds.to_vec();
-    o.secret = Some(SECRET.to_owned());
+    o.peer.secrets = crate::peer::SecretStore::fixed(crate::peer::Secrets::single(SECRET));
     o.heartbeat_interval = Duration::from_millis(100);
     o.election_timeout_min = Duration::from_millis(400);
     o.election_timeout_max = Duration::from_millis(800);
     o.down_after = Duration::from_secs(2);
     o.bootstrap_grace = Duration::from_secs(2);
     o
+}
+
+/// The internal routes of `h`'s node, behind the peer guard with its secret.
+fn mount(cfg: &mut actix_web::web::ServiceConfig, h: &ClusterHandle) {
+    crate::web::internal::routes(
+        cfg,
+        crate::web::internal::PeerGuard {
+            secrets: h.peer().secrets().clone(),
+            metrics: crate::telemetry::Metrics::new(),
+        },
+        Some(h.clone()),
+    );
 }
 
 async fn start_node(listener: TcpListener, seeds: &[String]) -> TestNode {
@@ -38,7 +50,7 @@ async fn start_node(listener: TcpListener, seeds: &[String]) -> TestNode {
     let h = handle.clone();
     let server = HttpServer::new(move || {
         let h = h.clone();
-        App::new().configure(move |cfg| configure(cfg, h.clone()))
+        App::new().configure(move |cfg| mount(cfg, &h))
     })
     .workers(1)
     .disable_signals()
@@ -165,6 +177,7 @@ async fn three_nodes_form_one_cluster_and_survive_leader_loss() {
     assert!(st.members.iter().all(|m| m.state == MemberState::Up));
 
     // Internal routes: no secret → 401; garbage → 400; the cluster is unaffected.
+    crate::peer::install_crypto_provider();
     let client = reqwest::Client::new();
     let url = format!("http://{}/internal/raft/vote", nodes[0].addr);
     let r = client
@@ -274,7 +287,7 @@ async fn restart_node(addr: &str, dir: tempfile::TempDir, seeds: &[String]) -> T
     let h = handle.clone();
     let server = HttpServer::new(move || {
         let h = h.clone();
-        App::new().configure(move |cfg| configure(cfg, h.clone()))
+        App::new().configure(move |cfg| mount(cfg, &h))
     })
     .workers(1)
     .disable_signals()

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::web::cluster::ClusterDoc;
+
 /// One `shoal run` child.
 struct NodeProcess {
     child: Child,
@@ -142,17 +144,13 @@ impl Drop for LocalCluster {
 /// Whether `/api/v1/cluster` data shows `nodes` members, all up, owning `targets`
 /// targets between them (replication factor 1) in an assignment over the current view
 /// (one over an older view can still show a newcomer with none).
-pub fn formed(data: &serde_json::Value, nodes: usize, targets: usize) -> bool {
-    let Some(members) = data["members"].as_array() else {
-        return false;
-    };
-    let owned: u64 = members.iter().filter_map(|m| m["targets"].as_u64()).sum();
-    data["leaderId"].is_string()
-        && data["viewIndex"].is_u64()
-        && data["assignmentViewIndex"] == data["viewIndex"]
-        && members.len() == nodes
-        && members.iter().all(|m| m["state"] == "up")
-        && owned == targets as u64
+pub fn formed(data: &ClusterDoc, nodes: usize, targets: usize) -> bool {
+    let owned: usize = data.members.iter().filter_map(|m| m.targets).sum();
+    data.leader_id.is_some()
+        && data.assignment_view_index == Some(data.view_index)
+        && data.members.len() == nodes
+        && data.members.iter().all(|m| m.state == "up")
+        && owned == targets
 }
 
 #[cfg(test)]
@@ -170,21 +168,48 @@ mod tests {
         assert!(consecutive("127.0.0.1:65535".parse().unwrap(), 2).is_err());
     }
 
+    fn doc(leader: Option<&str>, asg: u64, members: &[(&str, usize)]) -> ClusterDoc {
+        let member = |(state, targets): &(&str, usize)| crate::web::cluster::MemberDoc {
+            id: "1".into(),
+            address: "a:1".into(),
+            role: "voter".into(),
+            state: (*state).into(),
+            last_contact: None,
+            leader: false,
+            targets: Some(*targets),
+        };
+        ClusterDoc {
+            node_id: "1".into(),
+            cluster_id: None,
+            address: "a:1".into(),
+            leader_id: leader.map(str::to_owned),
+            leader_address: None,
+            raft_state: "leader".into(),
+            term: 1,
+            leader_changes: 1,
+            last_log_index: None,
+            commit_index: None,
+            applied_index: None,
+            view_index: 7,
+            pending_rule_batches: 0,
+            assignment_view_index: Some(asg),
+            discovered_targets: None,
+            members: members.iter().map(member).collect(),
+        }
+    }
+
     #[test]
     fn formed_needs_all_members_up_and_all_targets_owned() {
-        let ok = serde_json::json!({"leaderId": "1", "viewIndex": 7, "assignmentViewIndex": 7,
-            "members": [{"state": "up", "targets": 4}, {"state": "up", "targets": 6}]});
+        let ok = doc(Some("1"), 7, &[("up", 4), ("up", 6)]);
         assert!(formed(&ok, 2, 10));
-        let mut stale = ok.clone();
-        stale["assignmentViewIndex"] = 5.into();
-        assert!(!formed(&stale, 2, 10));
+        assert!(!formed(&doc(Some("1"), 5, &[("up", 4), ("up", 6)]), 2, 10));
         assert!(!formed(&ok, 3, 10));
         assert!(!formed(&ok, 2, 11));
-        let down = serde_json::json!({"leaderId": "1", "viewIndex": 7, "assignmentViewIndex": 7, "members": [
-            {"state": "up", "targets": 4}, {"state": "down", "targets": 6}]});
-        assert!(!formed(&down, 2, 10));
-        let no_leader = serde_json::json!({"leaderId": null, "viewIndex": 7, "assignmentViewIndex": 7,
-                "members": [{"state": "up", "targets": 10}]});
-        assert!(!formed(&no_leader, 1, 10));
+        assert!(!formed(
+            &doc(Some("1"), 7, &[("up", 4), ("down", 6)]),
+            2,
+            10
+        ));
+        assert!(!formed(&doc(None, 7, &[("up", 10)]), 1, 10));
     }
 }

@@ -281,6 +281,12 @@ pub fn run(args: crate::cli::DemoArgs) -> anyhow::Result<std::process::ExitCode>
     res.map(|_| std::process::ExitCode::SUCCESS)
 }
 
+/// A success answer of `/api/v1/cluster`.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    data: crate::web::cluster::ClusterDoc,
+}
+
 /// Polls the first node's `/api/v1/cluster` until every node is up and every target
 /// owned; returns the cluster table. Fails when a node exits.
 async fn wait_formed(
@@ -290,6 +296,7 @@ async fn wait_formed(
 ) -> anyhow::Result<String> {
     let addrs = cluster.addrs();
     let url = format!("http://{}/api/v1/cluster", addrs[0]);
+    crate::peer::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
@@ -308,10 +315,10 @@ async fn wait_formed(
         }
         if let Ok(resp) = client.get(&url).send().await
             && let Ok(body) = resp.bytes().await
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
-            && local_cluster::formed(&v["data"], addrs.len(), targets)
+            && let Ok(v) = serde_json::from_slice::<Envelope>(&body)
+            && local_cluster::formed(&v.data, addrs.len(), targets)
         {
-            return Ok(crate::app::render_table(&v["data"]));
+            return Ok(crate::ctl::render_table(&v.data));
         }
         if !warned && started.elapsed() > Duration::from_secs(60) {
             eprintln!(

@@ -1,13 +1,17 @@
-//! Federating from the members: `match[]` text for a selector, concurrent
-//! `/federate?local=1` requests, and parsing the answers into an in-memory store.
+//! Federating from the members: selector text for a selector, concurrent requests to
+//! the members' internal federation route, and parsing the answers (text format) into
+//! an in-memory store.
 
 use std::time::Duration;
 
 use promql_parser::label::MatchOp;
 use promql_parser::parser::VectorSelector;
 
+use crate::cluster::codec;
 use crate::model::labels::METRIC_NAME;
 use crate::model::textparse::{Entry, Format, Parser};
+use crate::peer::protocol::{FEDERATE, FederateRequest};
+use crate::peer::{Lane, PeerClient};
 use crate::storage::memory::MemStore;
 
 /// What one round of federation brought in.
@@ -58,9 +62,10 @@ pub fn selector_text(vs: &VectorSelector) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-/// Federates `selectors` from every member address into `store`.
+/// Federates `selectors` from every member address into `store` (the members'
+/// `peer::protocol::FEDERATE` route, through the node's peer client).
 pub async fn federate_all(
-    client: &reqwest::Client,
+    peer: &PeerClient,
     members: &[String],
     selectors: &[String],
     timeout: Duration,
@@ -70,10 +75,10 @@ pub async fn federate_all(
     if selectors.is_empty() {
         return out;
     }
-    let mut query: Vec<(&str, &str)> = vec![("local", "1"), ("external_labels", "0")];
-    query.extend(selectors.iter().map(|s| ("match[]", s.as_str())));
-    let qs = match serde_urlencoded::to_string(&query) {
-        Ok(q) => q,
+    let body = match codec::encode(&FederateRequest {
+        selectors: selectors.to_vec(),
+    }) {
+        Ok(b) => b,
         Err(e) => {
             out.failed
                 .extend(members.iter().map(|m| (m.clone(), e.to_string())));
@@ -81,23 +86,12 @@ pub async fn federate_all(
         }
     };
     let futs = members.iter().map(|addr| {
-        let req = client
-            .get(format!("http://{addr}/federate?{qs}"))
-            .timeout(timeout);
+        let body = body.clone();
         async move {
-            let res = async {
-                let resp = req.send().await.map_err(|e| e.to_string())?;
-                let status = resp.status();
-                let body = resp.bytes().await.map_err(|e| e.to_string())?;
-                if !status.is_success() {
-                    return Err(format!(
-                        "{status}: {}",
-                        String::from_utf8_lossy(&body).trim()
-                    ));
-                }
-                Ok(body)
-            }
-            .await;
+            let res = peer
+                .send(Lane::Control, addr, FEDERATE, body, Some(timeout))
+                .await
+                .map_err(|e| e.to_string());
             (addr.clone(), res)
         }
     });

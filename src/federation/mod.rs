@@ -8,8 +8,9 @@
 //!    slot at once if nobody committed it (followers check every 250 ms), so a leader
 //!    change costs at most one slot;
 //! 2. federates the series the group reads — every vector selector of its rules — from
-//!    every up member: `GET /federate?local=1&external_labels=0&match[]=...` (each
-//!    member's own data, with its `shard` label), concurrently, with a timeout;
+//!    every up member over the internal route `peer::protocol::FEDERATE` (what
+//!    `/federate?local=1&external_labels=0&match[]=...` answers: each member's own
+//!    data, with its `shard` label), concurrently, with a timeout;
 //! 3. evaluates the group over that data in memory (at the time the fetch finished;
 //!    only the latest sample of each series is federated, so global rules use instant
 //!    selectors over shard-level series, as in the classic recipe);
@@ -42,17 +43,7 @@ pub fn spawn(rules: RuleManager, cluster: ClusterHandle) -> JoinHandle<()> {
 }
 
 async fn run(rules: RuleManager, cluster: ClusterHandle) {
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "master loop: cannot build an HTTP client; global rules will not run");
-            return;
-        }
-    };
+    let client = cluster.peer().clone();
     // Last slot this node, as leader, handled per group key.
     let mut done: BTreeMap<String, i64> = BTreeMap::new();
     loop {
@@ -88,7 +79,7 @@ fn interval_ms(g: &Group) -> i64 {
 async fn run_slot(
     rules: &RuleManager,
     cluster: &ClusterHandle,
-    client: &reqwest::Client,
+    client: &crate::peer::PeerClient,
     g: &Arc<Group>,
     slot: i64,
 ) -> bool {

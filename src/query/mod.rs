@@ -1,7 +1,8 @@
 //! Query any node: the distributed select. [`ClusterQueryable`] implements
 //! [`Queryable`] over the whole cluster — it sends each read to every up member over
-//! the internal route [`wire::PATH`] (bincode, samples as XOR chunks, the cluster
-//! secret as bearer token), runs the same read on this node's store, and merges:
+//! the internal route [`crate::peer::protocol::MEMBER_READ`] (bincode, samples as XOR
+//! chunks; through the node's `PeerClient`), runs the same read on this node's store,
+//! and merges:
 //! series with equal label sets are merged by time without replica duplicates
 //! ([`dedup::merge`]); label names, values and series lists are unions.
 //!
@@ -34,6 +35,8 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::config::rules::RuleScope;
 use crate::model::{Labels, Matcher, Sample};
+use crate::peer::protocol::MEMBER_READ;
+use crate::peer::{Lane, PeerClient, PeerError};
 use crate::promql::{Engine, EvalError, QueryResult, Value, VectorSample};
 use crate::storage::{
     Queryable, SampleBudget, SelectHints, Series, SeriesSet, StorageError, Warned,
@@ -58,16 +61,14 @@ pub struct Member {
 pub type MembersFn = Arc<dyn Fn() -> Vec<Member> + Send + Sync>;
 
 /// Settings of the fan-out.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FanOutOptions {
     /// This node's member id (its part is read from the local store).
     pub self_id: u64,
     /// Bound of each member call, body included.
     pub member_timeout: Duration,
-    /// The cluster secret, sent as `Authorization: Bearer`.
-    pub secret: Option<String>,
-    /// Source address of outgoing calls (several nodes on one host in tests).
-    pub local_address: Option<std::net::IpAddr>,
+    /// The node's client to its peers (member reads use its [`Lane::Reads`] pool).
+    pub peer: PeerClient,
     /// Whether aggregations may be pushed down to members ([`pushdown`]). Off with a
     /// replication factor above 1: every series is on two nodes, the check would always
     /// fall back and the members' work would be wasted.
@@ -144,7 +145,7 @@ pub fn global_record_names(cfg: &Config) -> HashSet<String> {
     names
 }
 
-/// The serving side of [`wire::PATH`]: runs a member's read over the local store.
+/// The serving side of [`crate::peer::protocol::MEMBER_READ`]: runs a member's read over the local store.
 pub struct MemberServer {
     local: Arc<dyn Queryable>,
     global: GlobalRecords,
@@ -316,7 +317,6 @@ struct Inner {
     local: Arc<dyn Queryable>,
     members: MembersFn,
     opts: FanOutOptions,
-    client: reqwest::Client,
     rt: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     /// Response bytes received from members (for measurements).
@@ -372,13 +372,6 @@ impl ClusterQueryable {
             .thread_name("shoal-query")
             .enable_all()
             .build()?;
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(opts.member_timeout.min(Duration::from_secs(3)))
-            .pool_idle_timeout(Duration::from_secs(60));
-        if let Some(ip) = opts.local_address {
-            builder = builder.local_address(ip);
-        }
-        let client = builder.build().map_err(std::io::Error::other)?;
         Ok(ClusterQueryable {
             inner: Arc::new(Inner {
                 local,
@@ -386,7 +379,6 @@ impl ClusterQueryable {
                 handle: rt.handle().clone(),
                 rt: Mutex::new(Some(rt)),
                 opts,
-                client,
                 bytes_received: AtomicU64::new(0),
                 pushed_down: AtomicU64::new(0),
                 pushdown_fallbacks: AtomicU64::new(0),
@@ -799,37 +791,27 @@ impl crate::promql::Pushdown for ClusterPushdown<'_> {
 impl Inner {
     async fn call(&self, addr: &str, body: Arc<Vec<u8>>) -> Result<Response, CallError> {
         let fail = CallError::Failed;
-        let mut rb = self
-            .client
-            .post(format!("http://{addr}{}", wire::PATH))
-            .header("content-type", "application/octet-stream")
-            .body(body.as_ref().clone());
-        if let Some(s) = &self.opts.secret {
-            rb = rb.bearer_auth(s);
-        }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| fail(format!("could not be reached: {e}")))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(format!("broke off its answer: {e}")))?;
+        let sent = self
+            .opts
+            .peer
+            .send(Lane::Reads, addr, MEMBER_READ, body.as_ref().clone(), None)
+            .await;
+        let bytes = match sent {
+            Ok(bytes) => bytes,
+            Err(PeerError::Status { status, body, .. }) => {
+                let limit = StorageError(body.clone());
+                if limit.is_limit() && matches!(status, 422 | 503) {
+                    return Err(CallError::Limit(limit));
+                }
+                return Err(fail(format!("answered HTTP {status}: {body}")));
+            }
+            Err(e @ PeerError::Connect { .. }) => {
+                return Err(fail(format!("could not be reached: {e}")));
+            }
+            Err(e) => return Err(fail(format!("broke off its answer: {e}"))),
+        };
         self.bytes_received
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-            let limit = StorageError(text.trim().to_string());
-            if limit.is_limit() && matches!(status.as_u16(), 422 | 503) {
-                return Err(CallError::Limit(limit));
-            }
-            return Err(fail(format!(
-                "answered HTTP {}: {}",
-                status.as_u16(),
-                text.trim()
-            )));
-        }
         wire::decode(&bytes).map_err(|e| fail(format!("sent an unreadable answer: {e}")))
     }
 }
@@ -1161,8 +1143,7 @@ mod tests {
             FanOutOptions {
                 self_id: 1,
                 member_timeout,
-                secret: None,
-                local_address: None,
+                peer: crate::peer::PeerClient::new(Default::default()).unwrap(),
                 pushdown: false,
             },
         )

@@ -16,9 +16,6 @@ use crate::model::{Label, Labels, MatchOp, Matcher, Sample};
 use crate::storage::{SampleBudget, SelectHints, Series, StorageError};
 use crate::tsdb::chunkenc::{XorIterator, XorState, new_chunk};
 
-/// The internal route every member serves.
-pub const PATH: &str = "/internal/query";
-
 /// Version byte in front of every request and response body. 3: selects and
 /// aggregations carry the query's limits (`max_samples`, `timeout_ms`).
 pub const FORMAT_VERSION: u8 = 3;

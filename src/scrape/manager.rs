@@ -18,6 +18,8 @@ use actix::prelude::*;
 
 use crate::config::{Config, ScrapeConfig, TargetGroup};
 use crate::discovery::{self, Target};
+use crate::peer::PeerClient;
+use crate::peer::protocol::{HANDOFF, HandoffNotice};
 use crate::shard::Assigner;
 use crate::storage::Appendable;
 use crate::telemetry::{JobLabels, Metrics};
@@ -76,8 +78,6 @@ const HANDOFF_INTERVALS: u32 = 3;
 const HANDOFF_NOTICE_TTL: Duration = Duration::from_secs(60);
 /// Timeout of one handoff notice to a previous owner.
 const HANDOFF_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The internal route a new owner calls on the previous owners of a target.
-pub const HANDOFF_PATH: &str = "/internal/scrape/handoff";
 
 struct Running {
     addr: Addr<ScrapeActor>,
@@ -93,8 +93,8 @@ pub struct ScrapeManager {
     storage: Arc<dyn Appendable>,
     metrics: Metrics,
     client: super::fetch::ScrapeClient,
-    /// For handoff notices to peers (cluster traffic, not scrapes).
-    notice_client: reqwest::Client,
+    /// The node's client to its peers, for handoff notices (set in a cluster).
+    peer: Option<PeerClient>,
     config: Arc<Config>,
     groups: Arc<BTreeMap<String, Vec<TargetGroup>>>,
     running: HashMap<(String, u64), Running>,
@@ -109,8 +109,6 @@ pub struct ScrapeManager {
     /// Keys whose new owner already reported, with when and the view index the new
     /// owner gained them at (notices that came before this node saw the move).
     handoff_notices: HashMap<u64, (Instant, u64)>,
-    /// The cluster secret sent with handoff notices.
-    secret: Option<Arc<str>>,
     dropped: Vec<DroppedTarget>,
     assignment: Option<AssignmentSnapshot>,
 }
@@ -143,7 +141,7 @@ impl ScrapeManager {
             storage,
             metrics,
             client: super::fetch::client(super::fetch::DEFAULT_MAX_BODY_SIZE),
-            notice_client: reqwest::Client::new(),
+            peer: None,
             config,
             groups: Arc::default(),
             running: HashMap::new(),
@@ -154,7 +152,6 @@ impl ScrapeManager {
             prev_discovered: HashSet::new(),
             prev_owned: HashSet::new(),
             handoff_notices: HashMap::new(),
-            secret: None,
             dropped: Vec::new(),
             assignment: None,
         }
@@ -409,34 +406,26 @@ impl ScrapeManager {
             }
             peers.remove(&me);
         }
-        let client = self.notice_client.clone();
-        let secret = self.secret.clone();
-        let view_index = self.membership.as_ref().map_or(0, |m| m.index);
+        let Some(peer) = self.peer.clone() else {
+            return tx;
+        };
+        let notice = HandoffNotice {
+            key,
+            view_index: self.membership.as_ref().map_or(0, |m| m.index),
+        };
         actix::spawn(async move {
             if rx.await.is_err() || peers.is_empty() {
                 return;
             }
-            let body = format!("{{\"key\":\"{key}\",\"viewIndex\":\"{view_index}\"}}");
             for (id, addr) in peers {
-                let url = if addr.contains("://") {
-                    format!("{}{HANDOFF_PATH}", addr.trim_end_matches('/'))
-                } else {
-                    format!("http://{addr}{HANDOFF_PATH}")
-                };
-                let mut req = client
-                    .post(&url)
-                    .timeout(HANDOFF_NOTICE_TIMEOUT)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone());
-                if let Some(s) = &secret {
-                    req = req.bearer_auth(s);
-                }
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => {}
-                    Ok(r) => {
-                        tracing::debug!(node = id, %url, status = %r.status(), "handoff notice refused")
+                match peer
+                    .call::<_, ()>(&addr, HANDOFF, &notice, HANDOFF_NOTICE_TIMEOUT)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::debug!(node = id, %addr, error = %e, "handoff notice failed")
                     }
-                    Err(e) => tracing::debug!(node = id, %url, error = %e, "handoff notice failed"),
                 }
             }
         });
@@ -527,15 +516,15 @@ impl Handler<ApplyMembership> for ScrapeManager {
     }
 }
 
-/// The cluster secret to send with handoff notices.
+/// The node's peer client, for handoff notices (a cluster node sends it once).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetClusterSecret(pub Option<String>);
+pub struct SetPeerClient(pub PeerClient);
 
-impl Handler<SetClusterSecret> for ScrapeManager {
+impl Handler<SetPeerClient> for ScrapeManager {
     type Result = ();
-    fn handle(&mut self, msg: SetClusterSecret, _: &mut Context<Self>) {
-        self.secret = msg.0.map(Arc::from);
+    fn handle(&mut self, msg: SetPeerClient, _: &mut Context<Self>) {
+        self.peer = Some(msg.0);
     }
 }
 

@@ -440,9 +440,9 @@ pub async fn label_values(
     Ok(success_warned(&res.value, &res.warnings))
 }
 
-/// `POST /internal/query` (`query::wire::PATH`): another member's fan-out reads this
-/// node's store. Bincode in and out; the cluster secret is required when set (401,
-/// nothing read); a malformed body is a 400.
+/// `POST /internal/query` (`peer::protocol::MEMBER_READ`): another member's fan-out
+/// reads this node's store. Bincode in and out; the peer guard has checked the cluster
+/// secret; a malformed body is a 400.
 pub async fn member_read(
     req: HttpRequest,
     body: web::Bytes,
@@ -459,18 +459,6 @@ pub async fn member_read(
             "this node is not in a cluster".into(),
         );
     };
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let secret = st.cluster.as_ref().and_then(|c| c.handle.secret());
-    if crate::cluster::rpc::check_secret(secret, header).is_err() {
-        tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "rejected internal read without the right cluster secret");
-        return plain(
-            actix_web::http::StatusCode::UNAUTHORIZED,
-            "missing or wrong cluster secret".into(),
-        );
-    }
     let bad_request = |e: crate::query::ServeError| {
         tracing::warn!(peer = ?req.peer_addr(), error = %e, "rejected malformed internal read");
         plain(actix_web::http::StatusCode::BAD_REQUEST, e.to_string())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::json::{ApiError, ErrorType, success};
@@ -37,59 +37,114 @@ fn rfc3339(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The `data` object of `GET /api/v1/cluster` for `st`, with `now` as the wall clock.
-/// With the scrape manager's `assignment`, each member gets `targets` (how many
-/// discovered targets it owns — computed here from the same assignment every node
-/// computes) and the object gets `assignmentViewIndex`; without it both are null.
-pub fn status_json(
+/// The `data` object of `GET /api/v1/cluster` (also what `shoal cluster status`
+/// reads). Ids are strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterDoc {
+    pub node_id: String,
+    pub cluster_id: Option<String>,
+    pub address: String,
+    pub leader_id: Option<String>,
+    pub leader_address: Option<String>,
+    pub raft_state: String,
+    pub term: u64,
+    pub leader_changes: u64,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub view_index: u64,
+    pub pending_rule_batches: usize,
+    pub assignment_view_index: Option<u64>,
+    pub discovered_targets: Option<usize>,
+    pub members: Vec<MemberDoc>,
+}
+
+/// One member in a [`ClusterDoc`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberDoc {
+    pub id: String,
+    pub address: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// `up` or `down`.
+    pub state: String,
+    /// RFC 3339, when this node last heard from the member.
+    pub last_contact: Option<String>,
+    pub leader: bool,
+    /// Discovered targets the member owns (null before the first assignment).
+    pub targets: Option<usize>,
+}
+
+/// The `data` of `POST /api/v1/cluster/leave`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaveDoc {
+    pub node_id: String,
+    pub left: bool,
+}
+
+/// The `data` of `POST /api/v1/cluster/remove/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoveDoc {
+    pub node_id: String,
+    pub removed: bool,
+}
+
+/// The [`ClusterDoc`] of `st`, with `now` as the wall clock. With the scrape manager's
+/// `assignment`, each member gets `targets` (how many discovered targets it owns —
+/// computed here from the same assignment every node computes) and the document gets
+/// `assignmentViewIndex`; without it both are null.
+pub fn status_doc(
     st: &ClusterStatus,
     assignment: Option<&AssignmentSnapshot>,
     now: SystemTime,
-) -> serde_json::Value {
-    let members: Vec<serde_json::Value> = st
+) -> ClusterDoc {
+    let members = st
         .members
         .iter()
-        .map(|m| {
-            let last_contact = m.last_contact.and_then(|d| now.checked_sub(d)).map(rfc3339);
-            json!({
-                "id": m.id.to_string(),
-                "address": m.addr,
-                "role": match m.role {
-                    MemberRole::Voter => "voter",
-                    MemberRole::Learner => "learner",
-                },
-                "state": match m.state {
-                    MemberState::Up => "up",
-                    MemberState::Down => "down",
-                },
-                "lastContact": last_contact,
-                "leader": st.leader_id == Some(m.id),
-                "targets": assignment.map(|a| a.targets_per_member.get(&m.id).copied().unwrap_or(0)),
-            })
+        .map(|m| MemberDoc {
+            id: m.id.to_string(),
+            address: m.addr.clone(),
+            role: match m.role {
+                MemberRole::Voter => "voter",
+                MemberRole::Learner => "learner",
+            }
+            .to_owned(),
+            state: match m.state {
+                MemberState::Up => "up",
+                MemberState::Down => "down",
+            }
+            .to_owned(),
+            last_contact: m.last_contact.and_then(|d| now.checked_sub(d)).map(rfc3339),
+            leader: st.leader_id == Some(m.id),
+            targets: assignment.map(|a| a.targets_per_member.get(&m.id).copied().unwrap_or(0)),
         })
         .collect();
     let leader_address = st
         .leader_id
         .and_then(|l| st.members.iter().find(|m| m.id == l))
         .map(|m| m.addr.clone());
-    json!({
-        "nodeId": st.node_id.to_string(),
-        "clusterId": st.cluster_id.map(|c| c.to_string()),
-        "address": st.addr,
-        "leaderId": st.leader_id.map(|l| l.to_string()),
-        "leaderAddress": leader_address,
-        "raftState": st.raft_state,
-        "term": st.term,
-        "leaderChanges": st.leader_changes,
-        "lastLogIndex": st.last_log_index,
-        "commitIndex": st.commit_index,
-        "appliedIndex": st.applied_index,
-        "viewIndex": st.view_index,
-        "pendingRuleBatches": st.pending_rule_batches,
-        "assignmentViewIndex": assignment.map(|a| a.view_index),
-        "discoveredTargets": assignment.map(|a| a.discovered),
-        "members": members,
-    })
+    ClusterDoc {
+        node_id: st.node_id.to_string(),
+        cluster_id: st.cluster_id.map(|c| c.to_string()),
+        address: st.addr.clone(),
+        leader_id: st.leader_id.map(|l| l.to_string()),
+        leader_address,
+        raft_state: st.raft_state.to_owned(),
+        term: st.term,
+        leader_changes: st.leader_changes,
+        last_log_index: st.last_log_index,
+        commit_index: st.commit_index,
+        applied_index: st.applied_index,
+        view_index: st.view_index,
+        pending_rule_batches: st.pending_rule_batches,
+        assignment_view_index: assignment.map(|a| a.view_index),
+        discovered_targets: assignment.map(|a| a.discovered),
+        members,
+    }
 }
 
 fn cluster_of(st: &AppState) -> Result<&ClusterWeb, ApiError> {
@@ -102,65 +157,26 @@ async fn status(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let c = cluster_of(&st)?;
     let s = c.handle.status().await;
     let targets = st.targets.snapshot();
-    Ok(success(&status_json(
+    Ok(success(&status_doc(
         &s,
         targets.assignment.as_ref(),
         SystemTime::now(),
     )))
 }
 
-fn authorize(c: &ClusterWeb, req: &HttpRequest) -> Result<(), ApiError> {
+fn authorize(st: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    crate::cluster::rpc::check_secret(c.handle.secret(), header).map_err(|_| {
-        tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "rejected cluster admin request without the right secret");
-        ApiError::new(ErrorType::Unauthorized, "missing or wrong cluster secret")
-    })
-}
-
-/// The body of the internal handoff route (`scrape::manager::HANDOFF_PATH`): the key of
-/// a target the sender gained and has scraped once, and the view index it gained it at.
-/// Both are strings (u64 in JSON).
-#[derive(serde::Deserialize)]
-struct HandoffNotice {
-    key: String,
-    #[serde(rename = "viewIndex")]
-    view_index: String,
-}
-
-/// Decodes a [`HandoffNotice`] body into `(key, view index)` (public for the `handoff`
-/// fuzz target).
-#[doc(hidden)]
-pub fn parse_handoff_notice(body: &[u8]) -> Result<(u64, u64), String> {
-    let notice: HandoffNotice =
-        serde_json::from_slice(body).map_err(|e| format!("invalid handoff notice: {e}"))?;
-    let key: u64 = notice
-        .key
-        .parse()
-        .map_err(|_| format!("invalid target key {:?}", notice.key))?;
-    let view_index: u64 = notice
-        .view_index
-        .parse()
-        .map_err(|_| format!("invalid view index {:?}", notice.view_index))?;
-    Ok((key, view_index))
-}
-
-/// `POST /internal/scrape/handoff`: a new owner of a target tells this node (a previous
-/// owner, still scraping it) that it can stop. Requires the cluster secret when set.
-pub async fn handoff(
-    req: HttpRequest,
-    body: web::Bytes,
-    st: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let c = cluster_of(&st)?;
-    authorize(c, &req)?;
-    let (key, view_index) = parse_handoff_notice(&body).map_err(ApiError::bad_data)?;
-    if let Some(h) = &st.handoff {
-        h(key, view_index);
+    if st.peer_secrets.admits(header) {
+        return Ok(());
     }
-    Ok(success(&json!({"key": key.to_string()})))
+    tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "rejected cluster admin request without the right secret");
+    Err(ApiError::new(
+        ErrorType::Unauthorized,
+        "missing or wrong cluster secret",
+    ))
 }
 
 /// How long the leave request waits for the membership change.
@@ -168,7 +184,7 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn leave(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let c = cluster_of(&st)?;
-    authorize(c, &req)?;
+    authorize(&st, &req)?;
     let id = c.handle.node_id();
     match tokio::time::timeout(LEAVE_TIMEOUT, c.handle.leave()).await {
         Err(_) => Err(ApiError::new(
@@ -182,7 +198,10 @@ async fn leave(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse
         Ok(Ok(())) => {
             tracing::info!(node_id = id, "left the cluster on request; shutting down");
             (c.exit_after_leave)();
-            Ok(success(&json!({"nodeId": id.to_string(), "left": true})))
+            Ok(success(&LeaveDoc {
+                node_id: id.to_string(),
+                left: true,
+            }))
         }
     }
 }
@@ -193,7 +212,7 @@ async fn remove(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let c = cluster_of(&st)?;
-    authorize(c, &req)?;
+    authorize(&st, &req)?;
     let id: u64 = path
         .trim()
         .parse()
@@ -207,7 +226,10 @@ async fn remove(
             ErrorType::Unavailable,
             format!("cannot remove node {id}: {e}"),
         )),
-        Ok(Ok(())) => Ok(success(&json!({"nodeId": id.to_string(), "removed": true}))),
+        Ok(Ok(())) => Ok(success(&RemoveDoc {
+            node_id: id.to_string(),
+            removed: true,
+        })),
     }
 }
 
@@ -239,7 +261,7 @@ mod tests {
             }],
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let v = status_json(&st, None, now);
+        let v = serde_json::to_value(status_doc(&st, None, now)).unwrap();
         assert!(v["assignmentViewIndex"].is_null());
         assert!(v["members"][0]["targets"].is_null());
         assert_eq!(v["nodeId"], "18446744073709551557");
@@ -258,7 +280,7 @@ mod tests {
             targets_per_member: [(18_446_744_073_709_551_557, 7)].into(),
             discovered: 7,
         };
-        let v = status_json(&st, Some(&asg), now);
+        let v = serde_json::to_value(status_doc(&st, Some(&asg), now)).unwrap();
         assert_eq!(v["assignmentViewIndex"], 4);
         assert_eq!(v["discoveredTargets"], 7);
         assert_eq!(v["members"][0]["targets"], 7);

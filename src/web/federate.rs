@@ -84,6 +84,40 @@ pub async fn federate(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse
     if sets.is_empty() {
         return bad_request("no match[] parameter provided");
     }
+    answer(&st, arrived, local, with_external, sets).await
+}
+
+/// `POST /internal/federate` (`peer::protocol::FEDERATE`): the leader's master loop
+/// federates this node's own latest samples (as `/federate?local=1&external_labels=0`),
+/// selectors in a typed body. The peer guard has checked the cluster secret.
+pub async fn member_federate(body: web::Bytes, st: web::Data<AppState>) -> HttpResponse {
+    let arrived = Instant::now();
+    let req: crate::peer::protocol::FederateRequest = match crate::cluster::codec::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("malformed federation request: {e}")),
+    };
+    let mut sets: Vec<Vec<Matcher>> = Vec::new();
+    for s in &req.selectors {
+        match parse_selector(s) {
+            Ok(alts) => sets.extend(alts),
+            Err(e) => return bad_request(e),
+        }
+    }
+    if sets.is_empty() {
+        return bad_request("no selector given");
+    }
+    answer(&st, arrived, true, false, sets).await
+}
+
+/// The latest sample of every series matching one of `sets`, in the text format, held
+/// to the query limits.
+async fn answer(
+    st: &AppState,
+    arrived: Instant,
+    local: bool,
+    with_external: bool,
+    sets: Vec<Vec<Matcher>>,
+) -> HttpResponse {
     let mut extra = if with_external {
         st.current_config().global.external_labels.clone()
     } else {

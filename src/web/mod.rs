@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cluster;
 pub mod federate;
+pub mod internal;
 pub mod json;
 pub mod params;
 pub mod rules;
@@ -33,7 +34,7 @@ pub struct AppState {
     pub storage: Arc<dyn Queryable>,
     /// This node's own store (`local=1`, the internal select route, `/federate?local=1`).
     pub local: Arc<dyn Queryable>,
-    /// Serves the internal read route (`query::wire::PATH`) that other members' fan-outs
+    /// Serves the internal read route (`peer::protocol::MEMBER_READ`) that other members' fan-outs
     /// call; `None` when the node is not in a cluster (the route answers 404).
     pub member_reads: Option<Arc<crate::query::MemberServer>>,
     /// The cluster-wide reads again, for aggregation pushdown on the query routes
@@ -62,6 +63,9 @@ pub struct AppState {
     pub writable: Arc<dyn crate::storage::Writable>,
     /// The node's cluster member (`/api/v1/cluster` and the internal cluster routes).
     pub cluster: Option<cluster::ClusterWeb>,
+    /// The cluster secrets the internal routes' guard and the cluster admin routes
+    /// accept (none set: no secret).
+    pub peer_secrets: crate::peer::SecretStore,
     /// Told the key of a target whose new owner has scraped it and the view index of
     /// the move (the internal handoff route); the scrape manager then stops its handoff.
     pub handoff: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
@@ -79,7 +83,15 @@ impl AppState {
 }
 
 /// Registers every route on an actix-web service config (used by `serve` and tests).
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub fn routes(cfg: &mut web::ServiceConfig, st: &AppState) {
+    internal::routes(
+        cfg,
+        internal::PeerGuard {
+            secrets: st.peer_secrets.clone(),
+            metrics: st.metrics.clone(),
+        },
+        st.cluster.as_ref().map(|c| c.handle.clone()),
+    );
     cfg.route("/-/healthy", web::get().to(healthy))
         .route("/-/healthy", web::head().to(healthy))
         .route("/-/ready", web::get().to(ready))
@@ -91,11 +103,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(api::metrics))
         .route("/federate", web::get().to(federate::federate))
         .route("/", web::get().to(index))
-        .route(
-            crate::scrape::manager::HANDOFF_PATH,
-            web::post().to(cluster::handoff),
-        )
-        .route(crate::query::wire::PATH, web::post().to(api::member_read))
         .service(
             web::scope("/api/v1")
                 .route("/query", web::get().to(api::query))
@@ -188,15 +195,15 @@ pub fn bind(listen: &str) -> std::io::Result<Bound> {
 }
 
 /// Starts serving on `bound`. The returned server runs on the current actix system;
-/// stop it with its handle. With a cluster member in `state`, the internal cluster
-/// routes are mounted too.
+/// stop it with its handle. The internal routes ([`internal`]) are always mounted;
+/// the cluster ones answer 404 without a cluster member in `state`.
 pub fn serve(state: AppState, bound: Bound) -> std::io::Result<Server> {
     let metrics = state.metrics.clone();
-    let cluster_handle = state.cluster.as_ref().map(|c| c.handle.clone());
     let data = web::Data::new(state);
+    let st = data.clone();
     let mut server = HttpServer::new(move || {
         let metrics = metrics.clone();
-        let cluster_handle = cluster_handle.clone();
+        let st = st.clone();
         App::new()
             .wrap_fn(move |req, srv| {
                 use actix_web::dev::Service as _;
@@ -218,12 +225,7 @@ pub fn serve(state: AppState, bound: Bound) -> std::io::Result<Server> {
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
             .wrap(actix_web::middleware::Compress::default())
-            .configure(move |cfg| {
-                if let Some(h) = cluster_handle {
-                    crate::cluster::configure(cfg, h);
-                }
-                routes(cfg);
-            })
+            .configure(move |cfg| routes(cfg, &st))
     })
     .workers(2)
     .shutdown_timeout(5)

@@ -202,7 +202,7 @@ fn members_and_every_read_route_are_held_to_the_limits() {
     let post = |body: &[u8]| {
         http(
             "POST",
-            &c.nodes[1].url(wire::PATH),
+            &c.nodes[1].url(shoal::peer::protocol::MEMBER_READ.path),
             Some("application/octet-stream"),
             body,
         )

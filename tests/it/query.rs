@@ -592,7 +592,7 @@ fn post_internal(node: &Node, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>
     write!(
         s,
         "POST {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        shoal::query::wire::PATH,
+        shoal::peer::protocol::MEMBER_READ.path,
         node.addr(),
         body.len()
     )

@@ -302,12 +302,15 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
     let before = wait_settled(&c, &[0, 1, 2], 1);
 
     // The handoff route is internal: the cluster secret is required, the body checked.
-    let url = c.nodes[0].url("/internal/scrape/handoff");
+    use shoal::cluster::codec;
+    use shoal::peer::protocol::{HANDOFF, HandoffNotice};
+    let notice = |key, view_index| codec::encode(&HandoffNotice { key, view_index }).unwrap();
+    let url = c.nodes[0].url(HANDOFF.path);
     let (code, _) = http(
         "POST",
         &url,
-        Some("application/json"),
-        br#"{"key":"1","viewIndex":"1"}"#,
+        Some("application/octet-stream"),
+        &notice(1, 1),
     )
     .unwrap();
     assert_eq!(code, 401, "handoff notice without the secret");
@@ -318,7 +321,7 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
         use std::io::{Read, Write};
         write!(
             s,
-            "POST /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "POST /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .unwrap();
@@ -327,11 +330,20 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
         s.read_to_string(&mut resp).unwrap();
         resp.split(' ').nth(1).unwrap_or("").to_owned()
     };
-    assert_eq!(authed(b"{\"key\":\"x\",\"viewIndex\":\"1\"}"), "400");
-    assert_eq!(authed(b"{\"key\":\"1\"}"), "400");
-    assert_eq!(authed(b"not json"), "400");
+    let good = notice(12345, 1);
+    assert_eq!(authed(&good[..good.len() - 1]), "400", "a cut notice");
+    assert_eq!(
+        authed(&[good.clone(), vec![0]].concat()),
+        "400",
+        "trailing bytes"
+    );
+    assert_eq!(
+        authed(b"{\"key\":\"1\",\"viewIndex\":\"1\"}"),
+        "400",
+        "JSON"
+    );
     // A notice for a target this node is not handing off changes nothing.
-    assert_eq!(authed(b"{\"key\":\"12345\",\"viewIndex\":\"1\"}"), "200");
+    assert_eq!(authed(&good), "200");
     assert_eq!(wait_settled(&c, &[0, 1, 2], 1), before);
     let lost_before: Vec<f64> = (0..3)
         .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total"))

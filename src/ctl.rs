@@ -1,0 +1,284 @@
+//! `shoal cluster status|leave|remove` and `shoal healthcheck`: clients of a node's
+//! public HTTP API (`GET /api/v1/cluster`, `POST /api/v1/cluster/leave`,
+//! `POST /api/v1/cluster/remove/{id}`, `/-/healthy`). The admin routes get the cluster
+//! secret as `Authorization: Bearer` when `--cluster.secret-file` is given. Answers are
+//! read into the API's own types (`web::cluster::ClusterDoc` and friends), never by
+//! string keys.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::cli::{ClusterCommand, ClusterTarget};
+use crate::web::cluster::{ClusterDoc, LeaveDoc, RemoveDoc};
+
+/// Runs one `shoal cluster` subcommand.
+pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    rt.block_on(async move {
+        match cmd {
+            ClusterCommand::Status { target, json } => {
+                let data: ClusterDoc =
+                    call_node(&target, reqwest::Method::GET, "/api/v1/cluster").await?;
+                if json {
+                    println!("{}", serde_json::to_string(&data)?);
+                } else {
+                    print!("{}", render_table(&data));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ClusterCommand::Leave(t) => {
+                let data: LeaveDoc =
+                    call_node(&t, reqwest::Method::POST, "/api/v1/cluster/leave").await?;
+                println!(
+                    "node {} left the cluster and is shutting down",
+                    data.node_id
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ClusterCommand::Remove { node_id, target } => {
+                let id: u64 = node_id
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("invalid node id {node_id:?}"))?;
+                let data: RemoveDoc = call_node(
+                    &target,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/cluster/remove/{id}"),
+                )
+                .await?;
+                println!("node {} removed from the cluster", data.node_id);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+/// `shoal healthcheck URL`: GET the URL; success (exit 0) on a 2xx answer, else a
+/// line on stderr and exit 1. Used as the container HEALTHCHECK (no curl in the image).
+pub fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    crate::peer::install_crypto_provider();
+    let probe = async {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("building the HTTP client")?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url} failed"))?;
+        let status = resp.status();
+        anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+        anyhow::Ok(())
+    };
+    let res = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")
+        .and_then(|rt| rt.block_on(probe));
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: unhealthy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn base_url(node: &str) -> String {
+    let node = node.trim().trim_end_matches('/');
+    if node.starts_with("http://") || node.starts_with("https://") {
+        node.to_owned()
+    } else {
+        format!("http://{node}")
+    }
+}
+
+/// The JSON envelope of every API answer.
+#[derive(Deserialize)]
+struct Envelope<T> {
+    status: String,
+    data: Option<T>,
+    error: Option<String>,
+}
+
+/// Calls `path` on the target node; returns the `data` of a success envelope.
+async fn call_node<T: DeserializeOwned>(
+    t: &ClusterTarget,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<T> {
+    crate::peer::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client")?;
+    let url = format!("{}{path}", base_url(&t.node));
+    let mut req = client.request(method, &url);
+    if let Some(p) = &t.secret_file {
+        let secrets = crate::peer::Secrets::read(p).map_err(anyhow::Error::msg)?;
+        req = req.bearer_auth(secrets.sending());
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("request to {url} failed"))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading the answer of {url}"))?;
+    let v: Envelope<T> = serde_json::from_str(&body)
+        .with_context(|| format!("{url} answered {status} with an unexpected body: {body}"))?;
+    match (v.status.as_str(), v.data) {
+        ("success", Some(data)) => Ok(data),
+        _ => anyhow::bail!("{url} answered {status}: {}", v.error.unwrap_or(body)),
+    }
+}
+
+pub fn render_table(data: &ClusterDoc) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let mut out = format!(
+        "node {} ({})  leader {}  term {}  commit {}  view {}\n",
+        data.node_id,
+        data.raft_state,
+        opt(data.leader_id.clone()),
+        data.term,
+        opt(data.commit_index.map(|c| c.to_string())),
+        data.view_index,
+    );
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "ADDRESS".to_owned(),
+        "ROLE".to_owned(),
+        "STATE".to_owned(),
+        "TARGETS".to_owned(),
+        "LAST CONTACT".to_owned(),
+        String::new(),
+    ]];
+    for m in &data.members {
+        let mut flags = Vec::new();
+        if m.leader {
+            flags.push("leader");
+        }
+        if m.id == data.node_id {
+            flags.push("self");
+        }
+        rows.push([
+            m.id.clone(),
+            m.address.clone(),
+            m.role.clone(),
+            m.state.clone(),
+            opt(m.targets.map(|t| t.to_string())),
+            opt(m.last_contact.clone()),
+            flags.join(","),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod cluster_cli_tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_members() {
+        let data: ClusterDoc = serde_json::from_value(serde_json::json!({
+            "nodeId": "11", "clusterId": "3", "address": "a:1", "raftState": "leader",
+            "leaderId": "11", "leaderAddress": "a:1", "term": 2, "leaderChanges": 1,
+            "lastLogIndex": 7, "commitIndex": 7, "appliedIndex": 7, "viewIndex": 5,
+            "pendingRuleBatches": 0, "assignmentViewIndex": 5, "discoveredTargets": 12,
+            "members": [
+                {"id": "11", "address": "a:1", "role": "voter", "state": "up",
+                 "lastContact": "2026-01-01T00:00:00.000Z", "leader": true, "targets": 12},
+                {"id": "22", "address": "bb:2", "role": "learner", "state": "down",
+                 "lastContact": null, "leader": false, "targets": null}
+            ]
+        }))
+        .unwrap();
+        let t = render_table(&data);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(
+            lines[0].contains("leader 11") && lines[0].contains("view 5"),
+            "{t}"
+        );
+        assert!(lines[1].contains("STATE  TARGETS"), "{t}");
+        assert!(
+            lines[2].starts_with("11  a:1      voter    up     12"),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("leader,self"), "{t}");
+        assert!(lines[3].contains("learner  down"), "{t}");
+        assert_eq!(base_url("h:1/"), "http://h:1");
+        assert_eq!(base_url("https://h:1"), "https://h:1");
+    }
+}
+
+#[cfg(test)]
+mod healthcheck_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// Serves one HTTP request with `status_line` on a loopback port; returns the URL.
+    fn one_shot_server(status_line: &'static str) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status_line}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+            }
+        });
+        format!("http://{addr}/-/healthy")
+    }
+
+    #[test]
+    fn healthy_answer_exits_zero_anything_else_one() {
+        let t = Duration::from_secs(10);
+        assert_eq!(
+            healthcheck(&one_shot_server("200 OK"), t),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            healthcheck(&one_shot_server("503 Service Unavailable"), t),
+            ExitCode::from(1)
+        );
+        // Nothing listening: a closed port.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        assert_eq!(
+            healthcheck(&format!("http://{closed}/-/healthy"), t),
+            ExitCode::from(1)
+        );
+        assert_eq!(healthcheck("not a url", t), ExitCode::from(1));
+    }
+}

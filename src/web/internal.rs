@@ -1,0 +1,255 @@
+//! The node-to-node routes of `crate::peer::protocol`, all in one `/internal` scope
+//! behind one guard ([`guard`]). The guard decides from the request line and headers
+//! alone, before a byte of the body is read:
+//! - a path that is not an internal route: 404; a wrong method: 405;
+//! - without an accepted cluster secret (`Authorization: Bearer`, when a secret is
+//!   set): 401;
+//! - a declared body over the route's limit: 413 (a chunked body is cut at the same
+//!   limit by the route's payload config, also 413).
+//!
+//! Refused requests are logged (path, peer address, never the header) and counted in
+//! `shoal_peer_requests_refused_total{reason}`; the connection is closed with the body
+//! unread.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+use crate::cluster::ClusterHandle;
+use crate::cluster::rpc::{self, RpcError};
+use crate::peer::SecretStore;
+use crate::peer::protocol::{self, HandoffNotice, Method, Route};
+use crate::telemetry::Metrics;
+
+/// What the guard checks requests against.
+#[derive(Clone)]
+pub struct PeerGuard {
+    /// The accepted cluster secrets (none set: every request passes).
+    pub secrets: SecretStore,
+    pub metrics: Metrics,
+}
+
+/// Registers the `/internal` scope (every route of `peer::protocol::ROUTES`). The
+/// cluster routes answer from `cluster` (404 without); the member read, federation
+/// and handoff routes need the server's [`AppState`].
+pub fn routes(
+    cfg: &mut web::ServiceConfig,
+    guard_state: PeerGuard,
+    cluster: Option<ClusterHandle>,
+) {
+    let mut scope = web::scope(protocol::PREFIX)
+        .app_data(web::Data::new(guard_state))
+        .app_data(web::Data::new(cluster))
+        .wrap(from_fn(guard));
+    for r in protocol::ROUTES {
+        let res = web::resource(strip(r.path)).app_data(web::PayloadConfig::new(r.max_body));
+        let res = match r.method {
+            Method::Get => res.route(web::get().to(cluster_info)),
+            Method::Post => {
+                if r == protocol::MEMBER_READ {
+                    res.route(web::post().to(super::api::member_read))
+                } else if r == protocol::FEDERATE {
+                    res.route(web::post().to(super::federate::member_federate))
+                } else if r == protocol::HANDOFF {
+                    res.route(web::post().to(handoff))
+                } else {
+                    res.route(web::post().to(move |body, st| cluster_rpc(r, body, st)))
+                }
+            }
+        };
+        scope = scope.service(res);
+    }
+    cfg.service(scope);
+}
+
+fn strip(path: &'static str) -> &'static str {
+    path.strip_prefix(protocol::PREFIX).unwrap_or(path)
+}
+
+/// Why the guard refused a request (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownRoute,
+    WrongMethod,
+    Unauthorized,
+    TooLarge,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::UnknownRoute => "unknown_route",
+            Refusal::WrongMethod => "wrong_method",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::TooLarge => "too_large",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::UnknownRoute => StatusCode::NOT_FOUND,
+            Refusal::WrongMethod => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    fn message(self, route: Option<Route>) -> String {
+        match self {
+            Refusal::UnknownRoute => "no such internal route".into(),
+            Refusal::WrongMethod => "method not allowed".into(),
+            Refusal::Unauthorized => "missing or wrong cluster secret".into(),
+            Refusal::TooLarge => format!(
+                "request body larger than {} bytes",
+                route.map_or(0, |r| r.max_body)
+            ),
+        }
+    }
+}
+
+/// What the guard decides for a request line and its headers (pure, for tests).
+pub fn check(
+    secrets: &SecretStore,
+    path: &str,
+    method: &actix_web::http::Method,
+    authorization: Option<&str>,
+    content_length: Option<&str>,
+) -> Result<Route, (Refusal, Option<Route>)> {
+    let Some(route) = protocol::route(path) else {
+        return Err((Refusal::UnknownRoute, None));
+    };
+    let method_ok = match route.method {
+        Method::Get => method == actix_web::http::Method::GET,
+        Method::Post => method == actix_web::http::Method::POST,
+    };
+    if !method_ok {
+        return Err((Refusal::WrongMethod, Some(route)));
+    }
+    if !secrets.admits(authorization) {
+        return Err((Refusal::Unauthorized, Some(route)));
+    }
+    if let Some(len) = content_length {
+        match len.trim().parse::<u64>() {
+            Ok(n) if n <= route.max_body as u64 => {}
+            _ => return Err((Refusal::TooLarge, Some(route))),
+        }
+    }
+    Ok(route)
+}
+
+async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let verdict = match req.app_data::<web::Data<PeerGuard>>() {
+        None => Err((Refusal::UnknownRoute, None)),
+        Some(st) => {
+            let header = |name| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v: &actix_web::http::header::HeaderValue| v.to_str().ok())
+            };
+            check(
+                &st.secrets,
+                req.path(),
+                req.method(),
+                header(actix_web::http::header::AUTHORIZATION),
+                header(actix_web::http::header::CONTENT_LENGTH),
+            )
+            .inspect_err(|(why, _)| {
+                st.metrics
+                    .peer_requests_refused_total
+                    .get_or_create(&crate::telemetry::ReasonLabels {
+                        reason: why.label().to_owned(),
+                    })
+                    .inc();
+            })
+        }
+    };
+    match verdict {
+        Ok(_) => Ok(next.call(req).await?.map_into_left_body()),
+        Err((why, route)) => {
+            tracing::warn!(
+                path = req.path(),
+                peer = ?req.peer_addr(),
+                reason = why.label(),
+                "refused an internal request"
+            );
+            let res = HttpResponse::build(why.status())
+                .content_type("text/plain; charset=utf-8")
+                .insert_header((actix_web::http::header::CONNECTION, "close"))
+                .body(why.message(route));
+            Ok(req.into_response(res).map_into_right_body())
+        }
+    }
+}
+
+fn respond(result: Result<Vec<u8>, RpcError>) -> HttpResponse {
+    match result {
+        Ok(bytes) => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(bytes),
+        Err(e) => HttpResponse::build(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        )
+        .content_type("text/plain; charset=utf-8")
+        .body(e.to_string()),
+    }
+}
+
+fn not_in_a_cluster() -> HttpResponse {
+    HttpResponse::NotFound()
+        .content_type("text/plain; charset=utf-8")
+        .body("this node is not in a cluster")
+}
+
+async fn cluster_info(cluster: web::Data<Option<ClusterHandle>>) -> HttpResponse {
+    match cluster.as_ref() {
+        Some(h) => respond(rpc::handle_info(h).await),
+        None => not_in_a_cluster(),
+    }
+}
+
+async fn cluster_rpc(
+    route: Route,
+    body: web::Bytes,
+    cluster: web::Data<Option<ClusterHandle>>,
+) -> HttpResponse {
+    let Some(h) = cluster.as_ref() else {
+        return not_in_a_cluster();
+    };
+    let result = match route {
+        r if r == protocol::RAFT_APPEND => rpc::handle_append(h, &body).await,
+        r if r == protocol::RAFT_VOTE => rpc::handle_vote(h, &body).await,
+        r if r == protocol::RAFT_SNAPSHOT => rpc::handle_snapshot(h, &body).await,
+        r if r == protocol::CLUSTER_JOIN => rpc::handle_join(h, &body).await,
+        r if r == protocol::CLUSTER_REMOVE => rpc::handle_remove(h, &body).await,
+        r => Err(RpcError::Internal(format!("no handler for {}", r.path))),
+    };
+    respond(result)
+}
+
+/// Decodes a [`HandoffNotice`] body (public for the `handoff` fuzz target).
+#[doc(hidden)]
+pub fn parse_handoff_notice(body: &[u8]) -> Result<HandoffNotice, String> {
+    crate::cluster::codec::decode(body).map_err(|e| format!("invalid handoff notice: {e}"))
+}
+
+/// `peer::protocol::HANDOFF`: a new owner of a target tells this node (a previous
+/// owner, still scraping it) that it can stop.
+async fn handoff(body: web::Bytes, st: web::Data<AppState>) -> HttpResponse {
+    if st.cluster.is_none() {
+        return not_in_a_cluster();
+    }
+    let notice = match parse_handoff_notice(&body) {
+        Ok(n) => n,
+        Err(e) => return respond(Err(RpcError::BadRequest(e))),
+    };
+    if let Some(h) = &st.handoff {
+        h(notice.key, notice.view_index);
+    }
+    respond(crate::cluster::codec::encode(&()).map_err(|e| RpcError::Internal(e.to_string())))
+}
