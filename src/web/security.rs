@@ -165,3 +165,97 @@ fn with_headers(
     }
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, HttpRequest, test, web};
+
+    use super::*;
+    use crate::web::WebUser;
+
+    async fn whoami(req: HttpRequest) -> String {
+        match req.extensions().get::<WebUser>() {
+            Some(WebUser(name)) => name.clone(),
+            None => "-".into(),
+        }
+    }
+
+    #[actix_web::test]
+    async fn guard_authenticates_names_the_user_and_spares_internal_routes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.yml");
+        let hash = bcrypt::hash("pw", 4).expect("hash");
+        std::fs::write(
+            &path,
+            format!(
+                "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\nbasic_auth_users:\n  alice: '{hash}'\n"
+            ),
+        )
+        .expect("write");
+        let sec = Arc::new(WebSecurity::load(&path).expect("load"));
+        assert!(sec.tls().is_none() && sec.has_users());
+        let guard = sec.clone();
+        let app = test::init_service(
+            App::new()
+                .wrap(actix_web::middleware::from_fn(move |req, next| {
+                    guard.clone().guard(req, next)
+                }))
+                .route("/who", web::get().to(whoami))
+                .route("/internal/who", web::get().to(whoami)),
+        )
+        .await;
+        let basic = |pw: &str| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(format!("alice:{pw}"));
+            (header::AUTHORIZATION, format!("Basic {b64}"))
+        };
+
+        let res = test::call_service(&app, test::TestRequest::get().uri("/who").to_request()).await;
+        assert_eq!(res.status(), 401);
+        assert_eq!(
+            res.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes()),
+            Some(&b"Basic"[..])
+        );
+        let req = test::TestRequest::get()
+            .uri("/who")
+            .insert_header(basic("nope"))
+            .to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), 401);
+
+        let req = test::TestRequest::get()
+            .uri("/who")
+            .insert_header(basic("pw"))
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers()
+                .get(header::X_CONTENT_TYPE_OPTIONS)
+                .map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..])
+        );
+        assert_eq!(test::read_body(res).await, "alice");
+
+        let req = test::TestRequest::get().uri("/internal/who").to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(test::read_body(res).await, "-");
+
+        // A reload without users opens the routes; one that would turn TLS on fails
+        // and changes nothing.
+        std::fs::write(&path, "tls_server_config:\n  cert_file: a\n  key_file: b\n")
+            .expect("write");
+        let e = sec.reload().expect_err("TLS on by reload");
+        assert!(
+            e.contains("TLS cannot be turned on without a restart"),
+            "{e}"
+        );
+        assert!(sec.has_users());
+        std::fs::write(&path, "").expect("write");
+        sec.reload().expect("reload");
+        let res = test::call_service(&app, test::TestRequest::get().uri("/who").to_request()).await;
+        assert_eq!(res.status(), 200);
+    }
+}

@@ -358,7 +358,7 @@ fn client_certificates_are_required_verified_and_reloaded() {
     let pki = Pki::new(dir.path());
     let web = |sans: &str| {
         format!(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [{sans}]\n"
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [{sans}]\n  min_version: TLS13\n"
         )
     };
     std::fs::write(dir.path().join("web.yml"), web("client.example")).unwrap();
@@ -406,6 +406,19 @@ fn client_certificates_are_required_verified_and_reloaded() {
         r.exit != 0 && r.status == 0,
         "a certificate of another CA accepted: {r:?}"
     );
+    // min_version: TLS13 holds.
+    let r = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--tls-max",
+        "1.2",
+        &url,
+    ]);
+    assert!(r.exit != 0 && r.status == 0, "TLS 1.2 accepted: {r:?}");
 
     // A reload that allows other SANs only refuses the certificate, on the running
     // listener; allowing its SAN again lets it in.
@@ -627,6 +640,23 @@ fn reload_swaps_passwords_and_certificates_and_keeps_them_on_a_bad_file() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(subject(&r).contains("CN=reloaded"), "{r:?}");
     assert_eq!(n.get("/-/healthy", Some("alice:third"), &[]).status, 401);
+
+    // What the listener was built with (versions, suites, curves) cannot change.
+    std::fs::write(
+        &n.web,
+        web(&hash("third")).replace(
+            "  key_file: server.key\n",
+            "  key_file: server.key\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n",
+        ),
+    )
+    .unwrap();
+    let r = n.get("/-/reload", Some("alice:new-password"), &["-X", "POST"]);
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(
+        r.body
+            .contains("cipher_suites cannot change without a restart"),
+        "{r:?}"
+    );
 
     // TLS cannot be turned off by a reload.
     std::fs::write(
