@@ -99,6 +99,13 @@ pub enum CheckCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Validate web configuration files (`--web.config.file`) and the certificates,
+    /// keys and CAs they name, like `promtool check web-config`.
+    #[command(name = "web-config")]
+    WebConfig {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -167,6 +174,11 @@ pub struct RunArgs {
     /// it they answer 403 and the config reloads on SIGHUP only.
     #[arg(long = "web.enable-lifecycle")]
     pub web_enable_lifecycle: bool,
+    /// Web configuration file (Prometheus's format): TLS, basic authentication and
+    /// response headers of the HTTP API. Reloaded with the configuration; turning TLS
+    /// on or off needs a restart.
+    #[arg(long = "web.config.file")]
+    pub web_config_file: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs shoal's whole test suite on a fresh machine: installs what the tests need
-# (promtool from Debian's `prometheus` package, iptables, cargo-nextest), checks formatting and
-# lints, then runs every test; then, when a Docker engine answers, the container fault
-# tests (cluster/fault-test.py: docker-compose.yml brought up for real, with an image of
-# the debug binary the tests just built). Used by README.md and .ci/run.
+# (promtool from Debian's `prometheus` package, iptables, openssl, curl, cargo-nextest),
+# checks formatting and lints, then runs every test; then, when a Docker engine
+# answers, the container fault tests (cluster/fault-test.py: docker-compose.yml brought
+# up for real, with an image of the debug binary the tests just built). Used by README.md and .ci/run.
 #
 # Arguments go to `cargo nextest run` (e.g. a filter); with arguments the container
 # tests are skipped unless SHOAL_FAULT_TESTS=1. SHOAL_FAULT_TESTS=0 always skips them.
@@ -28,6 +28,16 @@ if ! command -v iptables >/dev/null 2>&1; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed apt-get install -y -qq --no-install-recommends iptables >/dev/null
 fi
+for tool in openssl curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    # The web config tests (tests/it/web_security.rs) make certificates with openssl
+    # and talk HTTPS with curl.
+    echo "== installing Debian package $tool (web TLS tests)"
+    export DEBIAN_FRONTEND=noninteractive
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
+  fi
+done
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
   cargo install cargo-nextest --locked

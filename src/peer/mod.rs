@@ -19,20 +19,24 @@ pub mod secret;
 pub use client::{Lane, PeerClient, PeerError, PeerSettings};
 pub use secret::{SecretStore, Secrets};
 
-/// Makes rustls's `ring` provider the process default (once; later calls do nothing).
-/// Every HTTP client of the node (reqwest, built without a provider of its own) and
-/// every TLS configuration needs one; `main` calls this first, and [`PeerClient::new`]
-/// again for library users and tests.
-///
-/// rustls 0.23.48 deprecates `ring`'s provider for lacking post-quantum key exchange;
-/// the alternative (aws-lc-rs) builds a large C library on every clean build. The
-/// choice is recorded in docs/architecture.md ("TLS").
+/// rustls's *ring* provider, the one shoal builds with (for the web listener's TLS
+/// and the peers' mutual TLS alike). rustls 0.23.48 deprecates it for lacking
+/// post-quantum key exchange; the alternative, aws-lc-rs, builds a large C library on
+/// every clean build, and Prometheus's web config does not ask for post-quantum
+/// curves (its `curve_preferences` are classical). Recorded in docs/architecture.md.
+#[allow(deprecated)]
+pub fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Makes [`ring_provider`] the process default (once; later calls do nothing). Every
+/// HTTP client of the node (reqwest, built without a provider of its own) panics
+/// without one; `main` calls this first, and [`PeerClient::new`] again for library
+/// users and tests.
 pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
         // An error means another provider was installed first: that one is used.
-        let _ = provider.install_default();
+        let _ = ring_provider().install_default();
     });
 }

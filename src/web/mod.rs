@@ -2,14 +2,26 @@
 //! JSON shapes; everything it serves comes from the storage traits, the PromQL engine,
 //! the scrape manager's [`TargetsView`], the telemetry registry and the node's
 //! [`crate::cluster::ClusterHandle`] (whose internal routes it mounts).
+//!
+//! The listener's security — TLS, basic authentication, extra headers — comes from the
+//! web config file (`--web.config.file`): its format in [`web_config`], TLS in [`tls`],
+//! password checks in [`basic_auth`], the running state, its reload and the middleware
+//! in [`security`].
 
 pub mod api;
+pub mod basic_auth;
 pub mod cluster;
 pub mod federate;
 pub mod internal;
 pub mod json;
 pub mod params;
 pub mod rules;
+pub mod security;
+pub mod tls;
+pub mod web_config;
+
+pub use basic_auth::WebUser;
+pub use security::WebSecurity;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -196,14 +208,26 @@ pub fn bind(listen: &str) -> std::io::Result<Bound> {
 
 /// Starts serving on `bound`. The returned server runs on the current actix system;
 /// stop it with its handle. The internal routes ([`internal`]) are always mounted;
-/// the cluster ones answer 404 without a cluster member in `state`.
-pub fn serve(state: AppState, bound: Bound) -> std::io::Result<Server> {
+/// the cluster ones answer 404 without a cluster member in `state`. With a web config
+/// (`security`), its middleware wraps every route and, when it has TLS, the listeners
+/// serve HTTPS only; a TLS client's certificates go into the connection's extensions
+/// ([`tls::PeerCertificates`]).
+pub fn serve(
+    state: AppState,
+    bound: Bound,
+    security: Option<Arc<WebSecurity>>,
+) -> std::io::Result<Server> {
     let metrics = state.metrics.clone();
+    let tls = security
+        .as_ref()
+        .and_then(|s| s.tls().map(|t| t.server_config()));
+    let guard = security.clone();
     let data = web::Data::new(state);
     let st = data.clone();
     let mut server = HttpServer::new(move || {
         let metrics = metrics.clone();
         let st = st.clone();
+        let guard = guard.clone();
         App::new()
             .wrap_fn(move |req, srv| {
                 use actix_web::dev::Service as _;
@@ -225,13 +249,39 @@ pub fn serve(state: AppState, bound: Bound) -> std::io::Result<Server> {
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
             .wrap(actix_web::middleware::Compress::default())
+            // Outermost: a request without a valid user reaches nothing else.
+            .wrap(actix_web::middleware::from_fn(move |req, next| {
+                let guard = guard.clone();
+                async move {
+                    match guard {
+                        Some(g) => g.guard(req, next).await,
+                        None => next.call(req).await.map(|r| r.map_into_boxed_body()),
+                    }
+                }
+            }))
             .configure(move |cfg| routes(cfg, &st))
     })
+    .on_connect(put_peer_certificates)
     .workers(2)
     .shutdown_timeout(5)
     .disable_signals();
     for l in bound.listeners {
-        server = server.listen(l)?;
+        server = match &tls {
+            Some(config) => server.listen_rustls_0_23(l, config.clone())?,
+            None => server.listen(l)?,
+        };
     }
     Ok(server.run())
+}
+
+/// `on_connect`: a TLS client's certificates into the connection's extensions.
+fn put_peer_certificates(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    if let Some(stream) = conn.downcast_ref::<Tls>()
+        && let Some(certs) = stream.get_ref().1.peer_certificates()
+    {
+        ext.insert(tls::PeerCertificates(
+            certs.iter().map(|c| c.clone().into_owned()).collect(),
+        ));
+    }
 }

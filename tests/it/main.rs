@@ -17,6 +17,8 @@
 //! - `rules`: recording and alerting rules, `/api/v1/rules`, `/api/v1/alerts`, reloads.
 //! - `limits`: query limits (max samples, timeout, concurrency) on every read route,
 //!   on members, and a huge query against a node with a million series.
+//! - `web_security`: `--web.config.file` — HTTPS, client certificates, basic auth and
+//!   headers with curl, promtool and a real Prometheus; reloads; `check web-config`.
 
 mod api;
 mod cluster;
@@ -32,3 +34,4 @@ mod query;
 mod rules;
 mod scrape;
 mod sharding;
+mod web_security;
