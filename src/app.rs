@@ -45,7 +45,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     telemetry::init_logging(cli.log_format, level);
     // Before any HTTP client (reqwest) or TLS listener exists.
-    crate::peer::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     match cli.command {
         Command::Run(args) => {
             run_until_signal(*args)?;
@@ -308,6 +308,29 @@ fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
             .unwrap_or_default(),
     );
     m.insert("cluster.seeds".into(), args.cluster.seeds.join(","));
+    // Paths only: the files hold a secret or a private key.
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    m.insert(
+        "cluster.secret-file".into(),
+        path(&args.cluster.secret_file),
+    );
+    m.insert(
+        "cluster.tls.cert-file".into(),
+        path(&args.cluster.tls_cert_file),
+    );
+    m.insert(
+        "cluster.tls.key-file".into(),
+        path(&args.cluster.tls_key_file),
+    );
+    m.insert(
+        "cluster.tls.ca-file".into(),
+        path(&args.cluster.tls_ca_file),
+    );
+    m.insert("cluster.insecure".into(), args.cluster.insecure.to_string());
     m.insert(
         "cluster.advertise".into(),
         args.cluster.advertise.clone().unwrap_or_default(),
@@ -444,6 +467,43 @@ impl Node {
             // OS would send from 127.0.0.1 otherwise.
             opts.peer.local_address = Some(ip);
         }
+        let cluster_tls = cluster_tls(&args)?;
+        if let Some(t) = &cluster_tls {
+            anyhow::ensure!(
+                security.as_ref().is_none_or(|s| s.tls().is_none()),
+                "--cluster.tls.* together with a web config that serves TLS (tls_server_config) is not supported by shoal yet: the listener has one certificate. Leave tls_server_config out: with cluster TLS the listener serves HTTPS with the node's certificate (docs/security.md)"
+            );
+            opts.peer.tls = Some(t.client_config());
+        }
+        let peer_access = crate::peer::PeerAccess::decide(
+            opts.peer.secrets.clone(),
+            cluster_tls.clone(),
+            crate::peer::Exposure {
+                loopback_only: bound.addrs.iter().all(|a| a.ip().is_loopback()),
+                has_seeds: !opts.seeds.is_empty(),
+                insecure: args.cluster.insecure,
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
+        if peer_access.closed {
+            tracing::info!(
+                "running alone on a reachable address without a cluster secret: the internal (node-to-node) routes are closed; give --cluster.secret-file to let other nodes join"
+            );
+        } else if !peer_access.authenticated() && !bound.addrs.iter().all(|a| a.ip().is_loopback())
+        {
+            tracing::warn!(
+                "--cluster.insecure: the internal (node-to-node) routes are open to anyone who can reach this port"
+            );
+        }
+        let listener_tls = match (&security, &cluster_tls) {
+            (Some(s), _) if s.tls().is_some() => s.tls().map(|t| t.server_config()),
+            (_, Some(t)) => Some(
+                crate::tls::TlsServer::new(&t.server_settings())
+                    .context("cluster TLS listener")?
+                    .server_config(),
+            ),
+            _ => None,
+        };
         let cluster_data = opts.data.clone();
         // Samples of global rule groups committed through Raft land in the TSDB.
         opts.sample_sink = Some(Arc::new(TsdbSink(tsdb.clone())));
@@ -615,11 +675,11 @@ impl Node {
                 handle: cluster.clone(),
                 exit_after_leave,
             }),
-            peer_secrets: cluster.peer().secrets().clone(),
+            peer_access,
             rules: Some(rule_manager.clone()),
         };
         let addrs = bound.addrs.clone();
-        let server = web::serve(state, bound, security)
+        let server = web::serve(state, bound, security, listener_tls)
             .with_context(|| format!("serving on {}", args.listen))?;
         let handle = server.handle();
         actix::spawn(async move {
@@ -839,6 +899,22 @@ fn reload_config(
     }
 }
 
+/// Loads `--cluster.tls.*`, if given.
+fn cluster_tls(args: &RunArgs) -> anyhow::Result<Option<Arc<crate::peer::ClusterTls>>> {
+    let c = &args.cluster;
+    let (Some(cert), Some(key), Some(ca)) = (&c.tls_cert_file, &c.tls_key_file, &c.tls_ca_file)
+    else {
+        return Ok(None);
+    };
+    let tls = crate::peer::ClusterTls::load(crate::peer::ClusterTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: ca.clone(),
+    })
+    .context("loading cluster TLS (--cluster.tls.*)")?;
+    Ok(Some(Arc::new(tls)))
+}
+
 /// Loads `--web.config.file`, if given, and says what it turned on.
 fn load_web_security(args: &RunArgs) -> anyhow::Result<Option<Arc<web::WebSecurity>>> {
     let Some(path) = &args.web_config_file else {
@@ -853,10 +929,11 @@ fn load_web_security(args: &RunArgs) -> anyhow::Result<Option<Arc<web::WebSecuri
         http2 = false,
         "web configuration loaded"
     );
-    if sec.tls().is_some() || sec.has_users() {
-        // Node-to-node calls are plain HTTP without credentials for now.
+    if sec.tls().is_some() && args.cluster.tls_cert_file.is_none() {
+        // The peer client (the leader federating from itself included) speaks plain
+        // HTTP without cluster TLS.
         tracing::warn!(
-            "node-to-node calls do not speak the web config yet: with TLS, other members' plain-HTTP calls fail; with TLS or basic authentication, the leader's /federate?local=1 fetches for global rule groups fail; run a single node without global rule groups until cluster TLS exists"
+            "the web listener serves TLS but node-to-node calls are plain HTTP without --cluster.tls.*: other members cannot reach this node, and global rule groups cannot federate; use cluster TLS instead of tls_server_config in a cluster"
         );
     }
     Ok(Some(Arc::new(sec)))

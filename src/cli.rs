@@ -199,6 +199,22 @@ pub struct ClusterArgs {
     /// set, internal and admin cluster routes require it.
     #[arg(long = "cluster.secret-file")]
     pub secret_file: Option<PathBuf>,
+    /// This node's certificate (PEM, leaf first) for mutual TLS between nodes, signed by
+    /// the cluster CA with the advertised host as a SAN. With `--cluster.tls.key-file`
+    /// and `--cluster.tls.ca-file`: nodes speak HTTPS to each other and the internal
+    /// routes need a client certificate of the cluster CA (docs/security.md).
+    #[arg(long = "cluster.tls.cert-file", requires_all = ["tls_key_file", "tls_ca_file"])]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `--cluster.tls.cert-file`.
+    #[arg(long = "cluster.tls.key-file", requires_all = ["tls_cert_file", "tls_ca_file"])]
+    pub tls_key_file: Option<PathBuf>,
+    /// The cluster CA's certificate: peers' certificates must chain to it.
+    #[arg(long = "cluster.tls.ca-file", requires_all = ["tls_cert_file", "tls_key_file"])]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Form or join a cluster on a non-loopback address without a secret or mutual TLS
+    /// (anyone who reaches the port can then change the membership and read the data).
+    #[arg(long = "cluster.insecure")]
+    pub insecure: bool,
     /// Most voters in the Raft group (odd); further nodes join as learners.
     #[arg(long = "cluster.max-voters", default_value_t = 5, value_parser = parse_max_voters)]
     pub max_voters: usize,
@@ -224,6 +240,10 @@ impl Default for ClusterArgs {
             seeds: Vec::new(),
             advertise: None,
             secret_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            insecure: false,
             max_voters: 5,
             down_after: Duration::from_secs(10),
             replication_factor: 1,

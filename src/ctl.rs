@@ -62,7 +62,7 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
 /// `shoal healthcheck URL`: GET the URL; success (exit 0) on a 2xx answer, else a
 /// line on stderr and exit 1. Used as the container HEALTHCHECK (no curl in the image).
 pub fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
-    crate::peer::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let probe = async {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -114,7 +114,7 @@ async fn call_node<T: DeserializeOwned>(
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<T> {
-    crate::peer::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(60))

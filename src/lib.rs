@@ -20,6 +20,8 @@
 //!   federated data, results committed through Raft.
 //! - [`web`]: the HTTP API (the only module that names actix-web).
 //! - [`telemetry`]: logging set-up and shoal's own metrics.
+//! - [`tls`]: rustls configurations from PEM files (the web listener's, the peers'
+//!   mutual TLS) and the crypto provider.
 //! - [`app`]: the composition root that wires the parts of a node together.
 //! - [`cli`]: command-line flags.
 //! - [`ctl`]: `shoal cluster …` and `shoal healthcheck`, clients of a node's public API.
@@ -42,5 +44,6 @@ pub mod scrape;
 pub mod shard;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 pub mod tsdb;
 pub mod web;

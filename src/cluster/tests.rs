@@ -34,7 +34,10 @@ fn mount(cfg: &mut actix_web::web::ServiceConfig, h: &ClusterHandle) {
     crate::web::internal::routes(
         cfg,
         crate::web::internal::PeerGuard {
-            secrets: h.peer().secrets().clone(),
+            access: crate::peer::PeerAccess {
+                secrets: h.peer().secrets().clone(),
+                ..Default::default()
+            },
             metrics: crate::telemetry::Metrics::new(),
         },
         Some(h.clone()),
@@ -177,7 +180,7 @@ async fn three_nodes_form_one_cluster_and_survive_leader_loss() {
     assert!(st.members.iter().all(|m| m.state == MemberState::Up));
 
     // Internal routes: no secret → 401; garbage → 400; the cluster is unaffected.
-    crate::peer::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let client = reqwest::Client::new();
     let url = format!("http://{}/internal/raft/vote", nodes[0].addr);
     let r = client

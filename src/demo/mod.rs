@@ -296,7 +296,7 @@ async fn wait_formed(
 ) -> anyhow::Result<String> {
     let addrs = cluster.addrs();
     let url = format!("http://{}/api/v1/cluster", addrs[0]);
-    crate::peer::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;

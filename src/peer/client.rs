@@ -44,6 +44,20 @@ impl Default for PeerSettings {
     }
 }
 
+/// The TLS config of a peer client without cluster TLS. It never dials https (peer
+/// URLs are built as http://), but reqwest builds a TLS backend regardless, and its
+/// default one loads the platform's root store: this avoids that work and that
+/// dependency on the host.
+fn plain_client_tls() -> Result<rustls::ClientConfig, String> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::ring_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("peer http client: {e}"))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    )
+}
+
 /// Which connection pool a call uses (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
@@ -75,6 +89,8 @@ pub enum PeerError {
     },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("refusing to call {0} over plain HTTP: cluster TLS is on")]
+    Plaintext(String),
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -95,7 +111,7 @@ struct Inner {
 impl PeerClient {
     /// Builds the client (no connection is made here).
     pub fn new(settings: PeerSettings) -> Result<PeerClient, String> {
-        super::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let build = |idle: Duration| {
             let mut b = reqwest::Client::builder()
                 .connect_timeout(settings.connect_timeout)
@@ -107,6 +123,9 @@ impl PeerClient {
             }
             if let Some(tls) = &settings.tls {
                 b = b.tls_backend_preconfigured(tls.as_ref().clone());
+            } else {
+                // A peer address is host:port, dialled as http://: nothing to verify.
+                b = b.tls_backend_preconfigured(plain_client_tls()?);
             }
             b.build().map_err(|e| format!("peer http client: {e}"))
         };
@@ -158,6 +177,10 @@ impl PeerClient {
             Lane::Reads => &self.inner.reads,
         };
         let url = self.url(addr, route.path);
+        if self.tls() && !url.starts_with("https://") {
+            // The secret and the data never cross the network in clear text.
+            return Err(PeerError::Plaintext(url));
+        }
         let mut request = match route.method {
             Method::Get => client.get(&url),
             Method::Post => client

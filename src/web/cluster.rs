@@ -164,19 +164,42 @@ async fn status(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     )))
 }
 
+/// The cluster admin routes need a web user (basic authentication passed), or the
+/// cluster secret, or — with cluster mutual TLS and no secret — a client certificate of
+/// the cluster CA. On a node without any of these they are open on loopback or with
+/// `--cluster.insecure`, and closed on a lone node reachable from the network.
 fn authorize(st: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    use actix_web::HttpMessage as _;
+    if req.extensions().get::<super::WebUser>().is_some() {
+        return Ok(());
+    }
+    let a = &st.peer_access;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if st.peer_secrets.admits(header) {
+    let certs = req
+        .conn_data::<crate::tls::PeerCertificates>()
+        .map_or(&[][..], |c| c.0.as_slice());
+    let ok = if a.secrets.is_set() {
+        a.secrets.admits(header)
+    } else if let Some(tls) = &a.tls {
+        tls.verify_peer(certs).is_ok()
+    } else {
+        !a.closed
+    };
+    if ok {
         return Ok(());
     }
-    tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "rejected cluster admin request without the right secret");
-    Err(ApiError::new(
-        ErrorType::Unauthorized,
-        "missing or wrong cluster secret",
-    ))
+    tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "rejected cluster admin request without the right credentials");
+    let msg = if a.closed {
+        "this node runs alone without a cluster secret: its cluster admin routes are closed"
+    } else if a.secrets.is_set() {
+        "missing or wrong cluster secret"
+    } else {
+        "a client certificate of the cluster CA is required"
+    };
+    Err(ApiError::new(ErrorType::Unauthorized, msg))
 }
 
 /// How long the leave request waits for the membership change.

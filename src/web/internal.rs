@@ -2,6 +2,8 @@
 //! behind one guard ([`guard`]). The guard decides from the request line and headers
 //! alone, before a byte of the body is read:
 //! - a path that is not an internal route: 404; a wrong method: 405;
+//! - on a lone node reachable without authentication (`peer::access`): 403;
+//! - with cluster mutual TLS, without a client certificate of the cluster CA: 401;
 //! - without an accepted cluster secret (`Authorization: Bearer`, when a secret is
 //!   set): 401;
 //! - a declared body over the route's limit: 413 (a chunked body is cut at the same
@@ -20,15 +22,15 @@ use actix_web::{HttpResponse, web};
 use super::AppState;
 use crate::cluster::ClusterHandle;
 use crate::cluster::rpc::{self, RpcError};
-use crate::peer::SecretStore;
+use crate::peer::PeerAccess;
 use crate::peer::protocol::{self, HandoffNotice, Method, Route};
 use crate::telemetry::Metrics;
+use crate::tls::PeerCertificates;
 
 /// What the guard checks requests against.
 #[derive(Clone)]
 pub struct PeerGuard {
-    /// The accepted cluster secrets (none set: every request passes).
-    pub secrets: SecretStore,
+    pub access: PeerAccess,
     pub metrics: Metrics,
 }
 
@@ -74,6 +76,10 @@ fn strip(path: &'static str) -> &'static str {
 pub enum Refusal {
     UnknownRoute,
     WrongMethod,
+    /// A lone node reachable without authentication (`peer::access`).
+    Closed,
+    /// Cluster mutual TLS is on and the client sent no certificate of the cluster CA.
+    Certificate,
     Unauthorized,
     TooLarge,
 }
@@ -83,6 +89,8 @@ impl Refusal {
         match self {
             Refusal::UnknownRoute => "unknown_route",
             Refusal::WrongMethod => "wrong_method",
+            Refusal::Closed => "closed",
+            Refusal::Certificate => "certificate",
             Refusal::Unauthorized => "unauthorized",
             Refusal::TooLarge => "too_large",
         }
@@ -92,7 +100,8 @@ impl Refusal {
         match self {
             Refusal::UnknownRoute => StatusCode::NOT_FOUND,
             Refusal::WrongMethod => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::Closed => StatusCode::FORBIDDEN,
+            Refusal::Certificate | Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -101,6 +110,8 @@ impl Refusal {
         match self {
             Refusal::UnknownRoute => "no such internal route".into(),
             Refusal::WrongMethod => "method not allowed".into(),
+            Refusal::Closed => "this node runs alone without a cluster secret: its internal routes are closed (see --cluster.secret-file)".into(),
+            Refusal::Certificate => "a client certificate of the cluster CA is required".into(),
             Refusal::Unauthorized => "missing or wrong cluster secret".into(),
             Refusal::TooLarge => format!(
                 "request body larger than {} bytes",
@@ -110,13 +121,15 @@ impl Refusal {
     }
 }
 
-/// What the guard decides for a request line and its headers (pure, for tests).
+/// What the guard decides for a request line, its headers and the connection's client
+/// certificates (pure, for tests).
 pub fn check(
-    secrets: &SecretStore,
+    access: &PeerAccess,
     path: &str,
     method: &actix_web::http::Method,
     authorization: Option<&str>,
     content_length: Option<&str>,
+    certificates: Option<&PeerCertificates>,
 ) -> Result<Route, (Refusal, Option<Route>)> {
     let Some(route) = protocol::route(path) else {
         return Err((Refusal::UnknownRoute, None));
@@ -128,7 +141,16 @@ pub fn check(
     if !method_ok {
         return Err((Refusal::WrongMethod, Some(route)));
     }
-    if !secrets.admits(authorization) {
+    if access.closed {
+        return Err((Refusal::Closed, Some(route)));
+    }
+    if let Some(tls) = &access.tls {
+        let certs = certificates.map_or(&[][..], |c| c.0.as_slice());
+        if tls.verify_peer(certs).is_err() {
+            return Err((Refusal::Certificate, Some(route)));
+        }
+    }
+    if !access.secrets.admits(authorization) {
         return Err((Refusal::Unauthorized, Some(route)));
     }
     if let Some(len) = content_length {
@@ -153,11 +175,12 @@ async fn guard(
                     .and_then(|v: &actix_web::http::header::HeaderValue| v.to_str().ok())
             };
             check(
-                &st.secrets,
+                &st.access,
                 req.path(),
                 req.method(),
                 header(actix_web::http::header::AUTHORIZATION),
                 header(actix_web::http::header::CONTENT_LENGTH),
+                req.conn_data::<PeerCertificates>(),
             )
             .inspect_err(|(why, _)| {
                 st.metrics

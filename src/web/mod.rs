@@ -17,7 +17,6 @@ pub mod json;
 pub mod params;
 pub mod rules;
 pub mod security;
-pub mod tls;
 pub mod web_config;
 
 pub use basic_auth::WebUser;
@@ -75,9 +74,9 @@ pub struct AppState {
     pub writable: Arc<dyn crate::storage::Writable>,
     /// The node's cluster member (`/api/v1/cluster` and the internal cluster routes).
     pub cluster: Option<cluster::ClusterWeb>,
-    /// The cluster secrets the internal routes' guard and the cluster admin routes
-    /// accept (none set: no secret).
-    pub peer_secrets: crate::peer::SecretStore,
+    /// What the internal routes' guard and the cluster admin routes accept (the
+    /// cluster secret, cluster mutual TLS, closed on a lone unauthenticated node).
+    pub peer_access: crate::peer::PeerAccess,
     /// Told the key of a target whose new owner has scraped it and the view index of
     /// the move (the internal handoff route); the scrape manager then stops its handoff.
     pub handoff: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
@@ -99,7 +98,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, st: &AppState) {
     internal::routes(
         cfg,
         internal::PeerGuard {
-            secrets: st.peer_secrets.clone(),
+            access: st.peer_access.clone(),
             metrics: st.metrics.clone(),
         },
         st.cluster.as_ref().map(|c| c.handle.clone()),
@@ -209,18 +208,16 @@ pub fn bind(listen: &str) -> std::io::Result<Bound> {
 /// Starts serving on `bound`. The returned server runs on the current actix system;
 /// stop it with its handle. The internal routes ([`internal`]) are always mounted;
 /// the cluster ones answer 404 without a cluster member in `state`. With a web config
-/// (`security`), its middleware wraps every route and, when it has TLS, the listeners
-/// serve HTTPS only; a TLS client's certificates go into the connection's extensions
-/// ([`tls::PeerCertificates`]).
+/// (`security`), its middleware wraps every route. With `tls` (the web config's, or
+/// cluster TLS's) the listeners serve HTTPS only; a TLS client's certificates go into
+/// the connection's extensions ([`crate::tls::PeerCertificates`]).
 pub fn serve(
     state: AppState,
     bound: Bound,
     security: Option<Arc<WebSecurity>>,
+    tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<Server> {
     let metrics = state.metrics.clone();
-    let tls = security
-        .as_ref()
-        .and_then(|s| s.tls().map(|t| t.server_config()));
     let guard = security.clone();
     let data = web::Data::new(state);
     let st = data.clone();
@@ -280,7 +277,7 @@ fn put_peer_certificates(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Ext
     if let Some(stream) = conn.downcast_ref::<Tls>()
         && let Some(certs) = stream.get_ref().1.peer_certificates()
     {
-        ext.insert(tls::PeerCertificates(
+        ext.insert(crate::tls::PeerCertificates(
             certs.iter().map(|c| c.clone().into_owned()).collect(),
         ));
     }

@@ -9,7 +9,8 @@
 //!
 //! Every route needs a valid user when `basic_auth_users` is set, except those under
 //! [`INTERNAL_PREFIX`]: node-to-node routes, authenticated by the cluster secret where
-//! they are served. Whether TLS is on is fixed for the listener's life.
+//! they are served; and the cluster admin routes may carry the cluster secret instead
+//! (a bearer token, which they check themselves). Whether TLS is on is fixed for the listener's life.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage as _, HttpResponse};
 use parking_lot::RwLock;
 
+use crate::tls::TlsServer;
 use crate::web::basic_auth::BasicAuth;
-use crate::web::tls::TlsServer;
 use crate::web::web_config::{self, WebConfigError};
 
 /// Routes under this prefix are node-to-node: basic authentication does not apply.
@@ -124,6 +125,7 @@ impl WebSecurity {
         let access = self.access.read().clone();
         if let Some(auth) = &access.auth
             && !req.path().starts_with(INTERNAL_PREFIX)
+            && !carries_cluster_credential(&req)
         {
             let header = req
                 .headers()
@@ -144,6 +146,19 @@ impl WebSecurity {
         let res = next.call(req).await?.map_into_boxed_body();
         Ok(with_headers(res, &access.headers))
     }
+}
+
+/// A request to a cluster admin route (`/api/v1/cluster/leave`, `…/remove/{id}`) with a
+/// bearer token: it may use the cluster secret instead of a web user, which the route
+/// checks itself (`web::cluster`) — so it passes basic authentication unchecked.
+fn carries_cluster_credential(req: &ServiceRequest) -> bool {
+    let admin =
+        req.path() == "/api/v1/cluster/leave" || req.path().starts_with("/api/v1/cluster/remove/");
+    admin
+        && req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes().starts_with(b"Bearer "))
 }
 
 /// Go's `http.Error(w, "Unauthorized", 401)` with `WWW-Authenticate: Basic`.

@@ -19,7 +19,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::ConfigError;
-use crate::web::tls::{
+use crate::tls::{
     ClientAuth, ClientAuthSettings, Curve, Pem, Protocol, TlsSettings, TlsVersion,
     cipher_suite_from_go_name,
 };
@@ -37,7 +37,7 @@ pub enum WebConfigError {
     #[error("{file}: {source}")]
     Tls {
         file: String,
-        source: crate::web::tls::TlsError,
+        source: crate::tls::TlsError,
     },
 }
 
@@ -334,7 +334,7 @@ impl RawTls {
 pub fn check_file(path: &Path) -> Result<WebConfig, WebConfigError> {
     let cfg = load_file(path)?;
     if let Some(tls) = &cfg.tls {
-        crate::web::tls::TlsServer::new(tls).map_err(|source| WebConfigError::Tls {
+        crate::tls::TlsServer::new(tls).map_err(|source| WebConfigError::Tls {
             file: path.display().to_string(),
             source,
         })?;

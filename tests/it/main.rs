@@ -22,6 +22,7 @@
 
 mod api;
 mod cluster;
+mod cluster_tls;
 mod demo;
 mod federate;
 mod hardening;

@@ -13,7 +13,7 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn openssl(dir: &Path, args: &[&str]) {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -29,11 +29,18 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, certificates it signs and a second, unrelated CA, as PEM files in a directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
+    /// A directory to make CAs and certificates in ([`Pki::ca`], [`Pki::issue`]).
+    pub(crate) fn empty(dir: &Path) -> Pki {
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     fn new(dir: &Path) -> Pki {
         let pki = Pki {
             dir: dir.to_path_buf(),
@@ -58,7 +65,7 @@ impl Pki {
         pki
     }
 
-    fn ca(&self, name: &str) {
+    pub(crate) fn ca(&self, name: &str) {
         openssl(
             &self.dir,
             &[
@@ -82,7 +89,7 @@ impl Pki {
     }
 
     /// `name.crt`/`name.key` signed by `ca`, with subject CN `cn` and `sans`.
-    fn issue(&self, ca: &str, name: &str, cn: &str, sans: &str, usage: &str) {
+    pub(crate) fn issue(&self, ca: &str, name: &str, cn: &str, sans: &str, usage: &str) {
         openssl(
             &self.dir,
             &[
@@ -130,7 +137,7 @@ impl Pki {
         );
     }
 
-    fn path(&self, file: &str) -> String {
+    pub(crate) fn path(&self, file: &str) -> String {
         self.dir.join(file).display().to_string()
     }
 }
@@ -143,15 +150,15 @@ fn hash(password: &str) -> String {
 /// What curl got: its exit code, the HTTP status (0 without an answer), the head
 /// (lower-cased), the body and curl's stderr.
 #[derive(Debug)]
-struct Curl {
-    exit: i32,
-    status: u16,
-    head: String,
-    body: String,
-    stderr: String,
+pub(crate) struct Curl {
+    pub(crate) exit: i32,
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
+    pub(crate) stderr: String,
 }
 
-fn curl(args: &[&str]) -> Curl {
+pub(crate) fn curl(args: &[&str]) -> Curl {
     let out = Command::new("curl")
         .args(["-sS", "-i", "--max-time", "30"])
         .args(args)

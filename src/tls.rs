@@ -1,4 +1,5 @@
-//! TLS for the HTTP listener (rustls 0.23, *ring* provider): builds a
+//! TLS (rustls 0.23, *ring* provider) for the HTTP listener and the peers: the crypto
+//! provider ([`ring_provider`], [`install_crypto_provider`]); for the listener, builds a
 //! [`rustls::ServerConfig`] from plain settings ([`TlsSettings`]) and keeps the parts that
 //! may change while the listener runs — the certificate and key, and client
 //! certificate authentication — in swappable holders, so that a reload takes effect for
@@ -9,7 +10,7 @@
 //! `--cluster.tls.*` flags), [`TlsServer`] (the listener's config and its holders),
 //! [`PeerCertificates`] (a connection's client certificates, put into the connection's
 //! extensions by `web::serve`). It knows nothing of YAML (`web::web_config`) or of
-//! HTTP (`web::security`).
+//! HTTP (`web::security`, `crate::peer`).
 //!
 //! What is fixed for the listener's life is [`Protocol`] (versions, cipher suites,
 //! curves, suite order): rustls takes them once. A reload that changes them is refused
@@ -80,7 +81,7 @@ impl std::fmt::Debug for Pem {
 }
 
 impl Pem {
-    fn read(&self, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    pub(crate) fn read(&self, what: &'static str) -> Result<Vec<u8>, TlsError> {
         match self {
             Pem::Inline(s) => Ok(s.as_bytes().to_vec()),
             Pem::File(p) => read_capped(p).map_err(|source| TlsError::Read {
@@ -93,24 +94,7 @@ impl Pem {
 }
 
 fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut buf = Vec::new();
-    file.take(MAX_PEM_BYTES + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_PEM_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {MAX_PEM_BYTES} bytes"),
-        ));
-    }
-    Ok(buf)
+    crate::config::read_capped(path, MAX_PEM_BYTES).map(String::into_bytes)
 }
 
 /// A TLS protocol version shoal serves.
@@ -328,8 +312,30 @@ pub struct TlsSettings {
 #[derive(Debug, Clone)]
 pub struct PeerCertificates(pub Vec<CertificateDer<'static>>);
 
+/// rustls's *ring* provider, the one shoal builds with (for the web listener's TLS
+/// and the peers' mutual TLS alike). rustls 0.23.48 deprecates it for lacking
+/// post-quantum key exchange; the alternative, aws-lc-rs, builds a large C library on
+/// every clean build, and Prometheus's web config does not ask for post-quantum
+/// curves (its `curve_preferences` are classical). Recorded in docs/architecture.md.
+#[allow(deprecated)]
+pub fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Makes [`ring_provider`] the process default (once; later calls do nothing). Every
+/// HTTP client of the node (reqwest, built without a provider of its own) panics
+/// without one; `main` calls this first, and [`PeerClient::new`] again for library
+/// users and tests.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means another provider was installed first: that one is used.
+        let _ = ring_provider().install_default();
+    });
+}
+
 fn provider_for(protocol: &Protocol) -> CryptoProvider {
-    let base = crate::peer::ring_provider();
+    let base = crate::tls::ring_provider();
     let tls13 = base
         .cipher_suites
         .iter()
@@ -384,7 +390,10 @@ pub fn load_certified_key(
     })
 }
 
-fn parse_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn parse_certs(
+    pem: &[u8],
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
