@@ -273,17 +273,36 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: ClusterTarget,
     },
+    /// Write a new random cluster secret (256 bits) to FILE, readable by its owner
+    /// only, for `--cluster.secret-file`. An existing FILE is kept as it is (so that
+    /// every node started from the same volume shares one secret).
+    NewSecret {
+        /// Where to write the secret.
+        file: PathBuf,
+    },
 }
 
 /// Which node a `shoal cluster` command talks to.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterTarget {
-    /// `host:port` (or `http://host:port`) of a node's HTTP API.
+    /// `host:port` (or `http://host:port`, `https://host:port`) of a node's HTTP API.
+    /// A node with cluster TLS serves HTTPS: give `https://` and
+    /// `--cluster.tls.ca-file`.
     #[arg(long = "node", default_value = "127.0.0.1:9090")]
     pub node: String,
     /// File holding the cluster secret, for the admin routes (leave, remove).
     #[arg(long = "cluster.secret-file")]
     pub secret_file: Option<PathBuf>,
+    /// CA certificate to verify an HTTPS node with (its cluster CA or web CA).
+    #[arg(long = "cluster.tls.ca-file")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate to present (a node certificate of the cluster CA: what
+    /// the admin routes accept instead of the secret under cluster TLS).
+    #[arg(long = "cluster.tls.cert-file", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key of `--cluster.tls.cert-file`.
+    #[arg(long = "cluster.tls.key-file", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// Validates `--cluster.replication-factor`: a positive number.

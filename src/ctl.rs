@@ -41,6 +41,14 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
+            ClusterCommand::NewSecret { file } => {
+                if new_secret(&file)? {
+                    println!("wrote a new cluster secret to {}", file.display());
+                } else {
+                    println!("{} exists: kept", file.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             ClusterCommand::Remove { node_id, target } => {
                 let id: u64 = node_id
                     .trim()
@@ -100,6 +108,80 @@ fn base_url(node: &str) -> String {
     }
 }
 
+/// Writes a new random secret to `file` unless it exists (`true`: written). The file
+/// is created readable by its owner only, and appears whole or not at all.
+pub fn new_secret(file: &std::path::Path) -> anyhow::Result<bool> {
+    use base64::Engine as _;
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if file.exists() {
+        return Ok(false);
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{secret}")?;
+        f.sync_all()
+    };
+    write().with_context(|| format!("writing {}", tmp.display()))?;
+    // A hard link fails if `file` appeared meanwhile: the first writer's secret wins.
+    let linked = std::fs::hard_link(&tmp, file);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Some(d) = dir {
+                let _ = std::fs::File::open(d).and_then(|d| d.sync_all());
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("writing {}", file.display())),
+    }
+}
+
+/// The TLS of a `shoal cluster` call: trust `ca`, present the client certificate if
+/// one is given.
+fn client_tls(t: &ClusterTarget, ca: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = |p: &std::path::Path| {
+        crate::config::read_capped(p, 1 << 20).with_context(|| format!("reading {}", p.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::tls::parse_certs(pem(ca)?.as_bytes(), "ca")? {
+        roots
+            .add(cert)
+            .context("--cluster.tls.ca-file: not a usable CA certificate")?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        crate::tls::ring_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    Ok(match (&t.tls_cert_file, &t.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = crate::tls::parse_certs(pem(cert)?.as_bytes(), "cert")?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem(key)?.as_bytes())
+                .map_err(|_| {
+                    anyhow::anyhow!("--cluster.tls.key-file: no usable PEM private key")
+                })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("--cluster.tls.cert-file and key do not make a pair")?
+        }
+        _ => builder.with_no_client_auth(),
+    })
+}
+
 /// The JSON envelope of every API answer.
 #[derive(Deserialize)]
 struct Envelope<T> {
@@ -115,11 +197,13 @@ async fn call_node<T: DeserializeOwned>(
     path: &str,
 ) -> anyhow::Result<T> {
     crate::tls::install_crypto_provider();
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .context("building the HTTP client")?;
+        .timeout(std::time::Duration::from_secs(60));
+    if let Some(ca) = &t.tls_ca_file {
+        builder = builder.tls_backend_preconfigured(client_tls(t, ca)?);
+    }
+    let client = builder.build().context("building the HTTP client")?;
     let url = format!("{}{path}", base_url(&t.node));
     let mut req = client.request(method, &url);
     if let Some(p) = &t.secret_file {
@@ -202,6 +286,28 @@ pub fn render_table(data: &ClusterDoc) -> String {
 #[cfg(test)]
 mod cluster_cli_tests {
     use super::*;
+
+    #[test]
+    fn new_secret_is_random_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        assert!(new_secret(&a).unwrap() && new_secret(&b).unwrap());
+        let sa = crate::peer::Secrets::read(&a).unwrap();
+        let sb = crate::peer::Secrets::read(&b).unwrap();
+        assert_ne!(sa.sending(), sb.sending());
+        assert!(sa.sending().len() >= 43, "256 bits in base64");
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A second run keeps the first secret (every node of a volume shares it).
+        assert!(!new_secret(&a).unwrap());
+        assert_eq!(crate::peer::Secrets::read(&a).unwrap(), sa);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temp file left"
+        );
+    }
 
     #[test]
     fn table_lists_members() {

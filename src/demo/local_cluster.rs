@@ -21,8 +21,13 @@ pub struct LocalCluster {
     nodes: Vec<NodeProcess>,
 }
 
+/// The demo cluster's secret file (written by `shoal demo` when missing).
+pub fn secret_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster-secret")
+}
+
 /// The arguments of `shoal run` for node `index` (1-based) of a demo cluster: data dir
-/// `data_dir/node-<index>`, seeds = the first node's address.
+/// `data_dir/node-<index>`, seeds = the first node's address, the demo's secret.
 pub fn run_args(
     config: &Path,
     data_dir: &Path,
@@ -40,6 +45,8 @@ pub fn run_args(
         addr.to_string(),
         "--cluster.seeds".into(),
         seed.to_string(),
+        "--cluster.secret-file".into(),
+        secret_path(data_dir).display().to_string(),
     ]
 }
 

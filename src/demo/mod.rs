@@ -260,6 +260,9 @@ pub fn run(args: crate::cli::DemoArgs) -> anyhow::Result<std::process::ExitCode>
         let config_path = data_dir.join("demo-prometheus.yml");
         std::fs::write(data_dir.join("demo-rules.yml"), DEMO_RULES)?;
         std::fs::write(&config_path, demo_config(&fleet.addrs))?;
+        // Even on loopback the demo's nodes authenticate each other, as a real
+        // cluster's must (docs/security.md).
+        crate::ctl::new_secret(&local_cluster::secret_path(&data_dir))?;
         let mut cluster =
             local_cluster::LocalCluster::start(&exe, &config_path, &data_dir, &addrs)?;
         let outcome = tokio::select! {
@@ -373,8 +376,9 @@ fn print_banner(
         println!("  shoal {}", cmd.join(" "));
         println!("  shoal cluster status --node {}", addrs[0]);
         println!(
-            "Stop it with Ctrl-C (it keeps its id) or `shoal cluster leave --node {}` (it hands its targets back).",
-            more[next - 1]
+            "Stop it with Ctrl-C (it keeps its id) or `shoal cluster leave --node {} --cluster.secret-file {}` (it hands its targets back).",
+            more[next - 1],
+            local_cluster::secret_path(data_dir).display()
         );
     }
     println!("Press Ctrl-C to stop the demo.");

@@ -34,5 +34,6 @@ mod promtool;
 mod query;
 mod rules;
 mod scrape;
+mod secure_default;
 mod sharding;
 mod web_security;
