@@ -299,6 +299,10 @@ fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
         "web.enable-lifecycle".into(),
         args.web_enable_lifecycle.to_string(),
     );
+    m.insert(
+        "web.enable-admin-api".into(),
+        args.web_enable_admin_api.to_string(),
+    );
     // The path only: the file holds password hashes and may hold a key.
     m.insert(
         "web.config.file".into(),
@@ -667,6 +671,7 @@ impl Node {
             config: config_lock,
             reload: reload.clone(),
             lifecycle: args.web_enable_lifecycle.then(|| quit.clone()),
+            admin_api: args.web_enable_admin_api,
             metrics,
             flags: flags_map(&args),
             ready: ready.clone(),

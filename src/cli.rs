@@ -174,6 +174,10 @@ pub struct RunArgs {
     /// it they answer 403 and the config reloads on SIGHUP only.
     #[arg(long = "web.enable-lifecycle")]
     pub web_enable_lifecycle: bool,
+    /// Enable the admin API (`/api/v1/admin/tsdb/*`, as Prometheus's
+    /// `--web.enable-admin-api`); without it those routes answer 503.
+    #[arg(long = "web.enable-admin-api")]
+    pub web_enable_admin_api: bool,
     /// Web configuration file (Prometheus's format): TLS, basic authentication and
     /// response headers of the HTTP API. Reloaded with the configuration; turning TLS
     /// on or off needs a restart.

@@ -8,6 +8,7 @@
 //! password checks in [`basic_auth`], the running state, its reload and the middleware
 //! in [`security`].
 
+pub mod admin;
 pub mod api;
 pub mod basic_auth;
 pub mod cluster;
@@ -66,6 +67,9 @@ pub struct AppState {
     /// `--web.enable-lifecycle`: notified by `POST /-/quit`; `None` answers 403 on
     /// `/-/reload` and `/-/quit`, as Prometheus without the flag.
     pub lifecycle: Option<Arc<tokio::sync::Notify>>,
+    /// `--web.enable-admin-api`: the admin routes ([`admin`]) work; without it they
+    /// answer 503 "admin APIs disabled", as Prometheus.
+    pub admin_api: bool,
     pub metrics: Metrics,
     /// Command-line flags for `/api/v1/status/flags`.
     pub flags: BTreeMap<String, String>,
@@ -132,6 +136,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, st: &AppState) {
                 .route("/status/config", web::get().to(api::status_config))
                 .route("/status/flags", web::get().to(api::status_flags))
                 .configure(cluster::routes)
+                .configure(admin::routes)
                 .default_service(web::to(api::not_found)),
         );
 }

@@ -219,3 +219,49 @@ fn lifecycle_routes_need_web_enable_lifecycle() {
     });
     assert!(st.success(), "{st}");
 }
+
+/// Prometheus's admin API answers "admin APIs disabled" (503) without
+/// `--web.enable-admin-api`; with it, what shoal has works and what it lacks says so.
+#[test]
+fn admin_routes_need_web_enable_admin_api() {
+    let dir = tempdir();
+    let cfg = "global:\n  scrape_interval: 15s\nscrape_configs: []\n";
+    let node = Node::start(dir.path(), cfg, &[]);
+    for route in ["snapshot", "delete_series", "clean_tombstones"] {
+        for method in ["POST", "PUT"] {
+            let url = node.url(&format!("/api/v1/admin/tsdb/{route}?match[]=up"));
+            let (code, body) = http(method, &url, None, b"").unwrap();
+            assert_eq!(code, 503, "{method} {route}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["errorType"], "unavailable");
+            assert_eq!(v["error"], "admin APIs disabled");
+        }
+    }
+    let (config, data, port) = (node.config.clone(), node.data_dir.clone(), node.port);
+    drop(node);
+    let node = Node::start_with(
+        dir.path(),
+        &config,
+        &data,
+        port,
+        &["--web.enable-admin-api"],
+    );
+    let (code, body) = http(
+        "POST",
+        &node.url("/api/v1/admin/tsdb/clean_tombstones"),
+        None,
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 204, "{body}");
+    for route in ["snapshot", "delete_series"] {
+        let url = node.url(&format!("/api/v1/admin/tsdb/{route}?match[]=up"));
+        let (code, body) = http("POST", &url, None, b"").unwrap();
+        assert_eq!(code, 501, "{route}: {body}");
+        assert!(body.contains("not supported by shoal yet"), "{body}");
+    }
+    assert_eq!(
+        node.get_json("/api/v1/status/flags")["data"]["web.enable-admin-api"],
+        "true"
+    );
+}
