@@ -577,8 +577,9 @@ impl Node {
             let metrics = metrics.clone();
             let rule_manager = rule_manager.clone();
             let security = security.clone();
+            let secrets = cluster.peer().secrets().clone();
             Arc::new(move || {
-                // Both files are tried; each keeps its running version when bad.
+                // Every file is tried; each keeps its running version when bad.
                 let cfg = reload_config(
                     &path,
                     &config_lock,
@@ -588,10 +589,15 @@ impl Node {
                     &metrics,
                 );
                 let web = security.as_deref().map_or(Ok(()), reload_web_config);
-                match (cfg, web) {
-                    (Ok(()), Ok(())) => Ok(()),
-                    (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-                    (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+                let secret = reload_secrets(&secrets);
+                let errors: Vec<String> = [cfg, web, secret]
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .collect();
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("; "))
                 }
             })
         };
@@ -942,6 +948,22 @@ fn load_web_security(args: &RunArgs) -> anyhow::Result<Option<Arc<web::WebSecuri
         );
     }
     Ok(Some(Arc::new(sec)))
+}
+
+/// Re-reads `--cluster.secret-file` (rotation: docs/security.md); a bad file keeps the
+/// running secrets.
+fn reload_secrets(secrets: &crate::peer::SecretStore) -> Result<(), String> {
+    match secrets.reload() {
+        Ok(true) => {
+            tracing::info!("cluster secrets reloaded (changed)");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "cluster secret reload failed; keeping the running secrets");
+            Err(e)
+        }
+    }
 }
 
 /// Reloads the web config; a bad file keeps the running one (logged, never its content).

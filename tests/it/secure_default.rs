@@ -5,6 +5,8 @@
 
 use std::process::{Command, Stdio};
 
+use std::time::Duration;
+
 use crate::harness::*;
 
 const CONFIG: &str = "global:\n  scrape_interval: 15s\nscrape_configs: []\n";
@@ -103,4 +105,82 @@ fn a_lone_reachable_node_without_a_secret_keeps_its_cluster_routes_closed() {
     let v = n.get_json("/api/v1/cluster");
     assert_eq!(v["data"]["members"].as_array().unwrap().len(), 1, "{v}");
     assert!(n.child.try_wait().unwrap().is_none(), "the node exited");
+}
+
+/// The rotation of docs/security.md: add the new secret as a second line everywhere,
+/// swap the lines, drop the old one — a SIGHUP after each step — and the cluster never
+/// refuses one of its own: no member goes down, no internal call is unauthorized.
+#[test]
+fn the_cluster_secret_rotates_without_a_refused_call() {
+    use crate::cluster::{TestCluster, wait_agreed};
+    use crate::hardening::metric_value;
+    let dir = tempdir();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "old-secret\n").unwrap();
+    let c = TestCluster::start_with_config(
+        &["127.0.0.1"; 3],
+        CONFIG,
+        &["--cluster.secret-file", secret.to_str().unwrap()],
+    );
+    wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    let refused = |c: &TestCluster| -> f64 {
+        c.nodes
+            .iter()
+            .map(|n| {
+                metric_value(
+                    n,
+                    "shoal_peer_requests_refused_total",
+                    &["reason=\"unauthorized\""],
+                )
+            })
+            .sum()
+    };
+    assert_eq!(refused(&c), 0.0);
+    for (step, text) in [
+        (1, "old-secret\nnew-secret\n"),
+        (2, "new-secret\nold-secret\n"),
+        (3, "new-secret\n"),
+    ] {
+        std::fs::write(&secret, text).unwrap();
+        for n in &c.nodes {
+            n.signal("HUP");
+        }
+        for n in &c.nodes {
+            wait_for(
+                &format!("step {step} reloaded on {}", n.addr()),
+                Duration::from_secs(30),
+                || {
+                    let log = std::fs::read_to_string(&n.log).unwrap();
+                    let reloads = log.matches("cluster secrets reloaded").count();
+                    if reloads >= step {
+                        Ok(())
+                    } else {
+                        Err(format!("{reloads} reloads"))
+                    }
+                },
+            );
+        }
+        // Raft heartbeats, joins and reads keep flowing between the nodes.
+        wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+        assert_eq!(refused(&c), 0.0, "step {step}: a node refused another");
+    }
+    // The old secret is gone, the new one works.
+    let info = |token: &str| {
+        let mut s = std::net::TcpStream::connect(c.nodes[0].addr()).unwrap();
+        use std::io::{Read as _, Write as _};
+        write!(
+            s,
+            "GET /internal/cluster/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = Vec::new();
+        s.read_to_end(&mut r).unwrap();
+        String::from_utf8_lossy(&r)
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(info("old-secret"), "401");
+    assert_eq!(info("new-secret"), "200");
 }
