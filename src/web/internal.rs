@@ -201,12 +201,40 @@ async fn guard(
                 reason = why.label(),
                 "refused an internal request"
             );
+            let mut req = req;
+            let unread = actix_web::HttpMessage::take_payload(&mut req);
             let res = HttpResponse::build(why.status())
                 .content_type("text/plain; charset=utf-8")
-                .insert_header((actix_web::http::header::CONNECTION, "close"))
-                .body(why.message(route));
+                .force_close()
+                .body(Refused {
+                    message: Some(why.message(route).into()),
+                    _unread: unread,
+                });
             Ok(req.into_response(res).map_into_right_body())
         }
+    }
+}
+
+/// A refusal's answer, holding the request's unread body until the answer is sent:
+/// actix-http then closes the connection. Were the body dropped before, a chunked
+/// one would be drained (read to its end, however long) first.
+struct Refused {
+    message: Option<actix_web::web::Bytes>,
+    _unread: actix_web::dev::Payload,
+}
+
+impl MessageBody for Refused {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Sized(self.message.as_ref().map_or(0, |m| m.len() as u64))
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<actix_web::web::Bytes, Self::Error>>> {
+        std::task::Poll::Ready(self.get_mut().message.take().map(Ok))
     }
 }
 

@@ -75,7 +75,13 @@ impl TestCluster {
             .map(|(h, p)| format!("{h}:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut flags = base_flags(&seeds);
+        // A timing flag in `extra` replaces the base one.
+        let mut flags: Vec<String> = base_flags(&seeds)
+            .chunks(2)
+            .filter(|kv| !extra.contains(&kv[0].as_str()))
+            .flatten()
+            .cloned()
+            .collect();
         flags.extend(extra.iter().map(|s| s.to_string()));
         let mut c = TestCluster {
             dir,
@@ -161,7 +167,7 @@ pub(crate) fn str_of(v: &Value) -> String {
 }
 
 /// Members as (id → (address, role, state)).
-fn members(v: &Value) -> BTreeMap<String, (String, String, String)> {
+pub(crate) fn members(v: &Value) -> BTreeMap<String, (String, String, String)> {
     v["members"]
         .as_array()
         .into_iter()
@@ -253,7 +259,7 @@ fn wait_agreed_with(
     );
 }
 
-fn leader_index(c: &TestCluster, v: &Value) -> usize {
+pub(crate) fn leader_index(c: &TestCluster, v: &Value) -> usize {
     let addr = str_of(&v["leaderAddress"]);
     c.nodes
         .iter()

@@ -425,6 +425,41 @@ pub fn http(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<(u16, String), String> {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    http_with_headers(method, url, &headers, body).map(|r| (r.status, r.body))
+}
+
+/// An answer read by [`http_with_headers`].
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Status line and headers, header names lower-cased.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The value of response header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k == name).then(|| v.trim())
+        })
+    }
+}
+
+/// [`http`] with extra request headers (e.g. `Authorization`), returning the response
+/// head too. A write error while sending the body is not an error: a server may answer
+/// and close before reading it; whatever it answered is returned.
+pub fn http_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpAnswer, String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -436,30 +471,46 @@ pub fn http(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(ct) = content_type {
-        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    s.write_all(body).map_err(|e| e.to_string())?;
+    let _ = s.write_all(body);
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&resp).to_string();
+    if let Err(e) = s.read_to_end(&mut resp)
+        && resp.is_empty()
+    {
+        return Err(e.to_string());
+    }
+    parse_answer(&resp)
+}
+
+/// Parses a whole HTTP/1.1 response (status line, headers, body; chunked bodies are
+/// decoded).
+pub fn parse_answer(resp: &[u8]) -> Result<HttpAnswer, String> {
+    let text = String::from_utf8_lossy(resp).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").ok_or("no header end")?;
-    let code: u16 = head
+    let status: u16 = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or("bad status line")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
+    let head: String = head
+        .lines()
+        .enumerate()
+        .map(|(i, l)| match (i, l.split_once(':')) {
+            (0, _) | (_, None) => format!("{l}\n"),
+            (_, Some((k, v))) => format!("{}:{v}\n", k.to_ascii_lowercase()),
+        })
+        .collect();
+    let chunked = head.contains("transfer-encoding: chunked");
     let body = if chunked {
         dechunk(rest)
     } else {
         rest.to_string()
     };
-    Ok((code, body))
+    Ok(HttpAnswer { status, head, body })
 }
 
 fn dechunk(mut s: &str) -> String {

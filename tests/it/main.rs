@@ -17,6 +17,8 @@
 //! - `rules`: recording and alerting rules, `/api/v1/rules`, `/api/v1/alerts`, reloads.
 //! - `limits`: query limits (max samples, timeout, concurrency) on every read route,
 //!   on members, and a huge query against a node with a million series.
+//! - `security`: attacks on a cluster with a secret — every internal and admin route
+//!   refused to a stranger, oversized bodies refused from the headers, nothing changed.
 //! - `web_security`: `--web.config.file` — HTTPS, client certificates, basic auth and
 //!   headers with curl, promtool and a real Prometheus; reloads; `check web-config`.
 
@@ -35,5 +37,6 @@ mod query;
 mod rules;
 mod scrape;
 mod secure_default;
+mod security;
 mod sharding;
 mod web_security;

@@ -749,3 +749,68 @@ fn check_web_config_reports_success_and_failure() {
         );
     }
 }
+
+/// The cluster admin routes take a web user or the cluster secret; the secret is no web
+/// credential elsewhere, and the internal routes skip basic authentication (peers
+/// authenticate with the secret).
+#[test]
+fn cluster_admin_routes_take_a_web_user_or_the_cluster_secret() {
+    let dir = tempdir();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
+    )
+    .unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!("basic_auth_users:\n  alice: '{}'\n", hash("pw")),
+    )
+    .unwrap();
+    let secret = crate::cluster::write_secret(dir.path());
+    let node = Node::spawn_on(
+        dir.path(),
+        &config,
+        &dir.path().join("data"),
+        "127.0.0.1",
+        free_port(),
+        &[
+            "--web.config.file",
+            web.to_str().unwrap(),
+            "--cluster.secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
+    let url = |p: &str| format!("http://{}{p}", node.addr());
+    wait_for("ready", T, || {
+        let r = curl(&["-u", "alice:pw", &url("/-/ready")]);
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    let bearer = format!("Authorization: Bearer {}", crate::cluster::SECRET);
+    let remove = url("/api/v1/cluster/remove/12345");
+    let r = curl(&["-X", "POST", &remove]);
+    assert_eq!(r.status, 401, "no credentials: {r:?}");
+    let r = curl(&["-X", "POST", "-u", "alice:pw", &remove]);
+    assert_eq!(r.status, 200, "web user: {r:?}");
+    assert!(r.body.contains("\"removed\":true"), "{r:?}");
+    let r = curl(&["-X", "POST", "-H", &bearer, &remove]);
+    assert_eq!(r.status, 200, "cluster secret: {r:?}");
+    let r = curl(&["-X", "POST", "-H", "Authorization: Bearer wrong", &remove]);
+    assert_eq!(r.status, 401, "wrong secret: {r:?}");
+    assert!(r.body.contains("missing or wrong cluster secret"), "{r:?}");
+    let r = curl(&["-X", "POST", "-u", "alice:nope", &remove]);
+    assert_eq!(r.status, 401, "wrong password: {r:?}");
+    // The secret opens no other route.
+    let r = curl(&["-H", &bearer, &url("/api/v1/query?query=up")]);
+    assert_eq!(r.status, 401, "the secret is not a web credential: {r:?}");
+    // Internal routes: the secret, not a web user.
+    let r = curl(&["-H", &bearer, &url("/internal/cluster/info")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = curl(&["-u", "alice:pw", &url("/internal/cluster/info")]);
+    assert_eq!(r.status, 401, "a web user is no peer: {r:?}");
+}
