@@ -91,9 +91,79 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {
     codec::encode(value).map_err(|e| RpcError::Internal(e.to_string()))
 }
 
+/// Largest snapshot a node receives (offset + chunk): the cluster state is small, and a
+/// chunk at a huge offset would otherwise grow the in-memory snapshot to it.
+const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+fn malformed(route: &str, why: String) -> RpcError {
+    tracing::warn!(route, why, "rejected a malformed raft rpc");
+    RpcError::BadRequest(why)
+}
+
+/// What openraft assumes of an AppendEntries request and does not check (a request
+/// breaking it stops its core for good): entries continue `prev_log_id` without a gap,
+/// their log ids grow, and no log id is from a term after the sender's vote.
+pub(crate) fn check_append(req: &AppendRequest) -> Result<(), String> {
+    let term = req.vote.leader_id().term;
+    let mut prev = req.prev_log_id;
+    if prev.is_some_and(|p| p.leader_id.term > term) {
+        return Err("prev_log_id is from a later term than the vote".into());
+    }
+    if req.leader_commit.is_some_and(|c| c.leader_id.term > term) {
+        return Err("leader_commit is from a later term than the vote".into());
+    }
+    for e in &req.entries {
+        let id = e.log_id;
+        let expected = prev.map_or(0, |p| p.index + 1);
+        if id.index != expected {
+            return Err(format!(
+                "entry index {} does not continue the log at {expected}",
+                id.index
+            ));
+        }
+        if id.leader_id.term > term || prev.is_some_and(|p| id < p) {
+            return Err(format!("entry {} has an impossible term", id.index));
+        }
+        prev = Some(id);
+    }
+    Ok(())
+}
+
+/// The same for a vote: the candidate's last log id is not from a later term.
+pub(crate) fn check_vote(req: &VoteRequest) -> Result<(), String> {
+    if req
+        .last_log_id
+        .is_some_and(|l| l.leader_id.term > req.vote.leader_id().term)
+    {
+        return Err("last_log_id is from a later term than the vote".into());
+    }
+    Ok(())
+}
+
+/// And for a snapshot chunk: its log id is not from a later term, and it ends within
+/// [`MAX_SNAPSHOT_BYTES`].
+pub(crate) fn check_snapshot(req: &SnapshotRequest) -> Result<(), String> {
+    if req
+        .meta
+        .last_log_id
+        .is_some_and(|l| l.leader_id.term > req.vote.leader_id().term)
+    {
+        return Err("the snapshot's last_log_id is from a later term than the vote".into());
+    }
+    let end = req.offset.checked_add(req.data.len() as u64);
+    if end.is_none_or(|e| e > MAX_SNAPSHOT_BYTES) {
+        return Err(format!(
+            "snapshot chunk ends past {MAX_SNAPSHOT_BYTES} bytes (offset {})",
+            req.offset
+        ));
+    }
+    Ok(())
+}
+
 /// Handles an AppendEntries RPC body; returns the encoded `Result` of the Raft call.
 pub async fn handle_append(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
     let req: AppendRequest = decode_rpc(handle, RAFT_APPEND.path, body)?;
+    check_append(&req).map_err(|why| malformed(RAFT_APPEND.path, why))?;
     if let Some(leader) = req.vote.leader_id().voted_for() {
         handle.note_append_from(leader);
     }
@@ -103,12 +173,14 @@ pub async fn handle_append(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8
 /// Handles a RequestVote RPC body.
 pub async fn handle_vote(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
     let req: VoteRequest = decode_rpc(handle, RAFT_VOTE.path, body)?;
+    check_vote(&req).map_err(|why| malformed(RAFT_VOTE.path, why))?;
     encode(&handle.raft().vote(req).await)
 }
 
 /// Handles an InstallSnapshot RPC body (one chunk).
 pub async fn handle_snapshot(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
     let req: SnapshotRequest = decode_rpc(handle, RAFT_SNAPSHOT.path, body)?;
+    check_snapshot(&req).map_err(|why| malformed(RAFT_SNAPSHOT.path, why))?;
     encode(&handle.raft().install_snapshot(req).await)
 }
 

@@ -314,7 +314,7 @@ fn a_stranger_without_the_secret_changes_nothing() {
     let secret = write_secret(secret_dir.path());
     // Election timeouts of 2-4 s: a loaded machine must not cause an election the
     // attacks would be blamed for. A forged higher term needs no timeout to show.
-    let c = TestCluster::start_with_config(
+    let mut c = TestCluster::start_with_config(
         &["127.0.0.1"; 3],
         &fleet_config(&fleet),
         &[
@@ -626,6 +626,30 @@ fn a_stranger_without_the_secret_changes_nothing() {
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let answer: Result<VoteResponse<u64>, RaftError<u64>> = codec::decode(&body).unwrap();
     assert!(answer.is_ok(), "{answer:?}");
+
+    // A peer holding the secret cannot break Raft with what openraft assumes and does
+    // not check: an append whose entries do not continue the log (it stopped the
+    // follower's Raft core for good) and a snapshot chunk at a huge offset (it would
+    // grow the in-memory snapshot to it) are refused as malformed.
+    let (code, body) = post_bytes(&c.nodes[fi], protocol::RAFT_APPEND.path, "POST", &append);
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("does not continue the log"));
+    let mut far = codec::decode::<Rpc<InstallSnapshotRequest<TypeConfig>>>(&snapshot).unwrap();
+    far.req.offset = 1 << 40;
+    far.req.done = false;
+    let (code, body) = post_bytes(
+        &c.nodes[fi],
+        protocol::RAFT_SNAPSHOT.path,
+        "POST",
+        &codec::encode(&far).unwrap(),
+    );
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+    // The follower's Raft lives on: it keeps following, committing what the leader
+    // commits.
+    let commit_before = c.nodes[fi].get_json("/api/v1/cluster")["data"]["commitIndex"].clone();
+    assert!(commit_before.is_u64(), "{commit_before}");
+    wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    assert!(c.nodes[fi].child.try_wait().unwrap().is_none());
 }
 
 /// A request with the right secret: (status, body bytes).
