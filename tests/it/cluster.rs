@@ -32,6 +32,9 @@ pub(crate) struct TestCluster {
     pub(crate) nodes: Vec<Node>,
 }
 
+/// In a [`TestCluster`]'s `extra` flags: run without a cluster secret (loopback only).
+pub(crate) const NO_SECRET: &str = "--test.no-secret";
+
 fn base_flags(seeds: &str) -> Vec<String> {
     [
         "--cluster.seeds",
@@ -83,6 +86,16 @@ impl TestCluster {
             .cloned()
             .collect();
         flags.extend(extra.iter().map(|s| s.to_string()));
+        // The default of a real cluster: a shared secret (`write_secret`'s [`SECRET`]),
+        // unless the test gives its own or runs without one on purpose.
+        if !extra.contains(&"--cluster.secret-file") && !extra.contains(&NO_SECRET) {
+            let secret = write_secret(dir.path());
+            flags.extend([
+                "--cluster.secret-file".to_owned(),
+                secret.display().to_string(),
+            ]);
+        }
+        flags.retain(|f| f != NO_SECRET);
         let mut c = TestCluster {
             dir,
             config,
@@ -561,12 +574,15 @@ fn remove_takes_a_dead_node_out() {
     c.nodes[victim].kill9();
     let rest: Vec<usize> = vec![li, via];
     wait_agreed(&c, &rest, 3, 2, 3);
+    let secret = c.dir.path().join("cluster.secret");
     let out = shoal(&[
         "cluster",
         "remove",
         &victim_id,
         "--node",
         &c.nodes[via].addr(),
+        "--cluster.secret-file",
+        secret.to_str().unwrap(),
     ]);
     assert!(
         out.status.success(),

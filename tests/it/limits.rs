@@ -199,14 +199,19 @@ fn members_and_every_read_route_are_held_to_the_limits() {
         })
         .unwrap()
     };
+    let bearer = format!("Bearer {}", crate::cluster::SECRET);
     let post = |body: &[u8]| {
-        http(
+        let a = http_with_headers(
             "POST",
             &c.nodes[1].url(shoal::peer::protocol::MEMBER_READ.path),
-            Some("application/octet-stream"),
+            &[
+                ("Content-Type", "application/octet-stream"),
+                ("Authorization", &bearer),
+            ],
             body,
         )
-        .unwrap()
+        .unwrap();
+        (a.status, a.body)
     };
     let limited = WireLimits {
         max_samples: Some(1000),

@@ -756,9 +756,9 @@ fn aggregation_pushdown_moves_far_fewer_bytes_and_gives_the_same_answer() {
         limits: Default::default(),
     })
     .unwrap();
-    let (code, raw_body) = post_internal(&c.nodes[1], None, &raw);
+    let (code, raw_body) = post_internal(&c.nodes[1], Some(SECRET), &raw);
     assert_eq!(code, 200);
-    let (code, pushed_body) = post_internal(&c.nodes[1], None, &pushed);
+    let (code, pushed_body) = post_internal(&c.nodes[1], Some(SECRET), &pushed);
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&pushed_body));
     let (raw_len, pushed_len) = (raw_body.len(), pushed_body.len());
     eprintln!(
