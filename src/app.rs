@@ -160,7 +160,13 @@ pub fn run_until_signal(args: RunArgs) -> anyhow::Result<()> {
     actix::System::new().block_on(async move {
         let node = Node::start(args).await?;
         let (left, quit) = (node.left.clone(), node.quit.clone());
+        let cluster = node.cluster.clone();
         tokio::select! {
+            why = cluster.raft_failed() => {
+                tracing::error!(reason = %why, "the Raft core stopped: exiting so that the node is restarted");
+                node.stop().await;
+                anyhow::bail!("the Raft core stopped: {why}");
+            }
             _ = quit.notified() => {
                 tracing::info!("POST /-/quit: shutting down");
                 node.stop().await;

@@ -438,6 +438,22 @@ impl ClusterHandle {
         }
     }
 
+    /// Resolves when the Raft core has stopped by itself (a fatal error: a panic inside
+    /// openraft, a storage failure), with the reason. A node whose core stopped still
+    /// answers HTTP but can neither commit nor follow: it should exit, so that its
+    /// supervisor restarts it.
+    pub async fn raft_failed(&self) -> String {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the Raft core stopped".to_owned();
+            }
+        }
+    }
+
     /// The node's one client to its peers (with the cluster secret and TLS).
     pub fn peer(&self) -> &PeerClient {
         &self.inner.net.peer
