@@ -74,6 +74,7 @@ pub fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
     let probe = async {
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            .tls_backend_preconfigured(crate::tls::client_config(None, None)?)
             .build()
             .context("building the HTTP client")?;
         let resp = client
@@ -149,39 +150,6 @@ pub fn new_secret(file: &std::path::Path) -> anyhow::Result<bool> {
     }
 }
 
-/// The TLS of a `shoal cluster` call: trust `ca`, present the client certificate if
-/// one is given.
-fn client_tls(t: &ClusterTarget, ca: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject as _;
-    let pem = |p: &std::path::Path| {
-        crate::config::read_capped(p, 1 << 20).with_context(|| format!("reading {}", p.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in crate::tls::parse_certs(pem(ca)?.as_bytes(), "ca")? {
-        roots
-            .add(cert)
-            .context("--cluster.tls.ca-file: not a usable CA certificate")?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        crate::tls::ring_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots);
-    Ok(match (&t.tls_cert_file, &t.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = crate::tls::parse_certs(pem(cert)?.as_bytes(), "cert")?;
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem(key)?.as_bytes())
-                .map_err(|_| {
-                    anyhow::anyhow!("--cluster.tls.key-file: no usable PEM private key")
-                })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .context("--cluster.tls.cert-file and key do not make a pair")?
-        }
-        _ => builder.with_no_client_auth(),
-    })
-}
-
 /// The JSON envelope of every API answer.
 #[derive(Deserialize)]
 struct Envelope<T> {
@@ -200,9 +168,11 @@ async fn call_node<T: DeserializeOwned>(
     let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(60));
-    if let Some(ca) = &t.tls_ca_file {
-        builder = builder.tls_backend_preconfigured(client_tls(t, ca)?);
-    }
+    let identity = t.tls_cert_file.as_deref().zip(t.tls_key_file.as_deref());
+    builder = builder.tls_backend_preconfigured(
+        crate::tls::client_config(t.tls_ca_file.as_deref(), identity)
+            .context("the TLS of `shoal cluster` (--cluster.tls.*)")?,
+    );
     let client = builder.build().context("building the HTTP client")?;
     let url = format!("{}{path}", base_url(&t.node));
     let mut req = client.request(method, &url);

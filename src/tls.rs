@@ -334,6 +334,57 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The TLS of shoal's own HTTP clients (`shoal cluster`, `shoal healthcheck`, the
+/// demo): trusts the CA certificates in `ca` when given, else the system's roots where
+/// there are any (a container image has none: https then fails verification with a
+/// clear error, plain http works — reqwest's default would fail to build the client),
+/// and presents `identity` (certificate chain, key) when given.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            for cert in parse_certs(&Pem::File(ca.to_path_buf()).read("ca_file")?, "ca")? {
+                roots.add(cert).map_err(|source| TlsError::Rustls {
+                    what: "ca: not a usable CA certificate",
+                    source,
+                })?;
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped (errors hold no secret).
+            let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS client",
+            source,
+        })?
+        .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = parse_certs(&Pem::File(cert.to_path_buf()).read("cert_file")?, "cert")?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&Pem::File(key.to_path_buf()).read("key_file")?)
+                    .map_err(|e| TlsError::Pem {
+                        what: "key",
+                        message: pem_error(e),
+                    })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|source| TlsError::Rustls {
+                    what: "the client certificate and key do not make a pair",
+                    source,
+                })
+        }
+    }
+}
+
 fn provider_for(protocol: &Protocol) -> CryptoProvider {
     let base = crate::tls::ring_provider();
     let tls13 = base

@@ -302,6 +302,7 @@ async fn wait_formed(
     crate::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        .tls_backend_preconfigured(crate::tls::client_config(None, None)?)
         .build()?;
     let started = std::time::Instant::now();
     let mut warned = false;

@@ -265,3 +265,26 @@ fn admin_routes_need_web_enable_admin_api() {
         "true"
     );
 }
+
+/// `shoal healthcheck` (the container HEALTHCHECK) works in an image without any CA
+/// certificates: the HTTP client must not need the system's roots to be built.
+#[test]
+fn healthcheck_needs_no_system_certificates() {
+    let dir = tempdir();
+    let node = Node::start(
+        dir.path(),
+        "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
+        &[],
+    );
+    let out = std::process::Command::new(shoal_bin())
+        .args(["healthcheck", &node.url("/-/healthy")])
+        .env("SSL_CERT_FILE", dir.path().join("none.pem"))
+        .env("SSL_CERT_DIR", dir.path().join("no-such-dir"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
