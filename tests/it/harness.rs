@@ -542,3 +542,41 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn value_of(sample: &serde_json::Value) -> f64 {
     sample["value"][1].as_str().unwrap().parse().unwrap()
 }
+
+/// `method path` on `node` with a binary `body` and, when given, the cluster secret
+/// `token` as bearer: the status and the raw (binary) answer body.
+pub fn internal_request(
+    node: &Node,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(node.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        node.addr(),
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
+    assert!(
+        !head.contains("transfer-encoding: chunked"),
+        "a chunked answer: {head}"
+    );
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (code, resp[end..].to_vec())
+}

@@ -8,7 +8,6 @@
 //! cover that and window edges, not doubled or lost data.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -581,32 +580,16 @@ fn a_dead_or_stuck_member_gives_a_partial_answer_naming_it() {
     );
 }
 
-/// POSTs `body` to the internal read route with an optional bearer token; returns the
-/// status and the raw body.
+/// `POST /internal/query` with a raw body and an optional bearer token: the status and
+/// the raw body.
 fn post_internal(node: &Node, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(node.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "POST {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+    internal_request(
+        node,
+        "POST",
         shoal::peer::protocol::MEMBER_READ.path,
-        node.addr(),
-        body.len()
+        token,
+        body,
     )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let head_end = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
-    let head = String::from_utf8_lossy(&resp[..head_end]).to_string();
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
-    (code, resp[head_end + 4..].to_vec())
 }
 
 #[test]

@@ -654,28 +654,5 @@ fn a_stranger_without_the_secret_changes_nothing() {
 
 /// A request with the right secret: (status, body bytes).
 fn post_bytes(n: &Node, path: &str, method: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(n.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        n.addr(),
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let end = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    let head = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(
-        !head.contains("transfer-encoding: chunked"),
-        "a chunked answer: {head}"
-    );
-    (code, resp[end..].to_vec())
+    internal_request(n, method, path, Some(SECRET), body)
 }
