@@ -22,9 +22,25 @@ pub const KINDS: u8 = 12;
 /// encoded again, and that encoding must decode and encode to the same bytes.
 pub fn decode(kind: u8, body: &[u8]) {
     match kind % KINDS {
-        0 => round_trip::<RaftRpc<AppendRequest>>(body),
-        1 => round_trip::<RaftRpc<VoteRequest>>(body),
-        2 => round_trip::<RaftRpc<SnapshotRequest>>(body),
+        // The requests also go through the checks the RPC handlers run first.
+        0 => {
+            round_trip::<RaftRpc<AppendRequest>>(body);
+            if let Ok(r) = codec::decode::<RaftRpc<AppendRequest>>(body) {
+                let _ = super::rpc::check_append(&r.req);
+            }
+        }
+        1 => {
+            round_trip::<RaftRpc<VoteRequest>>(body);
+            if let Ok(r) = codec::decode::<RaftRpc<VoteRequest>>(body) {
+                let _ = super::rpc::check_vote(&r.req);
+            }
+        }
+        2 => {
+            round_trip::<RaftRpc<SnapshotRequest>>(body);
+            if let Ok(r) = codec::decode::<RaftRpc<SnapshotRequest>>(body) {
+                let _ = super::rpc::check_snapshot(&r.req);
+            }
+        }
         3 => round_trip::<Result<AppendResponse, RaftError>>(body),
         4 => round_trip::<Result<VoteResponse, RaftError>>(body),
         5 => round_trip::<Result<SnapshotResponse, RaftError<InstallSnapshotError>>>(body),

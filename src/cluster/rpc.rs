@@ -211,3 +211,72 @@ pub async fn handle_remove(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8
 
 /// Default timeout of admin calls between nodes.
 pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::cluster::types::Entry;
+
+    fn id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn append(term: u64, prev: Option<LogId<NodeId>>, ids: &[LogId<NodeId>]) -> AppendRequest {
+        AppendRequest {
+            vote: Vote::new_committed(term, 1),
+            prev_log_id: prev,
+            entries: ids
+                .iter()
+                .map(|&log_id| Entry {
+                    log_id,
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: prev,
+        }
+    }
+
+    #[test]
+    fn appends_openraft_would_choke_on_are_refused() {
+        // What a leader sends: contiguous entries, terms up to its own.
+        assert!(check_append(&append(3, None, &[id(1, 0), id(3, 1)])).is_ok());
+        assert!(check_append(&append(3, Some(id(2, 4)), &[id(2, 5), id(3, 6)])).is_ok());
+        assert!(check_append(&append(3, Some(id(2, 4)), &[])).is_ok());
+        // A gap after prev_log_id (what stopped a follower's Raft core), or from none.
+        let e = check_append(&append(3, None, &[id(3, 1_000_000)])).unwrap_err();
+        assert!(e.contains("does not continue"), "{e}");
+        assert!(check_append(&append(3, Some(id(2, 4)), &[id(3, 6)])).is_err());
+        assert!(check_append(&append(3, Some(id(2, 4)), &[id(3, 5), id(3, 7)])).is_err());
+        // Log ids from a later term than the vote, or going back in term.
+        assert!(check_append(&append(3, None, &[id(4, 0)])).is_err());
+        assert!(check_append(&append(3, Some(id(4, 4)), &[])).is_err());
+        assert!(check_append(&append(3, Some(id(3, 4)), &[id(2, 5)])).is_err());
+        let mut far_commit = append(3, None, &[]);
+        far_commit.leader_commit = Some(id(9, 0));
+        assert!(check_append(&far_commit).is_err());
+    }
+
+    #[test]
+    fn votes_and_snapshot_chunks_are_bounded() {
+        assert!(check_vote(&VoteRequest::new(Vote::new(3, 1), Some(id(3, 9)))).is_ok());
+        assert!(check_vote(&VoteRequest::new(Vote::new(3, 1), Some(id(4, 9)))).is_err());
+        let chunk = |offset: u64, len: usize| SnapshotRequest {
+            vote: Vote::new_committed(3, 1),
+            meta: openraft::SnapshotMeta {
+                last_log_id: Some(id(3, 9)),
+                last_membership: Default::default(),
+                snapshot_id: "s".into(),
+            },
+            offset,
+            data: vec![0; len],
+            done: false,
+        };
+        assert!(check_snapshot(&chunk(0, 10)).is_ok());
+        assert!(check_snapshot(&chunk(MAX_SNAPSHOT_BYTES - 10, 10)).is_ok());
+        assert!(check_snapshot(&chunk(MAX_SNAPSHOT_BYTES - 10, 11)).is_err());
+        assert!(check_snapshot(&chunk(1 << 40, 1)).is_err());
+        assert!(check_snapshot(&chunk(u64::MAX, 1)).is_err());
+    }
+}
