@@ -479,10 +479,6 @@ impl Node {
         }
         let cluster_tls = cluster_tls(&args)?;
         if let Some(t) = &cluster_tls {
-            anyhow::ensure!(
-                security.as_ref().is_none_or(|s| s.tls().is_none()),
-                "--cluster.tls.* together with a web config that serves TLS (tls_server_config) is not supported by shoal yet: the listener has one certificate. Leave tls_server_config out: with cluster TLS the listener serves HTTPS with the node's certificate (docs/security.md)"
-            );
             opts.peer.tls = Some(t.client_config());
         }
         let peer_access = crate::peer::PeerAccess::decide(
@@ -505,8 +501,14 @@ impl Node {
                 "--cluster.insecure: the internal (node-to-node) routes are open to anyone who can reach this port"
             );
         }
-        let listener_tls = match (&security, &cluster_tls) {
-            (Some(s), _) if s.tls().is_some() => s.tls().map(|t| t.server_config()),
+        let listener_tls = match (security.as_ref().and_then(|s| s.tls()), &cluster_tls) {
+            // Both: users see the web certificate, peers (by ALPN) the node's.
+            (Some(web), Some(t)) => Some(
+                t.listener()
+                    .and_then(|p| web.server_config_with_peers(&p))
+                    .context("the listener's TLS (web config and cluster TLS)")?,
+            ),
+            (Some(web), None) => Some(web.server_config()),
             (_, Some(t)) => Some(
                 crate::tls::TlsServer::new(&t.server_settings())
                     .context("cluster TLS listener")?

@@ -621,6 +621,37 @@ impl TlsServer {
         (*self.config).clone()
     }
 
+    /// The listener's config when the same port also serves peers with a certificate
+    /// of their own ([`PeerListener`]): a client that offers the peers' ALPN protocol
+    /// gets the peers' certificate, every other client the configured one; a client
+    /// certificate the peers' verifier accepts is accepted, any other goes to the
+    /// configured client authentication. Reloads of the configured parts still apply.
+    pub fn server_config_with_peers(&self, peers: &PeerListener) -> Result<ServerConfig, TlsError> {
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+            [TlsVersion::Tls12, TlsVersion::Tls13]
+                .into_iter()
+                .filter(|v| (self.protocol.min_version..=self.protocol.max_version).contains(v))
+                .map(TlsVersion::rustls)
+                .collect();
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|source| TlsError::Rustls {
+                what: "the TLS versions",
+                source,
+            })?
+            .with_client_cert_verifier(Arc::new(EitherVerifier {
+                peers: peers.verifier.clone(),
+                others: self.verifier.clone(),
+            }))
+            .with_cert_resolver(Arc::new(AlpnResolver {
+                alpn: peers.alpn,
+                peers: peers.cert.clone(),
+                others: self.cert.clone(),
+            }));
+        config.ignore_client_order = self.protocol.prefer_server_cipher_suites;
+        Ok(config)
+    }
+
     /// Reads and checks new settings without installing them: fails when they cannot
     /// be read, or change what the listener cannot change while it runs.
     pub fn prepare(&self, settings: &TlsSettings) -> Result<TlsUpdate, TlsError> {
@@ -653,6 +684,100 @@ impl TlsServer {
     pub fn apply(&self, update: TlsUpdate) {
         *self.cert.0.write() = update.cert;
         *self.verifier.0.write() = Active::new(update.verifier, update.hints);
+    }
+}
+
+/// What a listener that also serves peers needs of them
+/// ([`TlsServer::server_config_with_peers`]).
+pub struct PeerListener {
+    /// The ALPN protocol peers offer (besides `http/1.1`).
+    pub alpn: &'static [u8],
+    /// The certificate peers are shown.
+    pub cert: Arc<CertifiedKey>,
+    /// Verifies peers' client certificates (not mandatory: other clients have none).
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// Shows peers (who offer `alpn`) their certificate, everyone else the configured one.
+#[derive(Debug)]
+struct AlpnResolver {
+    alpn: &'static [u8],
+    peers: Arc<CertifiedKey>,
+    others: Arc<SwappableCert>,
+}
+
+impl ResolvesServerCert for AlpnResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let peer = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == self.alpn));
+        if peer {
+            Some(self.peers.clone())
+        } else {
+            self.others.resolve(hello)
+        }
+    }
+}
+
+/// Accepts a client certificate the peers' verifier accepts; otherwise the configured
+/// client authentication decides.
+#[derive(Debug)]
+struct EitherVerifier {
+    peers: Arc<dyn ClientCertVerifier>,
+    others: Arc<SwappableVerifier>,
+}
+
+impl ClientCertVerifier for EitherVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.others.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints only guide a client's choice; peers present their one certificate.
+        self.others.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self
+            .peers
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(v) => Ok(v),
+            Err(_) => self
+                .others
+                .verify_client_cert(end_entity, intermediates, now),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.peers.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.peers.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.peers.supported_verify_schemes()
     }
 }
 

@@ -22,6 +22,10 @@ use crate::tls::{
     ring_provider,
 };
 
+/// The ALPN protocol a node offers when it calls a peer over TLS: a listener whose web
+/// config serves another certificate shows peers their cluster certificate for it.
+pub const PEER_ALPN: &[u8] = b"shoal-peer/1";
+
 /// The three files of a node's cluster TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterTlsFiles {
@@ -77,7 +81,7 @@ impl ClusterTls {
                 what: "the node certificate (--cluster.tls.cert-file) is not valid under the cluster CA (--cluster.tls.ca-file)",
                 source,
             })?;
-        let client = ClientConfig::builder_with_provider(provider)
+        let mut client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsError::Rustls {
                 what: "cluster TLS client",
@@ -89,6 +93,8 @@ impl ClusterTls {
                 what: "the node certificate and key do not make a pair",
                 source,
             })?;
+        // Tells a listener that also serves a web certificate to show this node's.
+        client.alpn_protocols = vec![PEER_ALPN.to_vec(), b"http/1.1".to_vec()];
         Ok(ClusterTls {
             files,
             client: Arc::new(client),
@@ -114,6 +120,34 @@ impl ClusterTls {
             },
             protocol: Protocol::default(),
         }
+    }
+
+    /// What a listener whose web config serves TLS needs to serve peers too: their
+    /// certificate (this node's) for the peers' ALPN protocol, and a verifier of the
+    /// cluster CA for their client certificates.
+    pub fn listener(&self) -> Result<crate::tls::PeerListener, TlsError> {
+        let provider = Arc::new(ring_provider());
+        let cert = crate::tls::load_certified_key(
+            &Pem::File(self.files.cert.clone()),
+            &Pem::File(self.files.key.clone()),
+            &provider,
+        )?;
+        let mut roots = RootCertStore::empty();
+        for c in parse_certs(&Pem::File(self.files.ca.clone()).read("ca_file")?, "ca")? {
+            roots.add(c).map_err(|source| TlsError::Rustls {
+                what: "cluster CA: not a usable CA certificate",
+                source,
+            })?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Invalid(format!("cluster CA verifier: {e}")))?;
+        Ok(crate::tls::PeerListener {
+            alpn: PEER_ALPN,
+            cert: Arc::new(cert),
+            verifier,
+        })
     }
 
     /// Whether a connection's client certificates (leaf first) chain to the cluster CA.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::cluster::write_secret;
 use crate::harness::*;
-use crate::web_security::{Curl, Pki, curl};
+use crate::web_security::{Curl, Pki, curl, hash};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -130,7 +130,10 @@ fn a_cluster_over_mutual_tls_forms_serves_and_keeps_out_a_foreign_ca() {
         ),
     )
     .unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // Ports below the ephemeral range, reserved for the test (see `free_port_range`):
+    // the nodes' own outgoing connections cannot take one before a node binds it.
+    let range = free_port_range(5);
+    let ports: Vec<u16> = (0..3).map(|i| range.base + i).collect();
     let mut c = TlsCluster {
         dir,
         config,
@@ -213,10 +216,10 @@ fn a_cluster_over_mutual_tls_forms_serves_and_keeps_out_a_foreign_ca() {
 
     // A node of another CA (with the right secret) and a legitimate late node start at
     // the same moment: the late one joins, the intruder never does.
-    let intruder_port = free_port();
+    let intruder_port = range.base + 3;
     let intruder_flags = c.flags(&pki, "other-ca", "intruder", &secret);
     let intruder = c.spawn("intruder", intruder_port, &intruder_flags);
-    let late_port = free_port();
+    let late_port = range.base + 4;
     let late_flags = c.flags(&pki, "ca", "late", &secret);
     let late = c.spawn("late", late_port, &late_flags);
     c.nodes.push(late);
@@ -237,4 +240,130 @@ fn a_cluster_over_mutual_tls_forms_serves_and_keeps_out_a_foreign_ca() {
     );
     assert_eq!(after["clusterId"], formed["clusterId"]);
     drop(intruder);
+}
+
+/// A web config with its own certificate (another CA) and users, and cluster TLS, on
+/// the same listener: users are shown the web certificate and need a user; peers offer
+/// shoal's ALPN protocol, are shown their cluster certificate and form the cluster.
+#[test]
+fn web_tls_and_cluster_tls_share_the_listener() {
+    let dir = tempdir();
+    let pki_dir = dir.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    let pki = Pki::empty(&pki_dir);
+    pki.ca("ca");
+    pki.ca("webca");
+    node_cert(&pki, "ca", "node");
+    pki.issue(
+        "webca",
+        "web",
+        "localhost",
+        "IP:127.0.0.1,DNS:localhost",
+        "serverAuth",
+    );
+    let secret = write_secret(dir.path());
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  alice: '{}'\n",
+            pki.path("web.crt"),
+            pki.path("web.key"),
+            hash("pw")
+        ),
+    )
+    .unwrap();
+    let target = TargetServer::start();
+    target.set("/metrics", Reply::text("both_probe 1\n"));
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{}']\n",
+            target.target()
+        ),
+    )
+    .unwrap();
+    let range = free_port_range(3);
+    let ports: Vec<u16> = (0..3).map(|i| range.base + i).collect();
+    let mut c = TlsCluster {
+        dir,
+        config,
+        seeds: ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        nodes: Vec::new(),
+    };
+    let mut flags = c.flags(&pki, "ca", "node", &secret);
+    flags.extend(["--web.config.file".to_owned(), web.display().to_string()]);
+    for (i, p) in ports.iter().enumerate() {
+        let n = c.spawn(&format!("node{i}"), *p, &flags);
+        c.nodes.push(n);
+    }
+    let user = ["-u", "alice:pw"];
+    wait_for(
+        "3 members up with a leader, over the web certificate",
+        T,
+        || {
+            let r = get(&c.nodes[0], &pki, "webca", None, &user, "/api/v1/cluster");
+            let v: serde_json::Value =
+                serde_json::from_str(&r.body).map_err(|e| format!("{e}: {r:?}"))?;
+            let d = &v["data"];
+            let up = d["members"]
+                .as_array()
+                .map_or(0, |m| m.iter().filter(|m| m["state"] == "up").count());
+            if r.status == 200 && d["leaderId"].is_string() && up == 3 {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    );
+    for n in &c.nodes {
+        wait_for("the target's sample through every node", T, || {
+            let r = get(
+                n,
+                &pki,
+                "webca",
+                None,
+                &user,
+                "/api/v1/query?query=both_probe",
+            );
+            if r.status == 200 && r.body.contains("\"both_probe\"") {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        });
+    }
+    // Users see the web certificate (not the cluster's) and need a user.
+    let r = get(&c.nodes[1], &pki, "ca", None, &user, "/-/ready");
+    assert_eq!(
+        r.status, 0,
+        "the cluster CA must not verify the users' certificate: {r:?}"
+    );
+    let r = get(&c.nodes[1], &pki, "webca", None, &[], "/-/ready");
+    assert_eq!(r.status, 401, "{r:?}");
+    // Peers' routes: a web user is no peer; a cluster certificate with the secret is.
+    let r = get(
+        &c.nodes[1],
+        &pki,
+        "webca",
+        None,
+        &user,
+        "/internal/cluster/info",
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let bearer = format!("Authorization: Bearer {}", crate::cluster::SECRET);
+    let r = get(
+        &c.nodes[1],
+        &pki,
+        "webca",
+        Some("node"),
+        &["-H", &bearer],
+        "/internal/cluster/info",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
 }

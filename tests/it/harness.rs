@@ -125,13 +125,24 @@ impl TargetServer {
     }
 }
 
-/// A free loopback port (bound and released; good enough for tests).
+/// A free loopback port for a child to bind, never the same twice in a test process.
+/// Ports come from a range of 64 this process reserves ([`free_port_range`]: below the
+/// ephemeral range, locked against other test processes): a port the OS hands out for
+/// `:0` could be handed out again, or taken by an outgoing connection, before the
+/// child binds it — two nodes of one cluster once got the same port that way.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static PORTS: OnceLock<(PortRange, AtomicU16)> = OnceLock::new();
+    let (range, next) = PORTS.get_or_init(|| (free_port_range(64), AtomicU16::new(0)));
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        assert!(i < 64, "a test process asked for more than 64 ports");
+        let port = range.base + i;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `n` consecutive free loopback ports for a child that binds them itself, reserved for

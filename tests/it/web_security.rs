@@ -143,7 +143,7 @@ impl Pki {
 }
 
 /// A bcrypt hash of `password` (cost 4: debug builds run bcrypt slowly).
-fn hash(password: &str) -> String {
+pub(crate) fn hash(password: &str) -> String {
     bcrypt::hash(password, 4).unwrap()
 }
 
