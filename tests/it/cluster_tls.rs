@@ -32,6 +32,33 @@ struct TlsCluster {
 }
 
 impl TlsCluster {
+    /// A cluster of three (not yet started) on the first ports of `range` (reserved
+    /// below the ephemeral range: the nodes' own outgoing connections cannot take one
+    /// before a node binds it), scraping `target` every second.
+    fn new(dir: tempfile::TempDir, target: &str, range: &PortRange) -> (TlsCluster, Vec<u16>) {
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let ports: Vec<u16> = (0..3).map(|i| range.base + i).collect();
+        let seeds = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let c = TlsCluster {
+            dir,
+            config,
+            seeds,
+            nodes: Vec::new(),
+        };
+        (c, ports)
+    }
+
     fn flags(&self, pki: &Pki, ca: &str, cert: &str, secret: &Path) -> Vec<String> {
         [
             "--cluster.seeds",
@@ -121,29 +148,8 @@ fn a_cluster_over_mutual_tls_forms_serves_and_keeps_out_a_foreign_ca() {
 
     let target = TargetServer::start();
     target.set("/metrics", Reply::text("tls_probe 1\n"));
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{}']\n",
-            target.target()
-        ),
-    )
-    .unwrap();
-    // Ports below the ephemeral range, reserved for the test (see `free_port_range`):
-    // the nodes' own outgoing connections cannot take one before a node binds it.
     let range = free_port_range(5);
-    let ports: Vec<u16> = (0..3).map(|i| range.base + i).collect();
-    let mut c = TlsCluster {
-        dir,
-        config,
-        seeds: ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        nodes: Vec::new(),
-    };
+    let (mut c, ports) = TlsCluster::new(dir, &target.target(), &range);
     let flags = c.flags(&pki, "ca", "node", &secret);
     for (i, p) in ports.iter().enumerate() {
         let n = c.spawn(&format!("node{i}"), *p, &flags);
@@ -275,27 +281,8 @@ fn web_tls_and_cluster_tls_share_the_listener() {
     .unwrap();
     let target = TargetServer::start();
     target.set("/metrics", Reply::text("both_probe 1\n"));
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{}']\n",
-            target.target()
-        ),
-    )
-    .unwrap();
     let range = free_port_range(3);
-    let ports: Vec<u16> = (0..3).map(|i| range.base + i).collect();
-    let mut c = TlsCluster {
-        dir,
-        config,
-        seeds: ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        nodes: Vec::new(),
-    };
+    let (mut c, ports) = TlsCluster::new(dir, &target.target(), &range);
     let mut flags = c.flags(&pki, "ca", "node", &secret);
     flags.extend(["--web.config.file".to_owned(), web.display().to_string()]);
     for (i, p) in ports.iter().enumerate() {
