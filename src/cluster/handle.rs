@@ -114,6 +114,10 @@ pub enum ClusterError {
 /// Role of a member in the Raft group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MemberRole {
+    /// Its vote counts in every configuration the group is in. During a membership
+    /// change (Raft's joint consensus: the old and the new voter set at once) a node
+    /// being promoted is not a voter yet: an election still needs a majority of the old
+    /// set, so reporting it early would overstate what the group survives.
     Voter,
     Learner,
 }
@@ -222,6 +226,18 @@ async fn node_id(db: &sled::Db) -> Result<NodeId, ClusterError> {
         .map_err(storage_err)?;
     meta.flush_async().await.map_err(storage_err)?;
     Ok(id)
+}
+
+/// The nodes whose vote counts in every configuration of `membership` (all of its
+/// voters when it is not a joint configuration; see [`MemberRole::Voter`]).
+fn stable_voters(membership: &openraft::Membership<NodeId, NodeInfo>) -> BTreeSet<NodeId> {
+    let mut configs = membership.get_joint_config().iter();
+    let Some(first) = configs.next() else {
+        return BTreeSet::new();
+    };
+    configs.fold(first.clone(), |acc, c| {
+        acc.intersection(c).copied().collect()
+    })
 }
 
 fn state_name(s: ServerState) -> &'static str {
@@ -470,7 +486,7 @@ impl ClusterHandle {
             .unwrap_or(None);
         let sm = self.inner.sm.state();
         let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let voters = stable_voters(membership);
         let is_leader = m.state == ServerState::Leader;
         let members = membership
             .nodes()
@@ -1110,5 +1126,42 @@ mod join_times_tests {
         let t3 = t2 + Duration::from_secs(1);
         j.observe(&[1, 2, 3], t3);
         assert_eq!(j.silence_start(3, long_ago), t3);
+    }
+}
+
+#[cfg(test)]
+mod role_tests {
+    use super::*;
+
+    fn nodes(ids: &[NodeId]) -> BTreeMap<NodeId, NodeInfo> {
+        ids.iter()
+            .map(|&id| {
+                let addr = format!("127.0.0.1:{id}");
+                (id, NodeInfo { addr })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nodes_being_promoted_are_not_voters_until_the_joint_configuration_ends() {
+        // The leader (1) promotes four learners: joint configuration [{1}, {1..5}].
+        // An election needs a majority of {1}, so if 1 dies now no one can be elected:
+        // the group must not claim five voters yet.
+        let joint = openraft::Membership::new(
+            vec![BTreeSet::from([1]), BTreeSet::from([1, 2, 3, 4, 5])],
+            nodes(&[1, 2, 3, 4, 5]),
+        );
+        assert_eq!(stable_voters(&joint), BTreeSet::from([1]));
+        let uniform = openraft::Membership::new(
+            vec![BTreeSet::from([1, 2, 3, 4, 5])],
+            nodes(&[1, 2, 3, 4, 5]),
+        );
+        assert_eq!(stable_voters(&uniform), BTreeSet::from([1, 2, 3, 4, 5]));
+        // Removing a voter: [{1,2,3}, {1,2}] — 3 no longer counts alone.
+        let removing = openraft::Membership::new(
+            vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([1, 2])],
+            nodes(&[1, 2, 3]),
+        );
+        assert_eq!(stable_voters(&removing), BTreeSet::from([1, 2]));
     }
 }

@@ -189,11 +189,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         self.write_meta(KEY_VOTE, vote, StorageIOError::write_vote)?;
         self.meta
             .flush_async()
             .await
             .map_err(|e| io_err(StorageIOError::write_vote, e))?;
+        let took = started.elapsed();
+        if took > std::time::Duration::from_millis(200) {
+            tracing::warn!(?vote, ?took, "raft: saving the vote was slow");
+        }
         Ok(())
     }
 

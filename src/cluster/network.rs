@@ -120,6 +120,13 @@ impl RaftPeer {
         {
             Ok(bytes) => bytes,
             Err(PeerError::Timeout(_)) => {
+                if action == RPCTypes::Vote {
+                    tracing::warn!(
+                        target_node = self.target,
+                        ?timeout,
+                        "raft: vote request timed out"
+                    );
+                }
                 return Err(RpcError::Timeout(Timeout {
                     action,
                     id: self.shared.id,

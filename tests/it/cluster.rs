@@ -306,7 +306,7 @@ fn kill_leader_and_fail_over(c: &mut TestCluster, v: &Value) -> (usize, String) 
     let others: Vec<usize> = (0..c.nodes.len()).filter(|&i| i != li).collect();
     c.nodes[li].kill9();
     let killed = Instant::now();
-    let new_leader = wait_for("a new leader", Duration::from_secs(20), || {
+    let new_leader = try_wait_for("a new leader", Duration::from_secs(20), || {
         let vs: Vec<Value> = others
             .iter()
             .map(|&i| view(&c.nodes[i]))
@@ -316,7 +316,8 @@ fn kill_leader_and_fail_over(c: &mut TestCluster, v: &Value) -> (usize, String) 
             return Err(format!("{vs:?}"));
         }
         Ok(str_of(l))
-    });
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let to_leader = killed.elapsed();
     assert!(
         to_leader <= ELECTION_MAX * 2 + ELECTION_SLACK,

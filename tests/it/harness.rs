@@ -182,19 +182,31 @@ pub fn free_port_range(n: u16) -> PortRange {
     }
 }
 
-/// Waits until `f` returns `Some`, polling every 100 ms, or panics after `timeout`
+/// Waits until `f` returns `Ok`, polling every 100 ms, or panics after `timeout`
 /// with `what` and the last observation.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    try_wait_for(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`wait_for`] that returns the failure (for a caller that adds context, such as the
+/// nodes' logs) instead of panicking.
+pub fn try_wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
         match f() {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
             Err(e) => last = e,
         }
         thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+    Err(format!(
+        "timed out after {timeout:?} waiting for {what}; last: {last}"
+    ))
 }
 
 /// A `shoal run` child process, killed on drop.
