@@ -1,6 +1,7 @@
 //! shoal's integration tests: one binary, real `shoal` processes over real HTTP.
 //!
 //! - `harness`: starting nodes, test targets and waiting on conditions.
+//! - `pki`: certificates made with openssl.
 //! - `scrape`: scraping end to end, bad targets, staleness.
 //! - `api`: the HTTP API shapes and errors.
 //! - `lifecycle`: config reloads, crash recovery, CLI commands.
@@ -32,6 +33,7 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod master;
+mod pki;
 mod promtool;
 mod query;
 mod rules;
