@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs shoal's whole test suite on a fresh machine: installs what the tests need
 # (promtool from Debian's `prometheus` package, iptables, openssl, curl, cargo-nextest),
-# checks formatting and lints, then runs every test; then, when a Docker engine
-# answers, the container fault tests (cluster/fault-test.py: docker-compose.yml brought
-# up for real, with an image of the debug binary the tests just built). Used by README.md and .ci/run.
+# checks formatting and lints, then runs every test, and the multi-node tests a second
+# time with every cluster over mutual TLS (SHOAL_TEST_CLUSTER_TLS=1); then, when a
+# Docker engine answers, the container fault tests (cluster/fault-test.py:
+# docker-compose.yml brought up for real, with an image of the debug binary the tests
+# just built). Used by README.md and .ci/run.
 #
-# Arguments go to `cargo nextest run` (e.g. a filter); with arguments the container
-# tests are skipped unless SHOAL_FAULT_TESTS=1. SHOAL_FAULT_TESTS=0 always skips them.
+# Arguments go to `cargo nextest run` (e.g. a filter); with arguments the TLS pass and
+# the container tests are skipped unless SHOAL_CLUSTER_TLS_TESTS=1 / SHOAL_FAULT_TESTS=1
+# (=0 always skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +52,28 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo nextest run"
 cargo nextest run --locked --no-fail-fast "$@"
+
+# The multi-node tests once more with every cluster over mutual TLS next to the secret
+# (the cluster TLS test mode of tests/it/pki.rs; docs/security.md, "Tested"): about
+# 3.5 min on 2 cores. A new multi-node test outside the modules named here goes into
+# the filter. With nextest arguments it is skipped unless SHOAL_CLUSTER_TLS_TESTS=1;
+# SHOAL_CLUSTER_TLS_TESTS=0 always skips it.
+cluster_tls_tests=${SHOAL_CLUSTER_TLS_TESTS:-auto}
+if [ "$cluster_tls_tests" = auto ]; then
+  if [ $# -eq 0 ]; then cluster_tls_tests=1; else cluster_tls_tests=0; fi
+fi
+if [ "$cluster_tls_tests" = 1 ]; then
+  echo "== cargo nextest run: the multi-node tests over mutual TLS (SHOAL_TEST_CLUSTER_TLS=1)"
+  SHOAL_TEST_CLUSTER_TLS=1 cargo nextest run --locked --no-fail-fast -E '
+    binary(it) & (
+      test(/^(cluster|sharding|master|query|security)::/)
+      | test(=secure_default::the_cluster_secret_rotates_without_a_refused_call)
+      | test(=hardening::a_bad_target_moving_through_a_cluster_erases_no_node)
+      | test(=limits::members_and_every_read_route_are_held_to_the_limits)
+    )'
+else
+  echo "== multi-node tests over mutual TLS skipped (nextest arguments given; SHOAL_CLUSTER_TLS_TESTS=1 runs them)"
+fi
 
 # Fuzz smoke: every cargo-fuzz target of fuzz/ for 30 s from its committed corpus
 # (docs/reliability.md, "Fuzzing"). New inputs go to a scratch copy, so the committed

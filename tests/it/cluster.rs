@@ -24,7 +24,9 @@ const ELECTION_SLACK: Duration = Duration::from_millis(500);
 const CONVERGE: Duration = Duration::from_secs(30);
 pub(crate) const SECRET: &str = "it-cluster-secret";
 
-/// A set of `shoal run` processes sharing one seed list.
+/// A set of `shoal run` processes sharing one seed list. In the cluster TLS test mode
+/// (`SHOAL_TEST_CLUSTER_TLS=1`, `crate::pki`) its nodes also speak mutual TLS, each
+/// with a certificate of its own (`Node::spawn_on` adds the flags), and serve HTTPS.
 pub(crate) struct TestCluster {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) config: PathBuf,
@@ -108,6 +110,14 @@ impl TestCluster {
         }
         for n in &mut c.nodes {
             n.wait_ready();
+        }
+        if let Some(n) = c.nodes.iter().find(|n| n.tls) {
+            // The mode took: the listener serves no plain HTTP.
+            let plain = http_get(&format!("http://{}/-/ready", n.addr()));
+            assert!(
+                !matches!(plain, Ok((200, _))),
+                "plain HTTP served: {plain:?}"
+            );
         }
         c
     }
@@ -297,6 +307,15 @@ fn shoal(args: &[&str]) -> std::process::Output {
         .expect("run shoal")
 }
 
+/// `shoal cluster ARGS` against `node` (its [`Node::cli_target`] flags appended).
+fn shoal_cluster(node: &Node, args: &[&str]) -> std::process::Output {
+    let target = node.cli_target();
+    let mut all = vec!["cluster"];
+    all.extend_from_slice(args);
+    all.extend(target.iter().map(String::as_str));
+    shoal(&all)
+}
+
 /// kill -9 the leader of agreed view `v`; asserts a new leader within 2× the
 /// election timeout and the dead node marked down within down-after + 2 s on every
 /// other node. Returns the killed node's index and id.
@@ -421,7 +440,7 @@ fn late_join_and_graceful_leaves_are_seen_everywhere() {
     assert_eq!(members(&v)[&late_id].1, "learner", "{v}");
 
     // `shoal cluster leave` without the secret is refused and changes nothing.
-    let out = shoal(&["cluster", "leave", "--node", &c.nodes[late].addr()]);
+    let out = shoal_cluster(&c.nodes[late], &["leave"]);
     assert!(!out.status.success(), "leave without secret succeeded");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("secret"),
@@ -431,14 +450,7 @@ fn late_join_and_graceful_leaves_are_seen_everywhere() {
     wait_agreed(&c, &[0, 1, 2, 3], 4, 4, 3);
 
     // With the secret: it leaves, exits, and every node drops it.
-    let out = shoal(&[
-        "cluster",
-        "leave",
-        "--node",
-        &c.nodes[late].addr(),
-        "--cluster.secret-file",
-        secret,
-    ]);
+    let out = shoal_cluster(&c.nodes[late], &["leave", "--cluster.secret-file", secret]);
     assert!(
         out.status.success(),
         "cluster leave failed: {}",
@@ -488,7 +500,7 @@ fn late_join_and_graceful_leaves_are_seen_everywhere() {
 
     // `shoal cluster status` prints the table (header and one row per member).
     // (`shoal cluster remove` is exercised by `remove_takes_a_dead_node_out`.)
-    let out = shoal(&["cluster", "status", "--node", &c.nodes[0].addr()]);
+    let out = shoal_cluster(&c.nodes[0], &["status"]);
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     assert_eq!(table.lines().count(), 5, "{table}");
@@ -576,15 +588,15 @@ fn remove_takes_a_dead_node_out() {
     let rest: Vec<usize> = vec![li, via];
     wait_agreed(&c, &rest, 3, 2, 3);
     let secret = c.dir.path().join("cluster.secret");
-    let out = shoal(&[
-        "cluster",
-        "remove",
-        &victim_id,
-        "--node",
-        &c.nodes[via].addr(),
-        "--cluster.secret-file",
-        secret.to_str().unwrap(),
-    ]);
+    let out = shoal_cluster(
+        &c.nodes[via],
+        &[
+            "remove",
+            &victim_id,
+            "--cluster.secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "cluster remove failed: {}",
@@ -593,7 +605,7 @@ fn remove_takes_a_dead_node_out() {
     let v = wait_agreed(&c, &rest, 2, 2, 2);
     assert!(!members(&v).contains_key(&victim_id));
     // A bad id is a clear error.
-    let out = shoal(&["cluster", "remove", "x1", "--node", &c.nodes[via].addr()]);
+    let out = shoal_cluster(&c.nodes[via], &["remove", "x1"]);
     assert!(!out.status.success());
 }
 
@@ -608,13 +620,13 @@ fn bad_requests_to_internal_routes_are_rejected_and_change_nothing() {
     let before = wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
     let target = &c.nodes[(leader_index(&c, &before) + 1) % 3];
     let post = |path: &str, auth: Option<&str>, body: &[u8]| -> u16 {
-        let url = target.url(path);
-        let rest = url.strip_prefix("http://").unwrap();
-        let (hostport, p) = rest.split_at(rest.find('/').unwrap());
-        let mut s = std::net::TcpStream::connect(hostport).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = target.connect().unwrap();
+        s.tcp()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut req = format!(
-            "POST {p} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+            target.addr(),
             body.len()
         );
         if let Some(a) = auth {

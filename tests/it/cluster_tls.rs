@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::cluster::write_secret;
 use crate::harness::*;
-use crate::web_security::{Curl, Pki, curl, hash};
+use crate::pki::Pki;
+use crate::web_security::{Curl, curl, hash};
 
 const T: Duration = Duration::from_secs(90);
 

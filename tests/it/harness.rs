@@ -1,5 +1,7 @@
 //! Test helpers: a scriptable HTTP target server, a `shoal run` child process, and
-//! polling with deadlines (never fixed sleeps as assertions).
+//! polling with deadlines (never fixed sleeps as assertions). Requests to a node go
+//! over plain HTTP, or HTTPS in the cluster TLS test mode (`crate::pki`), through
+//! [`connect`].
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -218,7 +220,13 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Started with cluster TLS by the cluster TLS test mode: it serves HTTPS only.
+    pub tls: bool,
 }
+
+/// In a node's `extra` flags: no cluster TLS, even in the cluster TLS test mode
+/// (`crate::pki`); for tests of plain HTTP on purpose (say why where it is used).
+pub const NO_CLUSTER_TLS: &str = "--test.no-cluster-tls";
 
 pub fn shoal_bin() -> &'static str {
     env!("CARGO_BIN_EXE_shoal")
@@ -245,7 +253,9 @@ impl Node {
     }
 
     /// Starts `shoal run` listening on `host:port` without waiting for it to be ready
-    /// (call [`Node::wait_ready`]). The log goes to `dir/shoal-<host>-<port>.log`.
+    /// (call [`Node::wait_ready`]). The log goes to `dir/shoal-<host>-<port>.log`. In the
+    /// cluster TLS test mode a node with `--cluster.seeds` and no `--cluster.tls.*` of
+    /// its own gets the mode's (unless [`NO_CLUSTER_TLS`]).
     pub fn spawn_on(
         dir: &Path,
         config: &Path,
@@ -264,6 +274,18 @@ impl Node {
             .append(true)
             .open(&log)
             .unwrap();
+        let has = |flag: &str| extra.contains(&flag);
+        let mut args: Vec<String> = extra
+            .iter()
+            .filter(|f| **f != NO_CLUSTER_TLS)
+            .map(|f| f.to_string())
+            .collect();
+        let mode = crate::pki::cluster_tls().filter(|_| {
+            has("--cluster.seeds") && !has("--cluster.tls.cert-file") && !has(NO_CLUSTER_TLS)
+        });
+        if let Some(m) = mode {
+            args.extend(m.node_flags(host, port));
+        }
         let child = Command::new(shoal_bin())
             .arg("run")
             .arg("--config")
@@ -272,7 +294,7 @@ impl Node {
             .arg(data_dir)
             .arg("--listen")
             .arg(format!("{host}:{port}"))
-            .args(extra)
+            .args(&args)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(logf)
@@ -285,6 +307,7 @@ impl Node {
             data_dir: data_dir.to_path_buf(),
             config: config.to_path_buf(),
             log,
+            tls: mode.is_some(),
         }
     }
 
@@ -293,8 +316,29 @@ impl Node {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// `http://host:port/path`, or `https://` for a node with cluster TLS.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}:{}{}", self.host, self.port, path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}{}", self.host, self.port, path)
+    }
+
+    /// A connection to the node's HTTP server (TLS for a node with cluster TLS).
+    pub fn connect(&self) -> std::io::Result<Conn> {
+        connect(&self.addr(), self.tls)
+    }
+
+    /// The `shoal cluster` flags that reach this node: `--node`, and for a node with
+    /// cluster TLS `https://` and the test CA (`--cluster.tls.ca-file`).
+    pub fn cli_target(&self) -> Vec<String> {
+        match crate::pki::cluster_tls().filter(|_| self.tls) {
+            None => vec!["--node".into(), self.addr()],
+            Some(m) => vec![
+                "--node".into(),
+                format!("https://{}", self.addr()),
+                "--cluster.tls.ca-file".into(),
+                m.ca_file(),
+            ],
+        }
     }
 
     /// Waits until `/-/ready` answers 200; panics with the log if the process exits.
@@ -483,13 +527,17 @@ pub fn http_with_headers(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<HttpAnswer, String> {
-    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err(format!("only http:// and https:// URLs: {url}")),
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let mut s = TcpStream::connect(hostport).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut s = connect(hostport, tls).map_err(|e| e.to_string())?;
+    s.tcp().set_read_timeout(Some(Duration::from_secs(60))).ok();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -575,8 +623,10 @@ pub fn internal_request(
     token: Option<&str>,
     body: &[u8],
 ) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(node.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut s = node.connect().unwrap();
+    s.tcp()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -602,4 +652,67 @@ pub fn internal_request(
     );
     let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
     (code, resp[end..].to_vec())
+}
+
+/// A connection to a node: plain TCP, or TLS over it (the client of the cluster TLS
+/// test mode, `crate::pki`).
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+/// Connects to `host:port`; with `tls`, as the cluster TLS test mode's client (trusting
+/// its CA for `host`, presenting its certificate). The handshake happens on first use.
+pub fn connect(hostport: &str, tls: bool) -> std::io::Result<Conn> {
+    let tcp = TcpStream::connect(hostport)?;
+    if !tls {
+        return Ok(Conn::Plain(tcp));
+    }
+    let mode =
+        crate::pki::cluster_tls().expect("HTTPS to a node outside the cluster TLS test mode");
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
+    let conn = rustls::ClientConnection::new(mode.client(), name).map_err(std::io::Error::other)?;
+    Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+}
+
+impl Conn {
+    /// The TCP stream underneath (timeouts).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            // A server that closes without a TLS close_notify has ended its answer as
+            // over plain TCP (the tests read answers to the end of the connection).
+            Conn::Tls(s) => match s.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! shoal's integration tests: one binary, real `shoal` processes over real HTTP.
 //!
 //! - `harness`: starting nodes, test targets and waiting on conditions.
+//! - `pki`: certificates (openssl), and the cluster TLS test mode
+//!   (`SHOAL_TEST_CLUSTER_TLS=1`: every cluster test over mutual TLS).
 //! - `scrape`: scraping end to end, bad targets, staleness.
 //! - `api`: the HTTP API shapes and errors.
 //! - `lifecycle`: config reloads, crash recovery, CLI commands.
@@ -32,6 +34,7 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod master;
+mod pki;
 mod promtool;
 mod query;
 mod rules;

@@ -286,15 +286,18 @@ fn global_tier_federates_job_series_of_two_datacenters() {
     let rules = rules_dir.path().join("rules.yml");
     std::fs::write(&rules, RULES).unwrap();
     let hosts = ["127.0.0.1", "127.0.0.1"];
+    // The datacenters serve plain HTTP even in the cluster TLS test mode: the global
+    // cluster scrapes their `/federate`, and shoal scrapes no `https://` target yet.
+    let dc_flags = [NO_CLUSTER_TLS];
     let eu = TestCluster::start_with_config(
         &hosts,
         &dc_config("eu", &rules, &counters.servers[0..2]),
-        &[],
+        &dc_flags,
     );
     let us = TestCluster::start_with_config(
         &hosts,
         &dc_config("us", &rules, &counters.servers[2..4]),
-        &[],
+        &dc_flags,
     );
     let global_cfg = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: federate\n    honor_labels: true\n    metrics_path: /federate\n    params:\n      'match[]': ['{{__name__=~\"job:.*\"}}']\n    static_configs:\n      - targets: ['{}', '{}']\n",

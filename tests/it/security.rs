@@ -6,11 +6,13 @@
 //! bodies over raw sockets. Every attempt is refused with its status and message, a
 //! declared body is refused from the headers before a byte of it is read, and nothing
 //! changes: same members, leader and term, no election, no sample lost; the refusals
-//! are counted in `shoal_peer_requests_refused_total{reason}`.
+//! are counted in `shoal_peer_requests_refused_total{reason}`. In the cluster TLS test
+//! mode (`crate::pki`) the stranger even holds a certificate of the cluster CA (the
+//! harness's): the secret is still required, and every refusal is the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use openraft::error::RaftError;
@@ -147,10 +149,14 @@ impl Attacker<'_> {
 
 /// Opens a keep-alive connection to node `n` and sends only the head of a `method path`
 /// request (`framing`: its `Content-Length` or `Transfer-Encoding` header line).
-fn send_head(n: &Node, method: &str, path: &str, auth: Option<&str>, framing: &str) -> TcpStream {
-    let mut s = TcpStream::connect(n.addr()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+fn send_head(n: &Node, method: &str, path: &str, auth: Option<&str>, framing: &str) -> Conn {
+    let mut s = n.connect().expect("connect");
+    s.tcp()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    s.tcp()
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n{framing}",
         n.addr()
@@ -165,7 +171,7 @@ fn send_head(n: &Node, method: &str, path: &str, auth: Option<&str>, framing: &s
 
 /// Reads one answer (head and `Content-Length` body) without waiting for the end of
 /// the connection.
-fn read_answer(s: &mut TcpStream, what: &str) -> HttpAnswer {
+fn read_answer(s: &mut Conn, what: &str) -> HttpAnswer {
     let mut resp = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -190,7 +196,7 @@ fn read_answer(s: &mut TcpStream, what: &str) -> HttpAnswer {
 
 /// Reads the server's whole answer, which must end with the server closing the
 /// connection (a read timeout means it waits for more: an error).
-fn read_until_closed(s: &mut TcpStream, what: &str) -> HttpAnswer {
+fn read_until_closed(s: &mut Conn, what: &str) -> HttpAnswer {
     let mut resp = Vec::new();
     match s.read_to_end(&mut resp) {
         Ok(_) => {}
@@ -204,7 +210,7 @@ fn read_until_closed(s: &mut TcpStream, what: &str) -> HttpAnswer {
 }
 
 /// After the server closed: the declared body cannot be sent (nobody reads it).
-fn assert_body_unwanted(s: &mut TcpStream, what: &str) {
+fn assert_body_unwanted(s: &mut Conn, what: &str) {
     let chunk = vec![0u8; MIB];
     let mut sent = 0;
     while sent < HUGE {

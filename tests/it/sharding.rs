@@ -314,36 +314,18 @@ fn a_join_moves_about_a_quarter_and_a_graceful_leave_moves_them_back() {
     )
     .unwrap();
     assert_eq!(code, 401, "handoff notice without the secret");
-    let authed = |body: &[u8]| {
-        let rest = url.strip_prefix("http://").unwrap();
-        let (hostport, path) = rest.split_once('/').unwrap();
-        let mut s = std::net::TcpStream::connect(hostport).unwrap();
-        use std::io::{Read, Write};
-        write!(
-            s,
-            "POST /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        s.write_all(body).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        resp.split(' ').nth(1).unwrap_or("").to_owned()
-    };
+    let authed =
+        |body: &[u8]| internal_request(&c.nodes[0], "POST", HANDOFF.path, Some(SECRET), body).0;
     let good = notice(12345, 1);
-    assert_eq!(authed(&good[..good.len() - 1]), "400", "a cut notice");
+    assert_eq!(authed(&good[..good.len() - 1]), 400, "a cut notice");
     assert_eq!(
         authed(&[good.clone(), vec![0]].concat()),
-        "400",
+        400,
         "trailing bytes"
     );
-    assert_eq!(
-        authed(b"{\"key\":\"1\",\"viewIndex\":\"1\"}"),
-        "400",
-        "JSON"
-    );
+    assert_eq!(authed(b"{\"key\":\"1\",\"viewIndex\":\"1\"}"), 400, "JSON");
     // A notice for a target this node is not handing off changes nothing.
-    assert_eq!(authed(&good), "200");
+    assert_eq!(authed(&good), 200);
     assert_eq!(wait_settled(&c, &[0, 1, 2], 1), before);
     let lost_before: Vec<f64> = (0..3)
         .map(|i| counter(&c.nodes[i], "shoal_scrape_targets_lost_total"))
