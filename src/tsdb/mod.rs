@@ -11,7 +11,8 @@
 //! - [`codec`]: varints, sortable keys, version bytes, deflate of persisted values.
 //!
 //! sled trees: `series` (symbols and series, one value per WAL flush), `chunks`
-//! (sealed chunks), `sealed` (per series: min time, last sealed sample); `wal` only in
+//! (sealed chunks; those of an import may overlap others), `sealed` (per series: min
+//! time, last sealed sample); `wal` only in
 //! data dirs written before the WAL moved to files (replayed, then truncated away).
 //! The WAL is in `<data dir>/wal/`, one file per segment ([`segments`]).
 //! New series reach sled (fsynced) with the WAL flush that follows their creation,
@@ -1013,6 +1014,11 @@ impl Inner {
         load: &Load,
     ) -> Result<(), StorageError> {
         let r = self.block_range;
+        let from = out.len();
+        // Chunks come in key order (block, min time) and never cross a block; those an
+        // import stored may overlap others of their block: then (only) sort and dedup.
+        let mut prev_max = i64::MIN;
+        let mut overlap = false;
         let mut b = block_of(lo, r);
         while b <= hi {
             for item in self.chunks.scan_prefix(retention::series_prefix(b, id)) {
@@ -1029,6 +1035,8 @@ impl Inner {
                 if min_t > hi || max_t < lo {
                     continue;
                 }
+                overlap |= min_t <= prev_max;
+                prev_max = prev_max.max(max_t);
                 let before = out.len();
                 if let Err(e) = chunkenc::decode_range(bytes, lo, hi, out) {
                     out.truncate(before);
@@ -1044,6 +1052,9 @@ impl Inner {
                 Some(n) => n,
                 None => break,
             };
+        }
+        if overlap {
+            sort_dedup(out, from);
         }
         Ok(())
     }
@@ -1079,8 +1090,7 @@ impl Inner {
             })?;
         }
         if out.len() > before {
-            out.sort_by_key(|s| s.t);
-            out.dedup_by_key(|s| s.t);
+            sort_dedup(out, 0);
         }
         Ok(())
     }
@@ -1116,6 +1126,20 @@ impl Inner {
             .filter_map(|(pos, labels)| Some((labels, snaps.get_mut(pos)?.take()?)))
             .collect())
     }
+}
+
+/// Sorts `samples[from..]` by time (stably) and keeps the first sample of every
+/// timestamp.
+fn sort_dedup(samples: &mut Vec<Sample>, from: usize) {
+    samples[from..].sort_by_key(|s| s.t);
+    let mut w = from;
+    for i in from..samples.len() {
+        if w == from || samples[w - 1].t != samples[i].t {
+            samples[w] = samples[i];
+            w += 1;
+        }
+    }
+    samples.truncate(w);
 }
 
 /// The newest sample time accepted now: the clock plus `max_future`.
@@ -1229,7 +1253,13 @@ impl Tsdb {
                 let mut samples = Vec::new();
                 inner.sealed_samples(snap.id, lo, sealed_hi, &mut samples, &load)?;
                 inner.pending_samples(snap.id, lo, sealed_hi, &mut samples)?;
+                // Sealed samples end before the open chunk starts (imports seal the
+                // head chunk they would reach); checked, as it costs one comparison.
+                let sealed_end = samples.last().map(|s| s.t);
                 samples.extend_from_slice(&head_samples);
+                if sealed_end.is_some_and(|t| head_samples.first().is_some_and(|h| h.t <= t)) {
+                    sort_dedup(&mut samples, 0);
+                }
                 if let Some(g) = &load.grid {
                     g.thin(&mut samples, 0);
                 }
