@@ -59,13 +59,15 @@ struct Fleet {
 
 impl Fleet {
     fn new(dir: &std::path::Path, n: usize) -> Fleet {
+        let t = 1_700_000_000_000;
         let opts = TsdbOptions {
             maintenance_interval: Duration::from_secs(3600),
+            // The samples' times are fixed: so is "now" (retention follows the clock).
+            clock: shoal::tsdb::Clock::manual(t + 86_400_000),
             ..TsdbOptions::default()
         };
         let db = Tsdb::open(dir, opts).expect("open tsdb");
         let targets = n.div_ceil(SERIES_PER_TARGET);
-        let t = 1_700_000_000_000;
         let mut refs = Vec::with_capacity(targets);
         for tg in 0..targets {
             let mut app = db.appender();
@@ -204,6 +206,61 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     fleet.db.close().expect("close");
+    sealed(c);
+}
+
+/// Selects over sealed chunks: 1000 series scraped every 15 s for 6 hours (12 sealed
+/// chunks each, over 3 blocks), a quarter of them over the whole range and over the
+/// last hour.
+fn sealed(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = TsdbOptions {
+        maintenance_interval: Duration::from_secs(3600),
+        clock: shoal::tsdb::Clock::manual(1_700_000_000_000 + 7 * 3_600_000),
+        ..TsdbOptions::default()
+    };
+    let db = Tsdb::open(dir.path(), opts).expect("open tsdb");
+    let t0 = 1_700_000_000_000i64;
+    let series: Vec<Labels> = (0..1000).map(|j| labels(0, j)).collect();
+    let mut refs: Vec<SeriesRef> = Vec::new();
+    for k in 0..1440i64 {
+        let t = t0 + k * 15_000;
+        let mut app = db.appender();
+        if k == 0 {
+            for (j, l) in series.iter().enumerate() {
+                refs.push(app.append(l, t, value(j, t)).expect("append"));
+            }
+        } else {
+            for (j, &r) in refs.iter().enumerate() {
+                app.append_ref(r, t, value(j, t)).expect("append_ref");
+            }
+        }
+        app.commit().expect("commit");
+    }
+    db.flush().expect("flush");
+    let end = t0 + 1439 * 15_000;
+    let m = [Matcher::equal("__name__", "http_requests_total")];
+    let mut g = c.benchmark_group("tsdb_sealed");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    // Throughput in samples returned.
+    for (name, start, samples) in [
+        ("select_250_series_6h", t0, 250 * 1440),
+        ("select_250_series_1h", end - 3_600_000, 250 * 241),
+    ] {
+        g.throughput(Throughput::Elements(samples));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let h = SelectHints {
+                    start,
+                    end,
+                    ..SelectHints::default()
+                };
+                black_box(db.select(&h, &m).expect("select").series.len())
+            })
+        });
+    }
+    g.finish();
+    db.close().expect("close");
 }
 
 criterion_group!(benches, bench);

@@ -1158,6 +1158,36 @@ impl prometheus_client::collector::Collector for TsdbCollector {
             let g = ConstGauge::new(v);
             g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
+        {
+            let help = "Samples of historical imports (drain, backfill) by result: stored; duplicate (held already), conflicting (held with another value, which is kept), replica (same scrape as a held sample), out_of_bounds (older than retention), too_far_in_future";
+            let mut family = enc.encode_descriptor(
+                "tsdb_import_samples",
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (result, v) in [
+                ("stored", s.import_samples_stored_total),
+                ("duplicate", s.import_samples_duplicate_total),
+                ("conflicting", s.import_samples_conflicting_total),
+                ("replica", s.import_samples_replica_total),
+                ("out_of_bounds", s.import_samples_out_of_bounds_total),
+                (
+                    "too_far_in_future",
+                    s.import_samples_too_far_in_future_total,
+                ),
+            ] {
+                let c = ConstCounter::new(v);
+                c.encode(family.encode_family(&[("result", result)])?)?;
+            }
+        }
+        let c = ConstCounter::new(s.import_chunks_total);
+        c.encode(enc.encode_descriptor(
+            "tsdb_import_chunks",
+            "Chunks written by historical imports (as received or encoded anew)",
+            None,
+            c.metric_type(),
+        )?)?;
         Ok(())
     }
 }

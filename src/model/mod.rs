@@ -8,6 +8,7 @@ pub mod labels;
 pub mod matcher;
 pub mod relabel;
 pub mod sample;
+pub mod scrape_slot;
 pub mod textparse;
 
 pub use labels::{Label, Labels, LabelsBuilder};

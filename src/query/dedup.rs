@@ -16,7 +16,7 @@
 //!   from then on. "Same scrape" is decided by scrape slots: all sources scrape on one
 //!   phase and scrapes only ever run late, so the phase (estimated from the samples
 //!   around the switch) cuts time into slots of `d`, and a replica that ran up to
-//!   0.9 `d` late still falls in its own slot ([`slot_end`]). Samples of other sources
+//!   0.9 `d` late still falls in its own slot ([`scrape_slot::slot`]). Samples of other sources
 //!   in the slot of a sample already taken are replicas of it and are dropped.
 //!
 //! Staleness markers are samples like any other here: a marker of the followed source
@@ -25,9 +25,7 @@
 //! every node (member id), so every node computes the same merged series.
 
 use crate::model::Sample;
-
-/// Spacing assumed when no source has two samples (as Thanos's initial penalty).
-const DEFAULT_SPACING_MS: i64 = 5_000;
+use crate::model::scrape_slot::{self, spacing};
 
 /// Merges the time-sorted sample lists of one series from several sources (in a fixed
 /// order) into one time-sorted list without replica duplicates.
@@ -92,62 +90,11 @@ pub fn merge(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
     out
 }
 
-/// The end of the scrape slot of the sample at `t`: samples of other sources up to it
-/// come from the same scrape (replicas), even when one of them ran late.
-///
-/// Every source scrapes the target on the same phase (it comes from the target key),
-/// and a scrape can only start late, never early. The phase is estimated from the
-/// samples of all sources around `t` (ten intervals back, two ahead): the start of the
-/// densest `d / 10` window of their positions modulo `d` — the on-time scrapes. A slot
-/// starts `d / 10` before the phase (early jitter) and lasts `d`, so a scrape up to
-/// 0.9 `d` late still counts for its own slot.
+/// The end of the scrape slot of the sample at `t` ([`scrape_slot::slot`]): samples of
+/// other sources up to it come from the same scrape (replicas), even when one of them
+/// ran late.
 fn slot_end(sources: &[Vec<Sample>], t: i64, d: i64) -> i64 {
-    let tol = (d / 10).max(1);
-    let (lo, hi) = (t.saturating_sub(10 * d), t.saturating_add(2 * d));
-    let mut residues: Vec<i64> = sources
-        .iter()
-        .flat_map(|src| {
-            let from = src.partition_point(|x| x.t < lo);
-            src[from..].iter().take_while(|x| x.t <= hi)
-        })
-        .map(|x| (x.t - t).rem_euclid(d))
-        .collect();
-    residues.sort_unstable();
-    // The densest window [r, r + tol] (circular), earliest r on ties.
-    let n = residues.len();
-    let mut phase = 0;
-    let mut best = 0usize;
-    let mut j = 0usize;
-    for i in 0..n {
-        if j < i {
-            j = i;
-        }
-        // Advance j (modulo n, over at most one full turn) while within the window.
-        while j + 1 < i + n && (residues[(j + 1) % n] - residues[i]).rem_euclid(d) <= tol {
-            j += 1;
-        }
-        let count = j - i + 1;
-        if count > best {
-            best = count;
-            phase = residues[i];
-        }
-    }
-    let start = t - (tol - phase).rem_euclid(d);
-    start + d
-}
-
-/// The median gap between consecutive samples over all sources.
-fn spacing(sources: &[Vec<Sample>]) -> i64 {
-    let mut gaps: Vec<i64> = sources
-        .iter()
-        .flat_map(|s| s.windows(2).map(|w| w[1].t - w[0].t))
-        .filter(|g| *g > 0)
-        .collect();
-    if gaps.is_empty() {
-        return DEFAULT_SPACING_MS;
-    }
-    let mid = gaps.len() / 2;
-    *gaps.select_nth_unstable(mid).1
+    scrape_slot::slot(sources, t, d).1
 }
 
 #[cfg(test)]

@@ -8,10 +8,14 @@
 //! - [`wal`]: the write-ahead log's record format;
 //! - [`segments`]: the WAL's segment files;
 //! - [`retention`]: the `chunks` tree layout and block retention;
-//! - [`codec`]: varints, sortable keys, version bytes, deflate of persisted values.
+//! - [`codec`]: varints, sortable keys, version bytes, deflate of persisted values;
+//! - [`import`]: historical import of chunks older than, or interleaved with, what the
+//!   TSDB holds (the drain of a leaving node, backfill);
+//! - [`export`]: the whole TSDB as raw chunks in a resumable order (the drain's source).
 //!
 //! sled trees: `series` (symbols and series, one value per WAL flush), `chunks`
-//! (sealed chunks), `sealed` (per series: min time, last sealed sample); `wal` only in
+//! (sealed chunks; those of an import may overlap others), `sealed` (per series: min
+//! time, last sealed sample); `wal` only in
 //! data dirs written before the WAL moved to files (replayed, then truncated away).
 //! The WAL is in `<data dir>/wal/`, one file per segment ([`segments`]).
 //! New series reach sled (fsynced) with the WAL flush that follows their creation,
@@ -40,12 +44,27 @@
 //! [`TsdbOptions::max_future`] ahead of the wall clock → `TooFarInFuture` (shoal's
 //! addition: Prometheus accepts such a sample, and its head then rejects every other
 //! series' samples). Retention follows the wall clock too, never the newest sample.
+//!
+//! # Historical import and overlapping chunks
+//! Appends are in order per series; [`Tsdb::import`] is the out-of-order path, by chunk:
+//! it stores what a series lacks, drops what it holds (counted), and is **idempotent**
+//! (the same chunks again store nothing) and **durable before it returns** (one sled
+//! flush per call, with the WAL). Imported chunks may overlap sealed chunks of their
+//! block, so **reads merge overlapping chunks**: the sealed scan notices a chunk that
+//! starts before the previous one ends (one comparison per chunk) and only then sorts
+//! and keeps one sample per timestamp; disjoint chunks are read as before. Imported
+//! samples are never newer than the start of the series' open head chunk (an import
+//! that reaches it seals it first), so the WAL never holds a sample older than the
+//! series' last sealed one and replay keeps working; an import newer than the series'
+//! last sample moves that sample (the ordering floor of appends) with it.
 
 pub mod check;
 pub mod chunkenc;
 pub mod clock;
 pub mod codec;
+pub mod export;
 pub mod head;
+pub mod import;
 pub mod index;
 pub mod retention;
 pub mod segments;
@@ -65,7 +84,9 @@ use sled::Tree;
 
 pub use self::clock::Clock;
 use self::codec::{FORMAT_DEFLATE, FORMAT_V1, U64Map, bytes8};
+pub use self::export::{ExportBatch, ExportCursor, ExportTotals};
 use self::head::{Appended, Head, MemSeries, SealedChunk, block_of};
+pub use self::import::{ImportMode, ImportSeries, ImportStats, RawChunk};
 use self::index::{Index, sled_err};
 use self::segments::SegmentFiles;
 use self::wal::{RecordBuilder, WalCursor};
@@ -159,6 +180,18 @@ pub struct TsdbStats {
     /// Estimated bytes held by the head (series structs, open chunks, hash lookup),
     /// without the in-memory postings and sled's cache.
     pub head_bytes: u64,
+    /// Imported samples ([`Tsdb::import`]) by outcome: stored; dropped as present
+    /// already (same timestamp and value bits), as conflicting (same timestamp, other
+    /// bits: the held one kept), as replicas (same scrape slot, replica mode), as older
+    /// than retention, as too far ahead of the clock.
+    pub import_samples_stored_total: u64,
+    pub import_samples_duplicate_total: u64,
+    pub import_samples_conflicting_total: u64,
+    pub import_samples_replica_total: u64,
+    pub import_samples_out_of_bounds_total: u64,
+    pub import_samples_too_far_in_future_total: u64,
+    /// Chunks written by imports (as received or encoded anew).
+    pub import_chunks_total: u64,
 }
 
 #[derive(Default)]
@@ -184,6 +217,13 @@ struct Counters {
     corrupt_chunks: AtomicU64,
     corrupt_records: AtomicU64,
     replay_unknown: AtomicU64,
+    import_stored: AtomicU64,
+    import_duplicate: AtomicU64,
+    import_conflicting: AtomicU64,
+    import_replica: AtomicU64,
+    import_out_of_bounds: AtomicU64,
+    import_too_far_in_future: AtomicU64,
+    import_chunks: AtomicU64,
 }
 
 struct WalBuf {
@@ -231,6 +271,9 @@ struct Inner {
     closed: AtomicBool,
     signal: Arc<Signal>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Imports run one at a time (two imports of one series would each miss the
+    /// other's chunks).
+    import_lock: Mutex<()>,
 }
 
 /// The TSDB. Cheap to clone; all clones share one store.
@@ -329,6 +372,7 @@ impl Tsdb {
                 cv: Condvar::new(),
             }),
             thread: Mutex::new(None),
+            import_lock: Mutex::new(()),
         });
         inner
             .counters
@@ -402,6 +446,13 @@ impl Tsdb {
             disk_size_bytes: self.inner.db.size_on_disk().unwrap_or(0)
                 + self.inner.wal.lock().files.size(),
             head_bytes,
+            import_samples_stored_total: c.import_stored.load(Relaxed),
+            import_samples_duplicate_total: c.import_duplicate.load(Relaxed),
+            import_samples_conflicting_total: c.import_conflicting.load(Relaxed),
+            import_samples_replica_total: c.import_replica.load(Relaxed),
+            import_samples_out_of_bounds_total: c.import_out_of_bounds.load(Relaxed),
+            import_samples_too_far_in_future_total: c.import_too_far_in_future.load(Relaxed),
+            import_chunks_total: c.import_chunks.load(Relaxed),
         }
     }
 
@@ -872,18 +923,7 @@ impl Inner {
 
     /// Finds or creates the series with these labels. Returns `(id, created)`.
     fn get_or_create(&self, labels: &Labels) -> Result<(u64, bool), AppendError> {
-        if labels.is_empty() {
-            return Err(AppendError::InvalidLabels("empty label set".into()));
-        }
-        if let Some(l) = labels
-            .iter()
-            .find(|l| l.name.is_empty() || l.name.contains('\0'))
-        {
-            return Err(AppendError::InvalidLabels(format!(
-                "invalid label name {:?}",
-                l.name
-            )));
-        }
+        import::check_labels(labels)?;
         let hash = labels.stable_hash();
         let storage = |e: StorageError| AppendError::Storage(e.0);
         {
@@ -1013,6 +1053,11 @@ impl Inner {
         load: &Load,
     ) -> Result<(), StorageError> {
         let r = self.block_range;
+        let from = out.len();
+        // Chunks come in key order (block, min time) and never cross a block; those an
+        // import stored may overlap others of their block: then (only) sort and dedup.
+        let mut prev_max = i64::MIN;
+        let mut overlap = false;
         let mut b = block_of(lo, r);
         while b <= hi {
             for item in self.chunks.scan_prefix(retention::series_prefix(b, id)) {
@@ -1029,6 +1074,8 @@ impl Inner {
                 if min_t > hi || max_t < lo {
                     continue;
                 }
+                overlap |= min_t <= prev_max;
+                prev_max = prev_max.max(max_t);
                 let before = out.len();
                 if let Err(e) = chunkenc::decode_range(bytes, lo, hi, out) {
                     out.truncate(before);
@@ -1044,6 +1091,9 @@ impl Inner {
                 Some(n) => n,
                 None => break,
             };
+        }
+        if overlap {
+            sort_dedup(out, from);
         }
         Ok(())
     }
@@ -1079,8 +1129,7 @@ impl Inner {
             })?;
         }
         if out.len() > before {
-            out.sort_by_key(|s| s.t);
-            out.dedup_by_key(|s| s.t);
+            sort_dedup(out, 0);
         }
         Ok(())
     }
@@ -1116,6 +1165,20 @@ impl Inner {
             .filter_map(|(pos, labels)| Some((labels, snaps.get_mut(pos)?.take()?)))
             .collect())
     }
+}
+
+/// Sorts `samples[from..]` by time (stably) and keeps the first sample of every
+/// timestamp.
+fn sort_dedup(samples: &mut Vec<Sample>, from: usize) {
+    samples[from..].sort_by_key(|s| s.t);
+    let mut w = from;
+    for i in from..samples.len() {
+        if w == from || samples[w - 1].t != samples[i].t {
+            samples[w] = samples[i];
+            w += 1;
+        }
+    }
+    samples.truncate(w);
 }
 
 /// The newest sample time accepted now: the clock plus `max_future`.
@@ -1229,7 +1292,13 @@ impl Tsdb {
                 let mut samples = Vec::new();
                 inner.sealed_samples(snap.id, lo, sealed_hi, &mut samples, &load)?;
                 inner.pending_samples(snap.id, lo, sealed_hi, &mut samples)?;
+                // Sealed samples end before the open chunk starts (imports seal the
+                // head chunk they would reach); checked, as it costs one comparison.
+                let sealed_end = samples.last().map(|s| s.t);
                 samples.extend_from_slice(&head_samples);
+                if sealed_end.is_some_and(|t| head_samples.first().is_some_and(|h| h.t <= t)) {
+                    sort_dedup(&mut samples, 0);
+                }
                 if let Some(g) = &load.grid {
                     g.thin(&mut samples, 0);
                 }
@@ -1512,3 +1581,6 @@ mod tests;
 
 #[cfg(test)]
 mod select_tests;
+
+#[cfg(test)]
+mod import_tests;

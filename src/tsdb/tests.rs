@@ -3,7 +3,7 @@
 use super::*;
 use crate::model::{MatchOp, stale_nan};
 
-fn opts() -> TsdbOptions {
+pub(super) fn opts() -> TsdbOptions {
     TsdbOptions {
         // Keep the background thread out of the way; tests flush explicitly.
         wal_flush_interval: Duration::from_secs(3600),
@@ -14,19 +14,19 @@ fn opts() -> TsdbOptions {
     }
 }
 
-const DAY: i64 = 24 * 3_600_000;
+pub(super) const DAY: i64 = 24 * 3_600_000;
 
-fn lbl(name: &str, extra: &[(&str, &str)]) -> Labels {
+pub(super) fn lbl(name: &str, extra: &[(&str, &str)]) -> Labels {
     let mut p = vec![("__name__", name)];
     p.extend_from_slice(extra);
     Labels::from_pairs(&p)
 }
 
-fn eq(n: &str, v: &str) -> Matcher {
+pub(super) fn eq(n: &str, v: &str) -> Matcher {
     Matcher::equal(n, v)
 }
 
-fn hints(start: i64, end: i64) -> SelectHints {
+pub(super) fn hints(start: i64, end: i64) -> SelectHints {
     SelectHints {
         start,
         end,
@@ -41,7 +41,11 @@ fn ts(set: &SeriesSet) -> Vec<Vec<(i64, f64)>> {
         .collect()
 }
 
-fn append_all(db: &Tsdb, labels: &Labels, samples: impl IntoIterator<Item = (i64, f64)>) {
+pub(super) fn append_all(
+    db: &Tsdb,
+    labels: &Labels,
+    samples: impl IntoIterator<Item = (i64, f64)>,
+) {
     let mut app = db.appender();
     for (t, v) in samples {
         app.append(labels, t, v).unwrap();
@@ -49,7 +53,7 @@ fn append_all(db: &Tsdb, labels: &Labels, samples: impl IntoIterator<Item = (i64
     app.commit().unwrap();
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(super) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

@@ -132,6 +132,9 @@ fn status_endpoints() {
         "shoal_tsdb_samples_appended_total",
         "shoal_tsdb_head_series",
         "shoal_scrapes_total",
+        r#"shoal_tsdb_import_samples_total{result="stored"} 0"#,
+        r#"shoal_tsdb_import_samples_total{result="replica"} 0"#,
+        "shoal_tsdb_import_chunks_total 0",
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
