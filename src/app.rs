@@ -5,8 +5,10 @@
 //!
 //! Signals: SIGINT stops the node and keeps its cluster identity (a restart rejoins
 //! with the same id and log, like a crash). SIGTERM is a graceful leave: the node
+//! announces it is leaving, moves its samples to their new owners ([`crate::drain`]),
 //! leaves the membership, stops, and wipes its cluster state (not its samples), so a
-//! restart joins as a new member. `POST /api/v1/cluster/leave` does the same as SIGTERM.
+//! restart joins as a new member (a node killed mid-drain keeps its identity and
+//! resumes the drain when it starts again). `POST /api/v1/cluster/leave` does the same as SIGTERM.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -159,7 +161,7 @@ fn check_web_config(files: &[PathBuf]) -> ExitCode {
 pub fn run_until_signal(args: RunArgs) -> anyhow::Result<()> {
     actix::System::new().block_on(async move {
         let node = Node::start(args).await?;
-        let (left, quit) = (node.left.clone(), node.quit.clone());
+        let (leave, quit) = (node.leave.clone(), node.quit.clone());
         let cluster = node.cluster.clone();
         tokio::select! {
             why = cluster.raft_failed() => {
@@ -175,10 +177,7 @@ pub fn run_until_signal(args: RunArgs) -> anyhow::Result<()> {
                 ShutdownSignal::Interrupt => node.stop().await,
                 ShutdownSignal::Terminate => node.leave_and_stop().await,
             },
-            _ = left.notified() => {
-                tracing::info!("this node left the cluster; shutting down");
-                node.stop_after_leave().await;
-            }
+            _ = leave.notified() => node.leave_and_stop().await,
         }
         Ok(())
     })
@@ -258,8 +257,13 @@ pub struct Node {
     cluster_metrics: tokio::task::JoinHandle<()>,
     rules: RuleManager,
     master_loop: tokio::task::JoinHandle<()>,
-    /// Notified when this node has left the cluster through the HTTP API.
-    pub left: Arc<tokio::sync::Notify>,
+    /// Notified to leave gracefully (the HTTP API's leave, or a restarted node that
+    /// finds itself leaving in the committed state): as SIGTERM.
+    pub leave: Arc<tokio::sync::Notify>,
+    /// Where the drain keeps its cursor.
+    data_dir: std::path::PathBuf,
+    /// `--cluster.drain-rate`.
+    drain_rate: u64,
     /// Notified by `POST /-/quit` (`--web.enable-lifecycle`): stop, keeping the
     /// cluster identity, as on SIGINT.
     pub quit: Arc<tokio::sync::Notify>,
@@ -341,6 +345,10 @@ fn flags_map(args: &RunArgs) -> BTreeMap<String, String> {
         path(&args.cluster.tls_ca_file),
     );
     m.insert("cluster.insecure".into(), args.cluster.insecure.to_string());
+    m.insert(
+        "cluster.drain-rate".into(),
+        args.cluster.drain_rate.to_string(),
+    );
     m.insert(
         "cluster.advertise".into(),
         args.cluster.advertise.clone().unwrap_or_default(),
@@ -549,10 +557,11 @@ impl Node {
                         }
                         formed = true;
                     }
+                    // Targets go to members that are up and not leaving.
                     mgr.do_send(ApplyMembership(Membership {
                         node_id,
                         index: v.index,
-                        members: v.up.clone(),
+                        members: v.owners(),
                     }));
                     if views.changed().await.is_err() {
                         break;
@@ -624,12 +633,13 @@ impl Node {
                 }
             })
         };
-        let left = Arc::new(tokio::sync::Notify::new());
+        let leave = Arc::new(tokio::sync::Notify::new());
         let quit = Arc::new(tokio::sync::Notify::new());
-        let exit_after_leave: Arc<dyn Fn() + Send + Sync> = {
-            let left = left.clone();
-            Arc::new(move || left.notify_one())
+        let start_leave: Arc<dyn Fn() + Send + Sync> = {
+            let leave = leave.clone();
+            Arc::new(move || leave.notify_one())
         };
+        resume_leave(&cluster, leave.clone());
 
         // Reads answer for the whole cluster (query any node); `local` is this node.
         let engine_opts = EngineOptions {
@@ -692,10 +702,14 @@ impl Node {
             writable: Arc::new(tsdb.clone()),
             cluster: Some(web::cluster::ClusterWeb {
                 handle: cluster.clone(),
-                exit_after_leave,
+                start_leave,
+                replication_factor: args.cluster.replication_factor,
             }),
             peer_access,
             rules: Some(rule_manager.clone()),
+            drain_receiver: Some(Arc::new(crate::drain::receive::Receiver::new(Arc::new(
+                tsdb.clone(),
+            )))),
         };
         let addrs = bound.addrs.clone();
         let server = web::serve(state, bound, security, listener_tls)
@@ -721,7 +735,9 @@ impl Node {
             cluster_metrics,
             rules: rule_manager,
             master_loop,
-            left,
+            leave,
+            data_dir: args.data_dir.clone(),
+            drain_rate: args.cluster.drain_rate,
             quit,
         })
     }
@@ -731,40 +747,44 @@ impl Node {
         &self.cluster
     }
 
-    /// Graceful leave (SIGTERM): leaves the membership when there is anyone to leave,
-    /// stops, and wipes the cluster state when the leave went through. When the leave
-    /// fails (no leader reachable, last voter) the node keeps its identity, as after
-    /// SIGINT, and the others mark it down.
+    /// Graceful leave (SIGTERM, `POST /api/v1/cluster/leave`): when there is anyone to
+    /// leave to, moves this node's samples to their new owners (`crate::drain`), leaves
+    /// the membership, stops, and wipes the cluster state. A drain takes as long as its
+    /// data needs (it is not bounded: interrupted, a restart resumes it). When the leave
+    /// itself fails (no leader) the node keeps its identity, as after SIGINT.
     pub async fn leave_and_stop(self) {
+        let me = self.cluster.node_id();
         let others = self
             .cluster
             .status()
             .await
             .members
             .iter()
-            .any(|m| m.id != self.cluster.node_id());
-        let left = if others {
-            // Bounded so that the whole stop fits in `docker stop`'s 10 s grace period.
-            match tokio::time::timeout(std::time::Duration::from_secs(6), self.cluster.leave())
-                .await
-            {
-                Ok(Ok(())) => {
-                    tracing::info!(node_id = self.cluster.node_id(), "left the cluster");
-                    true
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot leave the cluster; keeping this node's identity");
-                    false
-                }
-                Err(_) => {
-                    tracing::warn!("leaving the cluster timed out; keeping this node's identity");
-                    false
-                }
-            }
-        } else {
-            false
+            .any(|m| m.id != me);
+        if !others {
+            self.stop().await;
+            return;
+        }
+        let cursor = crate::drain::cursor::CursorFile::new(&self.data_dir);
+        let drain = crate::drain::Drain {
+            cluster: self.cluster.clone(),
+            store: Arc::new(self.tsdb.clone()),
+            targets: self.targets.clone(),
+            cursor: cursor.clone(),
+            opts: crate::drain::DrainOptions::with_rate(self.drain_rate),
+            stop_writers: {
+                let rules = self.rules.clone();
+                Box::new(move || rules.stop())
+            },
         };
+        if let Err(e) = drain.run().await {
+            tracing::error!(error = %e, "the drain failed; keeping this node's identity (a restart resumes it)");
+            self.stop().await;
+            return;
+        }
+        let left = leave_membership(&self.cluster).await;
         if left {
+            cursor.remove();
             self.stop_after_leave().await;
         } else {
             self.stop().await;
@@ -775,50 +795,10 @@ impl Node {
     /// restart joins as a new member (the samples in the TSDB stay).
     pub async fn stop_after_leave(self) {
         let data = self.cluster_data.clone();
-        self.hand_off_targets().await;
         self.stop().await;
         match ClusterHandle::wipe_state(&data) {
             Ok(()) => tracing::info!("cluster state wiped; a restart joins as a new member"),
             Err(e) => tracing::error!(error = %e, "cannot wipe the cluster state"),
-        }
-    }
-
-    /// After a leave: assigns the targets over the remaining members and keeps scraping
-    /// them until their new owners report a first scrape (make before break), bounded
-    /// so that the whole stop fits in `docker stop`'s grace period.
-    async fn hand_off_targets(&self) {
-        let me = self.cluster.node_id();
-        let view = self.cluster.membership_view().borrow().clone();
-        let mut members = view.up;
-        members.remove(&me);
-        if members.is_empty() {
-            return;
-        }
-        self.manager.do_send(ApplyMembership(Membership {
-            node_id: me,
-            index: view.index,
-            members,
-        }));
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            let pending = self
-                .targets
-                .snapshot()
-                .active
-                .iter()
-                .filter(|a| a.handing_off)
-                .count();
-            if pending == 0 {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::info!(
-                    pending,
-                    "handoff bound passed; stopping the remaining targets"
-                );
-                break;
-            }
         }
     }
 
@@ -841,6 +821,46 @@ impl Node {
         }
         tracing::info!("shoal stopped");
     }
+}
+
+/// Removes this node from the membership once its drain is done, retrying through
+/// leader changes for a while. Returns whether it left.
+async fn leave_membership(cluster: &ClusterHandle) -> bool {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), cluster.leave()).await {
+            Ok(Ok(())) => {
+                tracing::info!(node_id = cluster.node_id(), "left the cluster");
+                return true;
+            }
+            Ok(Err(e)) => tracing::info!(error = %e, "cannot leave the membership yet"),
+            Err(_) => tracing::info!("leaving the membership timed out"),
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "cannot leave the membership; keeping this node's identity (a restart tries again)"
+            );
+            return false;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// A node that restarts while leaving (killed mid-drain) finds itself leaving in the
+/// committed state: it resumes the leave.
+fn resume_leave(cluster: &ClusterHandle, leave: Arc<tokio::sync::Notify>) {
+    let me = cluster.node_id();
+    let mut views = cluster.membership_view();
+    actix::spawn(async move {
+        if views.wait_for(|v| v.leaving.contains(&me)).await.is_ok() {
+            tracing::info!(
+                "this node is leaving the cluster (committed before a restart?): resuming the leave"
+            );
+            leave.notify_one();
+        }
+    });
 }
 
 /// The members a cluster read asks: the up members of the committed view (current at

@@ -225,6 +225,10 @@ pub struct ClusterArgs {
     /// A member silent this long is committed as down.
     #[arg(long = "cluster.down-after", default_value = "10s", value_parser = parse_duration)]
     pub down_after: Duration,
+    /// How fast a leaving node moves its samples to their new owners, in bytes of
+    /// chunks per second (0: no limit). Bounds the load a leave puts on the receivers.
+    #[arg(long = "cluster.drain-rate", default_value = "64MiB", value_parser = crate::config::parse_base2_bytes)]
+    pub drain_rate: u64,
     /// How many nodes scrape each target (the top R members by rendezvous hash).
     #[arg(long = "cluster.replication-factor", default_value_t = 1, value_parser = parse_replication_factor)]
     pub replication_factor: usize,
@@ -251,6 +255,7 @@ impl Default for ClusterArgs {
             max_voters: 5,
             down_after: Duration::from_secs(10),
             replication_factor: 1,
+            drain_rate: 64 << 20,
             heartbeat_interval: Duration::from_millis(200),
             election_timeout: Duration::from_millis(600),
         }
@@ -271,9 +276,14 @@ pub enum ClusterCommand {
     /// Make a node leave the cluster gracefully (it leaves, then exits).
     Leave(ClusterTarget),
     /// Remove a member that is gone for good (sent to any node; forwarded to the leader).
+    /// With replication factor 1 the samples only that member holds are lost with it:
+    /// the command says so and acts only with `--yes`.
     Remove {
         /// Id of the member to remove (as shown by `shoal cluster status`).
         node_id: String,
+        /// Remove it even though its samples are lost (replication factor 1).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         target: ClusterTarget,
     },
@@ -419,7 +429,9 @@ mod tests {
         let cli = Cli::try_parse_from(["shoal", "cluster", "remove", "42", "--node", "h:1"])
             .expect("parse remove");
         let Command::Cluster {
-            what: ClusterCommand::Remove { node_id, target },
+            what: ClusterCommand::Remove {
+                node_id, target, ..
+            },
         } = cli.command
         else {
             panic!("not cluster remove");

@@ -35,10 +35,17 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             ClusterCommand::Leave(t) => {
                 let data: LeaveDoc =
                     call_node(&t, reqwest::Method::POST, "/api/v1/cluster/leave").await?;
-                println!(
-                    "node {} left the cluster and is shutting down",
-                    data.node_id
-                );
+                if data.left {
+                    println!(
+                        "node {} left the cluster and is shutting down",
+                        data.node_id
+                    );
+                } else {
+                    println!(
+                        "node {} is leaving: its targets moved to the other members; it moves its samples to them, then leaves and shuts down (progress: shoal cluster status)",
+                        data.node_id
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             ClusterCommand::NewSecret { file } => {
@@ -49,11 +56,23 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            ClusterCommand::Remove { node_id, target } => {
+            ClusterCommand::Remove {
+                node_id,
+                target,
+                yes,
+            } => {
                 let id: u64 = node_id
                     .trim()
                     .parse()
                     .with_context(|| format!("invalid node id {node_id:?}"))?;
+                let status: ClusterDoc =
+                    call_node(&target, reqwest::Method::GET, "/api/v1/cluster").await?;
+                if let Some(warning) = removal_warning(&status, &id.to_string())
+                    && !yes
+                {
+                    eprintln!("{warning}\nNothing was changed. Run again with --yes to remove it.");
+                    return Ok(ExitCode::from(2));
+                }
                 let data: RemoveDoc = call_node(
                     &target,
                     reqwest::Method::POST,
@@ -65,6 +84,32 @@ pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// What removing member `id` costs, when it costs anything: with replication factor 1
+/// every sample only that member holds (the history of the targets it scraped and did
+/// not hand over by a graceful leave) leaves the cluster's answers with it; a member
+/// that is up should leave gracefully instead (`shoal cluster leave`), which moves its
+/// samples first.
+pub fn removal_warning(status: &ClusterDoc, id: &str) -> Option<String> {
+    let member = status.members.iter().find(|m| m.id == id)?;
+    let rf = status.replication_factor.unwrap_or(1);
+    let mut lines = Vec::new();
+    if member.state != "down" {
+        lines.push(format!(
+            "node {id} ({}) is {}: `shoal cluster leave --node {}` moves its samples to the other members before it leaves; removing it does not.",
+            member.address, member.state, member.address
+        ));
+    }
+    if rf < 2 {
+        lines.push(format!(
+            "With replication factor {rf}, removing node {id} loses every sample only it holds: the history of the targets it scraped ({} now) since they moved to it. Its targets move to the other members and are scraped from then on. The samples come back only if the node is started again on its data dir (it then joins as a new member and serves them).",
+            member
+                .targets
+                .map_or_else(|| "unknown".to_owned(), |t| t.to_string())
+        ));
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 /// `shoal healthcheck URL`: GET the URL; success (exit 0) on a 2xx answer, else a
@@ -215,6 +260,7 @@ pub fn render_table(data: &ClusterDoc) -> String {
         "STATE".to_owned(),
         "TARGETS".to_owned(),
         "LAST CONTACT".to_owned(),
+        "DRAIN".to_owned(),
         String::new(),
     ]];
     for m in &data.members {
@@ -232,10 +278,17 @@ pub fn render_table(data: &ClusterDoc) -> String {
             m.state.clone(),
             opt(m.targets.map(|t| t.to_string())),
             opt(m.last_contact.clone()),
+            opt(m.drain.as_ref().map(|d| {
+                if d.done {
+                    "done".to_owned()
+                } else {
+                    format!("{} series, {} bytes left", d.series_left, d.bytes_left)
+                }
+            })),
             flags.join(","),
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
@@ -277,6 +330,34 @@ mod cluster_cli_tests {
             2,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn removing_a_member_warns_what_is_lost() {
+        let doc = |rf: usize, state: &str| -> ClusterDoc {
+            serde_json::from_value(serde_json::json!({
+                "nodeId": "11", "clusterId": "3", "address": "a:1", "raftState": "leader",
+                "leaderId": "11", "leaderAddress": "a:1", "term": 2, "leaderChanges": 1,
+                "lastLogIndex": 7, "commitIndex": 7, "appliedIndex": 7, "viewIndex": 5,
+                "pendingRuleBatches": 0, "assignmentViewIndex": 5, "discoveredTargets": 12,
+                "replicationFactor": rf,
+                "members": [
+                    {"id": "11", "address": "a:1", "role": "voter", "state": "up",
+                     "lastContact": null, "leader": true, "targets": 7},
+                    {"id": "22", "address": "bb:2", "role": "voter", "state": state,
+                     "lastContact": null, "leader": false, "targets": 5}
+                ]
+            }))
+            .unwrap()
+        };
+        let w = removal_warning(&doc(1, "down"), "22").expect("a warning with RF 1");
+        assert!(w.contains("loses every sample only it holds"), "{w}");
+        assert!(w.contains("(5 now)"), "{w}");
+        assert_eq!(removal_warning(&doc(2, "down"), "22"), None);
+        let w = removal_warning(&doc(2, "up"), "22").expect("an up member");
+        assert!(w.contains("shoal cluster leave --node bb:2"), "{w}");
+        // Not a member: nothing to warn about (the node answers that itself).
+        assert_eq!(removal_warning(&doc(1, "down"), "99"), None);
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod discovery;
+pub mod drain;
 pub mod federation;
 pub mod model;
 pub mod peer;

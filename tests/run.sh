@@ -70,6 +70,7 @@ if [ "$cluster_tls_tests" = 1 ]; then
       | test(=secure_default::the_cluster_secret_rotates_without_a_refused_call)
       | test(=hardening::a_bad_target_moving_through_a_cluster_erases_no_node)
       | test(=limits::members_and_every_read_route_are_held_to_the_limits)
+      | test(=drain::a_graceful_leave_moves_the_leavers_history_to_the_new_owners)
     )'
 else
   echo "== multi-node tests over mutual TLS skipped (nextest arguments given; SHOAL_CLUSTER_TLS_TESTS=1 runs them)"

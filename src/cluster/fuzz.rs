@@ -136,6 +136,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         cluster_id: Some(7),
         slots: BTreeMap::new(),
         pending: Vec::new(),
+        leaving: BTreeMap::new(),
     };
     let meta = SnapshotMeta {
         last_log_id: Some(log_id(4)),

@@ -22,12 +22,12 @@ use tokio::task::JoinHandle;
 use super::codec;
 use super::log_store::{LOG_TREE, LogStore, META_TREE};
 use super::network::{NetShared, NetworkFactory, PeerContacts};
-use super::rpc::{ADMIN_TIMEOUT, ClusterInfo, JoinRequest, RemoveRequest};
+use super::rpc::{ADMIN_TIMEOUT, ClusterInfo, JoinRequest, LeavingRequest, RemoveRequest};
 use super::state_machine::{SM_TREE, StateMachine};
 use super::types::{
-    ClusterCommand, MembershipView, NodeId, NodeInfo, Raft, SampleBatch, SampleSink,
+    ClusterCommand, DrainProgress, MembershipView, NodeId, NodeInfo, Raft, SampleBatch, SampleSink,
 };
-use crate::peer::protocol::{CLUSTER_INFO, CLUSTER_JOIN, CLUSTER_REMOVE, Route};
+use crate::peer::protocol::{CLUSTER_INFO, CLUSTER_JOIN, CLUSTER_LEAVING, CLUSTER_REMOVE, Route};
 use crate::peer::{PeerClient, PeerSettings};
 
 const KEY_NODE_ID: &[u8] = b"node_id";
@@ -139,6 +139,8 @@ pub struct MemberStatus {
     /// Time since this node last got an answer from the member. Known on the leader
     /// (which talks to everyone); `Some(0)` for the node itself; `None` otherwise.
     pub last_contact: Option<Duration>,
+    /// Set while the member is leaving: its drain's last committed progress.
+    pub leaving: Option<DrainProgress>,
 }
 
 /// A snapshot of this node's view of the cluster (for `GET /api/v1/cluster`).
@@ -503,6 +505,7 @@ impl ClusterHandle {
                 } else {
                     MemberState::Up
                 },
+                leaving: sm.leaving.get(id).copied(),
                 last_contact: if *id == self.inner.id {
                     Some(Duration::ZERO)
                 } else if is_leader {
@@ -664,6 +667,39 @@ impl ClusterHandle {
             .await
             .map_err(raft_err)?;
         Ok(())
+    }
+
+    /// Commits that this node is leaving, with its drain's progress (see
+    /// [`ClusterCommand::Leaving`]); forwarded to the leader when this node is not it.
+    /// Returns once committed (applied here when this node is the leader).
+    pub async fn report_leaving(&self, progress: DrainProgress) -> Result<(), ClusterError> {
+        self.leaving_member(self.inner.id, progress, false).await
+    }
+
+    pub(crate) async fn leaving_member(
+        &self,
+        node: NodeId,
+        progress: DrainProgress,
+        forwarded: bool,
+    ) -> Result<(), ClusterError> {
+        if !self.is_leader() {
+            if forwarded {
+                return Err(ClusterError::Refused(
+                    "not the leader (already forwarded)".into(),
+                ));
+            }
+            let req = LeavingRequest {
+                node_id: node,
+                progress,
+                forwarded: true,
+            };
+            return self.forward(CLUSTER_LEAVING, &req).await;
+        }
+        let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        if membership.membership().get_node(&node).is_none() {
+            return Err(ClusterError::Refused(format!("{node} is not a member")));
+        }
+        self.write(ClusterCommand::Leaving { node, progress }).await
     }
 
     /// Leaves the cluster gracefully: asks the leader to remove this node (a leader

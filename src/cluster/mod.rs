@@ -26,8 +26,8 @@ pub use handle::{
     MemberState, MemberStatus,
 };
 pub use types::{
-    ClusterCommand, ClusterResponse, MembershipView, NodeId, NodeInfo, SampleBatch, SampleSink,
-    append_batches,
+    ClusterCommand, ClusterResponse, DrainProgress, MembershipView, NodeId, NodeInfo, SampleBatch,
+    SampleSink, append_batches,
 };
 
 #[cfg(test)]

@@ -18,8 +18,10 @@ use super::codec;
 use super::handle::ClusterHandle;
 use super::network::RaftRpc;
 use super::types::{AppendRequest, NodeId, SnapshotRequest, VoteRequest};
-use crate::peer::protocol::{CLUSTER_JOIN, CLUSTER_REMOVE, RAFT_APPEND, RAFT_SNAPSHOT, RAFT_VOTE};
-pub(crate) use crate::peer::protocol::{ClusterInfo, JoinRequest, RemoveRequest};
+use crate::peer::protocol::{
+    CLUSTER_JOIN, CLUSTER_LEAVING, CLUSTER_REMOVE, RAFT_APPEND, RAFT_SNAPSHOT, RAFT_VOTE,
+};
+pub(crate) use crate::peer::protocol::{ClusterInfo, JoinRequest, LeavingRequest, RemoveRequest};
 
 /// Why an internal request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,16 @@ pub async fn handle_remove(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8
     let req: RemoveRequest = decode_body(CLUSTER_REMOVE.path, body)?;
     handle
         .remove_member(req.node_id, req.forwarded)
+        .await
+        .map_err(|e| RpcError::Unavailable(e.to_string()))?;
+    encode(&())
+}
+
+/// Handles `POST /internal/cluster/leaving` (forwarded to the leader when needed).
+pub async fn handle_leaving(handle: &ClusterHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
+    let req: LeavingRequest = decode_body(CLUSTER_LEAVING.path, body)?;
+    handle
+        .leaving_member(req.node_id, req.progress, req.forwarded)
         .await
         .map_err(|e| RpcError::Unavailable(e.to_string()))?;
     encode(&())

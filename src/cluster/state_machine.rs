@@ -38,8 +38,9 @@ use tokio::sync::watch;
 
 use super::codec;
 use super::types::{
-    ClusterCommand, ClusterResponse, Entry, LogId, MembershipView, NodeId, SampleBatch, SampleSink,
-    Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, io_err,
+    ClusterCommand, ClusterResponse, DrainProgress, Entry, LogId, MembershipView, NodeId,
+    SampleBatch, SampleSink, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    io_err,
 };
 
 pub(crate) const SM_TREE: &str = "cluster.sm";
@@ -47,6 +48,7 @@ const KEY_STATE: &[u8] = b"state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_SLOTS: &[u8] = b"slots";
 const KEY_PENDING: &[u8] = b"pending";
+const KEY_LEAVING: &[u8] = b"leaving";
 
 /// The replicated state (also the snapshot payload).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -66,18 +68,37 @@ pub(crate) struct SmData {
     /// under `KEY_PENDING`; not in snapshots).
     #[serde(skip)]
     pub pending: Vec<SampleBatch>,
+    /// Members that are leaving, with their drain's last reported progress (persisted
+    /// under `KEY_LEAVING` and in snapshots beside the state).
+    #[serde(skip)]
+    pub leaving: BTreeMap<NodeId, DrainProgress>,
 }
 
-/// A snapshot's payload: the state and the slots. (Snapshots written before slots
-/// existed hold the state alone; both decode.)
+/// A snapshot's payload: the state, the slots and the leaving members. (Snapshots
+/// written before the leaving members existed hold the state and the slots, and
+/// before slots existed the state alone; all three decode.)
 #[derive(Serialize, Deserialize)]
 struct SnapshotPayload {
+    data: SmData,
+    slots: BTreeMap<String, i64>,
+    leaving: BTreeMap<NodeId, DrainProgress>,
+}
+
+/// [`SnapshotPayload`] as written before leaving members existed.
+#[derive(Deserialize)]
+struct SnapshotPayloadV1 {
     data: SmData,
     slots: BTreeMap<String, i64>,
 }
 
 pub(crate) fn decode_payload(bytes: &[u8]) -> Result<SmData, codec::CodecError> {
-    match codec::decode::<SnapshotPayload>(bytes) {
+    if let Ok(p) = codec::decode::<SnapshotPayload>(bytes) {
+        let mut data = p.data;
+        data.slots = p.slots;
+        data.leaving = p.leaving;
+        return Ok(data);
+    }
+    match codec::decode::<SnapshotPayloadV1>(bytes) {
         Ok(p) => {
             let mut data = p.data;
             data.slots = p.slots;
@@ -97,6 +118,7 @@ impl SmData {
                 .filter(|(id, _)| !self.down.contains(id))
                 .map(|(id, node)| (*id, node.addr.clone()))
                 .collect(),
+            leaving: self.leaving.keys().copied().collect(),
         }
     }
 
@@ -118,7 +140,7 @@ impl SmData {
     /// Applies one entry; returns whether the view changed. Sample batches for a new
     /// slot of their group join `pending` for the sink.
     fn apply_entry(&mut self, entry: &Entry) -> bool {
-        let before = self.view().up;
+        let before = self.view();
         self.last_applied = Some(entry.log_id);
         match &entry.payload {
             EntryPayload::Blank => {}
@@ -136,6 +158,11 @@ impl SmData {
                     self.pending.push(b.clone());
                 }
             }
+            EntryPayload::Normal(ClusterCommand::Leaving { node, progress }) => {
+                if self.is_member(*node) {
+                    self.leaving.insert(*node, *progress);
+                }
+            }
             EntryPayload::Membership(m) => {
                 self.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 if entry.log_id.index == 0 && self.cluster_id.is_none() {
@@ -143,9 +170,10 @@ impl SmData {
                 }
                 let members: BTreeSet<NodeId> = m.nodes().map(|(id, _)| *id).collect();
                 self.down.retain(|id| members.contains(id));
+                self.leaving.retain(|id, _| members.contains(id));
             }
         }
-        let changed = self.view().up != before;
+        let changed = self.view() != before;
         if changed {
             self.view_index = entry.log_id.index;
         }
@@ -197,6 +225,13 @@ impl StateMachine {
             .map_err(|e| io_err(StorageIOError::read_state_machine, e))?
         {
             data.slots =
+                codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
+        }
+        if let Some(bytes) = tree
+            .get(KEY_LEAVING)
+            .map_err(|e| io_err(StorageIOError::read_state_machine, e))?
+        {
+            data.leaving =
                 codec::decode(&bytes).map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
         }
         if let Some(bytes) = tree
@@ -332,7 +367,10 @@ impl StateMachine {
             .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
         let pending = codec::encode(&data.pending)
             .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
+        let leaving = codec::encode(&data.leaving)
+            .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
         let mut batch = sled::Batch::default();
+        batch.insert(KEY_LEAVING, leaving);
         batch.insert(KEY_STATE, bytes);
         batch.insert(KEY_SLOTS, slots);
         batch.insert(KEY_PENDING, pending);
@@ -376,6 +414,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let bytes = codec::encode(&SnapshotPayload {
             data: data.clone(),
             slots: data.slots.clone(),
+            leaving: data.leaving.clone(),
         })
         .map_err(|e| io_err(|a| StorageIOError::read_snapshot(None, a), e))?;
         let snapshot_id = match data.last_applied {
@@ -597,6 +636,60 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(third.state().cluster_id, Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_leaving_member_owns_nothing_stays_readable_and_is_forgotten_when_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db).unwrap();
+        let views = sm.subscribe();
+        let progress = |series_left, done| DrainProgress {
+            series_left,
+            bytes_left: series_left * 100,
+            done,
+        };
+        let leaving = |node, p| EntryPayload::Normal(ClusterCommand::Leaving { node, progress: p });
+        sm.apply([
+            entry(0, membership(&[1, 2, 3], &[])),
+            // Not a member: ignored.
+            entry(1, leaving(9, progress(1, false))),
+            entry(2, leaving(3, progress(40, false))),
+        ])
+        .await
+        .unwrap();
+        let v = views.borrow().clone();
+        assert_eq!(v.index, 2, "the view changes when a member starts leaving");
+        assert_eq!(v.up.len(), 3, "a leaving member still answers reads");
+        assert_eq!(v.leaving, BTreeSet::from([3]));
+        assert_eq!(v.owners().keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        // Progress is state, not a view change.
+        sm.apply([entry(3, leaving(3, progress(10, false)))])
+            .await
+            .unwrap();
+        assert_eq!(views.borrow().index, 2);
+        assert_eq!(sm.state().leaving[&3], progress(10, false));
+        let snap = sm.build_snapshot().await.unwrap();
+        drop(sm);
+        drop(db);
+        // Survives a restart and travels in snapshots.
+        let db = crate::storage::sled_open::open_path(dir.path()).unwrap();
+        let mut sm = StateMachine::open(&db).unwrap();
+        assert_eq!(sm.state().leaving[&3], progress(10, false));
+        let dir2 = tempfile::tempdir().unwrap();
+        let db2 = crate::storage::sled_open::open_path(dir2.path()).unwrap();
+        let mut other = StateMachine::open(&db2).unwrap();
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other.subscribe().borrow().leaving, BTreeSet::from([3]));
+        // Removed from the membership: no longer leaving.
+        sm.apply([entry(4, membership(&[1, 2], &[]))])
+            .await
+            .unwrap();
+        assert!(sm.state().leaving.is_empty());
+        assert!(sm.subscribe().borrow().leaving.is_empty());
     }
 
     /// A store whose first `fail` commits fail (a full disk, a failed WAL write), behind

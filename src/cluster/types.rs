@@ -3,7 +3,7 @@
 //! ([`ClusterCommand`]) and their reply ([`ClusterResponse`]), plus aliases that tame
 //! openraft's generic error types inside this module.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Cursor;
 
@@ -39,7 +39,17 @@ pub enum ClusterCommand {
     /// Samples of one evaluation of a global rule group (the master loop); every
     /// node's state machine appends them to its store through its [`SampleSink`].
     CommitSamples(SampleBatch),
+    /// `node` is leaving: it owns no target from this entry on (its targets move to
+    /// the others) but stays a readable member while it moves its samples to their new
+    /// owners (the drain). Committed again with the drain's progress; the node leaves
+    /// the membership (an ordinary removal) once the drain is done.
+    Leaving {
+        node: NodeId,
+        progress: DrainProgress,
+    },
 }
+
+pub use crate::peer::protocol::DrainProgress;
 
 /// The results of one evaluation slot of one global rule group: every sample has the
 /// timestamp `slot`. Values are f64 bits (staleness markers stay bit-exact).
@@ -96,15 +106,31 @@ pub struct ClusterResponse {
     pub changed: bool,
 }
 
-/// The set of up members and the log index that set was committed at. Every node
-/// computes the same view at the same index, so it is the input of sharding.
+/// The set of up members, those of them that are leaving, and the log index that view
+/// was committed at. Every node computes the same view at the same index, so it is the
+/// input of sharding.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MembershipView {
-    /// Log index of the entry that last changed `up`. The founding membership entry is
-    /// at index 0, so a view with index 0 and an empty `up` means "not in a cluster yet".
+    /// Log index of the entry that last changed `up` or `leaving`. The founding
+    /// membership entry is at index 0, so a view with index 0 and an empty `up` means
+    /// "not in a cluster yet".
     pub index: u64,
-    /// Up members: node id → advertised address.
+    /// Up members: node id → advertised address. Leaving members are listed (they
+    /// still answer reads with their data).
     pub up: BTreeMap<NodeId, String>,
+    /// Members that are leaving (see [`ClusterCommand::Leaving`]): they own no targets.
+    pub leaving: BTreeSet<NodeId>,
+}
+
+impl MembershipView {
+    /// The members targets (and moved samples) are assigned to: up and not leaving.
+    pub fn owners(&self) -> BTreeMap<NodeId, String> {
+        self.up
+            .iter()
+            .filter(|(id, _)| !self.leaving.contains(id))
+            .map(|(id, addr)| (*id, addr.clone()))
+            .collect()
+    }
 }
 
 openraft::declare_raft_types!(

@@ -184,6 +184,7 @@ mod tests {
             last_contact: None,
             leader: false,
             targets: Some(*targets),
+            drain: None,
         };
         ClusterDoc {
             node_id: "1".into(),
@@ -201,6 +202,7 @@ mod tests {
             pending_rule_batches: 0,
             assignment_view_index: Some(asg),
             discovered_targets: None,
+            replication_factor: None,
             members: members.iter().map(member).collect(),
         }
     }

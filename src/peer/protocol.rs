@@ -49,6 +49,12 @@ pub const CLUSTER_INFO: Route = Route {
 pub const CLUSTER_JOIN: Route = post("/internal/cluster/join", 64 * KIB);
 /// Ask the leader to remove a member: [`RemoveRequest`] → `()`.
 pub const CLUSTER_REMOVE: Route = post("/internal/cluster/remove", 64 * KIB);
+/// Ask the leader to commit that a member is leaving, with its drain's progress:
+/// [`LeavingRequest`] → `()`.
+pub const CLUSTER_LEAVING: Route = post("/internal/cluster/leaving", 64 * KIB);
+/// A leaving member moves sealed chunks to their new owner: [`ImportRequest`] →
+/// [`ImportAnswer`], sent only once they are durable on the receiver.
+pub const TSDB_IMPORT: Route = post("/internal/tsdb/import", 64 * MIB);
 /// A member's share of a cluster-wide read: `query::wire::Request` →
 /// `query::wire::Response` (query wire format).
 pub const MEMBER_READ: Route = post("/internal/query", 16 * MIB);
@@ -59,13 +65,15 @@ pub const FEDERATE: Route = post("/internal/federate", 16 * MIB);
 pub const HANDOFF: Route = post("/internal/scrape/handoff", 64 * KIB);
 
 /// Every internal route (the guard refuses paths not listed here).
-pub const ROUTES: [Route; 9] = [
+pub const ROUTES: [Route; 11] = [
     RAFT_APPEND,
     RAFT_VOTE,
     RAFT_SNAPSHOT,
     CLUSTER_INFO,
     CLUSTER_JOIN,
     CLUSTER_REMOVE,
+    CLUSTER_LEAVING,
+    TSDB_IMPORT,
     MEMBER_READ,
     FEDERATE,
     HANDOFF,
@@ -120,6 +128,57 @@ pub struct RemoveRequest {
     pub node_id: NodeId,
     /// Set by a non-leader that passes the request on; never forwarded twice.
     pub forwarded: bool,
+}
+
+/// How much a leaving node still has to move (as it last reported).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainProgress {
+    pub series_left: u64,
+    pub bytes_left: u64,
+    /// Whether everything has been moved (the node is about to leave the membership).
+    pub done: bool,
+}
+
+/// [`CLUSTER_LEAVING`] body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeavingRequest {
+    pub node_id: NodeId,
+    pub progress: DrainProgress,
+    /// Set by a non-leader that passes the request on; never forwarded twice.
+    pub forwarded: bool,
+}
+
+/// One sealed chunk as it crosses the wire: the Prometheus XOR chunk bytes as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChunk {
+    pub min_t: i64,
+    pub max_t: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// One series' chunks in an [`ImportRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSeries {
+    /// Sorted label pairs, `__name__` included.
+    pub labels: Vec<(String, String)>,
+    pub chunks: Vec<WireChunk>,
+}
+
+/// [`TSDB_IMPORT`] body: chunks a leaving member moves to this node (their owner once
+/// it has left). Importing the same request twice stores nothing the second time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRequest {
+    /// The sender (for logs and metrics).
+    pub from: NodeId,
+    pub series: Vec<WireSeries>,
+}
+
+/// [`TSDB_IMPORT`] answer: what the receiver did with the samples (all durable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportAnswer {
+    pub stored: u64,
+    pub duplicate: u64,
+    pub dropped: u64,
 }
 
 /// [`FEDERATE`] body: the `match[]` selectors, in PromQL selector syntax. The answer

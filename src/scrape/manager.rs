@@ -48,6 +48,9 @@ pub struct AssignmentSnapshot {
     pub targets_per_member: BTreeMap<u64, usize>,
     /// Targets discovered (after relabelling and target limits).
     pub discovered: usize,
+    /// Every discovered target's key by its `job` and `instance` label values: where a
+    /// moved series belongs ([`crate::shard::placement`]).
+    pub instance_keys: Arc<crate::shard::placement::InstanceKeys>,
 }
 
 /// A cheap, cloneable read handle on the current targets.
@@ -205,10 +208,19 @@ impl ScrapeManager {
             .membership
             .as_ref()
             .map(|m| (m, Assigner::new(m.members.keys().copied())));
+        let instance_keys: crate::shard::placement::InstanceKeys = desired
+            .values()
+            .filter_map(|(t, _)| {
+                let job = t.labels.get("job")?.to_owned();
+                let instance = t.labels.get("instance")?.to_owned();
+                Some(((job, instance), t.key()))
+            })
+            .collect();
         let mut assignment = assigner.as_ref().map(|(m, _)| AssignmentSnapshot {
             view_index: m.index,
             targets_per_member: m.members.keys().map(|&id| (id, 0)).collect(),
             discovered: desired.len(),
+            instance_keys: Arc::new(instance_keys),
         });
         let mut owned: HashSet<(String, u64)> = HashSet::new();
         for (k, (t, _)) in &desired {

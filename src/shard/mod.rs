@@ -6,6 +6,8 @@
 //! A join moves only the targets the newcomer wins (about 1/N of them); a leave moves
 //! only the leaver's targets — the property rendezvous hashing is chosen for.
 
+pub mod placement;
+
 use std::hash::{Hash, Hasher};
 
 use rendezvous_hash::{IdNode, NodeHasher, RendezvousNodes};

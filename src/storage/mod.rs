@@ -6,6 +6,7 @@
 //!
 //! All calls are synchronous (sled is): async callers use `spawn_blocking`.
 
+pub mod chunks;
 pub mod memory;
 pub mod sled_open;
 

@@ -20,58 +20,24 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::codec::{U64Map, i64_from_key};
 use super::head::block_of;
-use super::import::{ImportSeries, RawChunk, check_chunk};
+use super::import::check_chunk;
 use super::index::sled_err;
 use super::{Inner, Tsdb, retention};
 use crate::storage::StorageError;
+pub use crate::storage::chunks::{ExportBatch, ExportCursor, ExportTotals, ImportSeries, RawChunk};
 
-/// A position in the export order: the key of the last chunk exported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ExportCursor {
-    /// Start of the chunk's block.
-    pub block: i64,
-    /// The exporting TSDB's series id (meaningless elsewhere).
-    pub series: u64,
-    pub min_t: i64,
+/// The `chunks` tree key of a cursor's chunk.
+fn cursor_key(c: &ExportCursor) -> [u8; 24] {
+    retention::chunk_key(c.block, c.series, c.min_t)
 }
 
-impl ExportCursor {
-    fn key(&self) -> [u8; 24] {
-        retention::chunk_key(self.block, self.series, self.min_t)
-    }
-
-    fn from_key(k: &[u8]) -> Option<ExportCursor> {
-        Some(ExportCursor {
-            block: i64_from_key(k.get(..8)?.try_into().ok()?),
-            series: u64::from_be_bytes(k.get(8..16)?.try_into().ok()?),
-            min_t: retention::key_min_t(k)?,
-        })
-    }
-}
-
-/// Chunks in export order after a cursor.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportBatch {
-    /// Per series (each once), its chunks in time order.
-    pub series: Vec<ImportSeries>,
-    /// Where the next batch starts (pass it back as `after`); the input cursor when the
-    /// batch is empty.
-    pub cursor: Option<ExportCursor>,
-    /// Nothing follows this batch (at the time of the call).
-    pub done: bool,
-    pub chunks: u64,
-    /// Chunk bytes in the batch.
-    pub bytes: u64,
-}
-
-/// What is left to export after a cursor.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExportTotals {
-    /// Distinct series with a chunk left.
-    pub series: u64,
-    pub chunks: u64,
-    /// Chunk bytes (what the batches' `bytes` add up to).
-    pub bytes: u64,
+/// The cursor of a `chunks` tree key.
+fn cursor_from_key(k: &[u8]) -> Option<ExportCursor> {
+    Some(ExportCursor {
+        block: i64_from_key(k.get(..8)?.try_into().ok()?),
+        series: u64::from_be_bytes(k.get(8..16)?.try_into().ok()?),
+        min_t: retention::key_min_t(k)?,
+    })
 }
 
 /// Where a chunk that only memory holds lives.
@@ -146,7 +112,7 @@ impl Inner {
         }
         let v = self
             .chunks
-            .get(c.key())
+            .get(cursor_key(c))
             .map_err(|e| sled_err("read chunk", e))?;
         Ok(v.and_then(|v| {
             retention::parse_chunk_value(&v)
@@ -167,13 +133,13 @@ impl Inner {
         let mut sled_iter = match after {
             Some(a) => self
                 .chunks
-                .range((Bound::Excluded(a.key().to_vec()), Bound::Unbounded)),
+                .range((Bound::Excluded(cursor_key(a).to_vec()), Bound::Unbounded)),
             None => self.chunks.iter(),
         }
         .peekable();
         loop {
             let next_sled = match sled_iter.peek() {
-                Some(Ok((k, _))) => ExportCursor::from_key(k),
+                Some(Ok((k, _))) => cursor_from_key(k),
                 Some(Err(_)) => {
                     if let Some(Err(e)) = sled_iter.next() {
                         return Err(sled_err("scan chunks", e));
@@ -192,7 +158,7 @@ impl Inner {
                 let Some(Ok((k, v))) = sled_iter.next() else {
                     continue;
                 };
-                let Some(c) = ExportCursor::from_key(&k) else {
+                let Some(c) = cursor_from_key(&k) else {
                     continue;
                 };
                 // Held in memory and in sled at once (its write just succeeded): once.

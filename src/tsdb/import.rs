@@ -48,69 +48,8 @@ use super::index::sled_err;
 use super::wal::RecordBuilder;
 use super::{Inner, Tsdb, future_limit, retention, retention_limit};
 use crate::model::{Labels, Sample, scrape_slot};
+pub use crate::storage::chunks::{ImportMode, ImportSeries, ImportStats, RawChunk};
 use crate::storage::{AppendError, StorageError, Writable};
-
-/// One XOR chunk as it is stored (Prometheus's format, header included), with the
-/// times of its first and last sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawChunk {
-    pub min_t: i64,
-    pub max_t: i64,
-    pub bytes: Vec<u8>,
-}
-
-/// The chunks of one series, in time order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImportSeries {
-    pub labels: Labels,
-    pub chunks: Vec<RawChunk>,
-}
-
-/// What an import treats as the same sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImportMode {
-    /// Backfill: every distinct timestamp is kept.
-    Exact,
-    /// Another node's copy of the same targets (the drain): a sample in the scrape slot
-    /// of a sample the series holds is a replica of it and dropped.
-    Replica,
-}
-
-/// What one import did, in samples unless named otherwise.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImportStats {
-    pub series_created: u64,
-    /// Chunks stored as received.
-    pub chunks_as_is: u64,
-    /// Chunks encoded anew (split at a block boundary, or what was left of a chunk that
-    /// overlapped data or the limits).
-    pub chunks_reencoded: u64,
-    pub stored: u64,
-    /// Same timestamp and value bits as a sample the series holds.
-    pub duplicate: u64,
-    /// Same timestamp as a sample the series holds, other value bits (that one is kept).
-    pub conflicting: u64,
-    /// In the scrape slot of a sample the series holds ([`ImportMode::Replica`]).
-    pub replica: u64,
-    /// Older than retention.
-    pub out_of_bounds: u64,
-    /// More than `max_future` ahead of the clock.
-    pub too_far_in_future: u64,
-}
-
-impl ImportStats {
-    fn add(&mut self, o: &ImportStats) {
-        self.series_created += o.series_created;
-        self.chunks_as_is += o.chunks_as_is;
-        self.chunks_reencoded += o.chunks_reencoded;
-        self.stored += o.stored;
-        self.duplicate += o.duplicate;
-        self.conflicting += o.conflicting;
-        self.replica += o.replica;
-        self.out_of_bounds += o.out_of_bounds;
-        self.too_far_in_future += o.too_far_in_future;
-    }
-}
 
 /// Checks a chunk against its claimed times; returns its sample count and the value
 /// bits of its last sample.

@@ -1584,3 +1584,38 @@ mod select_tests;
 
 #[cfg(test)]
 mod import_tests;
+
+impl crate::storage::chunks::ChunkStore for Tsdb {
+    fn seal_head(&self) -> Result<u64, StorageError> {
+        Tsdb::seal_head(self)
+    }
+
+    fn export_batch(
+        &self,
+        after: Option<&ExportCursor>,
+        max_bytes: usize,
+    ) -> Result<ExportBatch, StorageError> {
+        Tsdb::export_batch(self, after, max_bytes)
+    }
+
+    fn export_totals(&self, after: Option<&ExportCursor>) -> Result<ExportTotals, StorageError> {
+        Tsdb::export_totals(self, after)
+    }
+
+    fn import(
+        &self,
+        series: Vec<ImportSeries>,
+        mode: ImportMode,
+    ) -> Result<ImportStats, StorageError> {
+        Tsdb::import(self, series, mode)
+    }
+
+    fn import_samples(
+        &self,
+        labels: &Labels,
+        samples: &[Sample],
+        mode: ImportMode,
+    ) -> Result<ImportStats, StorageError> {
+        Tsdb::import_samples(self, labels, samples, mode)
+    }
+}

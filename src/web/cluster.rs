@@ -17,13 +17,17 @@ use super::json::{ApiError, ErrorType, success};
 use crate::cluster::{ClusterHandle, ClusterStatus, MemberRole, MemberState};
 use crate::scrape::manager::AssignmentSnapshot;
 
-/// What the cluster routes need: the node's cluster member and how to make the node
-/// exit after it left the cluster through `POST /api/v1/cluster/leave`.
+/// What the cluster routes need: the node's cluster member and how to start the
+/// node's graceful leave (`POST /api/v1/cluster/leave`).
 #[derive(Clone)]
 pub struct ClusterWeb {
     pub handle: ClusterHandle,
-    /// Called once this node has left the membership; the node then shuts down.
-    pub exit_after_leave: Arc<dyn Fn() + Send + Sync>,
+    /// Starts the graceful leave, as SIGTERM does: the drain (`crate::drain`), the
+    /// removal from the membership, then the node shuts down.
+    pub start_leave: Arc<dyn Fn() + Send + Sync>,
+    /// `--cluster.replication-factor` of this node (the cluster's, as every node is
+    /// started with the same).
+    pub replication_factor: usize,
 }
 
 /// Registers the cluster API routes (inside the `/api/v1` scope).
@@ -57,6 +61,9 @@ pub struct ClusterDoc {
     pub pending_rule_batches: usize,
     pub assignment_view_index: Option<u64>,
     pub discovered_targets: Option<usize>,
+    /// How many members scrape each target (this node's `--cluster.replication-factor`).
+    #[serde(default)]
+    pub replication_factor: Option<usize>,
     pub members: Vec<MemberDoc>,
 }
 
@@ -68,8 +75,12 @@ pub struct MemberDoc {
     pub address: String,
     /// `voter` or `learner`.
     pub role: String,
-    /// `up` or `down`.
+    /// `up`, `leaving` (up, owns no targets, moving its samples to their new owners)
+    /// or `down`.
     pub state: String,
+    /// The drain of a leaving member: what it still has to move (null otherwise).
+    #[serde(default)]
+    pub drain: Option<DrainDoc>,
     /// RFC 3339, when this node last heard from the member.
     pub last_contact: Option<String>,
     pub leader: bool,
@@ -77,12 +88,26 @@ pub struct MemberDoc {
     pub targets: Option<usize>,
 }
 
+/// A leaving member's drain progress, as it last committed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainDoc {
+    pub series_left: u64,
+    pub bytes_left: u64,
+    /// Everything is moved; the member is leaving the membership.
+    pub done: bool,
+}
+
 /// The `data` of `POST /api/v1/cluster/leave`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaveDoc {
     pub node_id: String,
+    /// The node is out of the membership already (false: it is leaving).
     pub left: bool,
+    /// The node is leaving: moving its samples, then it leaves and shuts down.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 /// The `data` of `POST /api/v1/cluster/remove/{id}`.
@@ -113,11 +138,17 @@ pub fn status_doc(
                 MemberRole::Learner => "learner",
             }
             .to_owned(),
-            state: match m.state {
-                MemberState::Up => "up",
-                MemberState::Down => "down",
+            state: match (m.state, m.leaving) {
+                (MemberState::Down, _) => "down",
+                (MemberState::Up, Some(_)) => "leaving",
+                (MemberState::Up, None) => "up",
             }
             .to_owned(),
+            drain: m.leaving.map(|p| DrainDoc {
+                series_left: p.series_left,
+                bytes_left: p.bytes_left,
+                done: p.done,
+            }),
             last_contact: m.last_contact.and_then(|d| now.checked_sub(d)).map(rfc3339),
             leader: st.leader_id == Some(m.id),
             targets: assignment.map(|a| a.targets_per_member.get(&m.id).copied().unwrap_or(0)),
@@ -143,6 +174,7 @@ pub fn status_doc(
         pending_rule_batches: st.pending_rule_batches,
         assignment_view_index: assignment.map(|a| a.view_index),
         discovered_targets: assignment.map(|a| a.discovered),
+        replication_factor: None,
         members,
     }
 }
@@ -157,11 +189,9 @@ async fn status(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let c = cluster_of(&st)?;
     let s = c.handle.status().await;
     let targets = st.targets.snapshot();
-    Ok(success(&status_doc(
-        &s,
-        targets.assignment.as_ref(),
-        SystemTime::now(),
-    )))
+    let mut doc = status_doc(&s, targets.assignment.as_ref(), SystemTime::now());
+    doc.replication_factor = Some(c.replication_factor);
+    Ok(success(&doc))
 }
 
 /// The cluster admin routes need a web user (basic authentication passed), or the
@@ -202,31 +232,45 @@ fn authorize(st: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     Err(ApiError::new(ErrorType::Unauthorized, msg))
 }
 
-/// How long the leave request waits for the membership change.
+/// How long the leave request waits for the cluster to commit that the node leaves.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Starts the node's graceful leave: commits that it is leaving (its targets move to
+/// the others at once), then the node moves its samples to their new owners, leaves
+/// the membership and shuts down (`crate::drain`; `GET /api/v1/cluster` shows the
+/// progress). Answers once the leave is committed, not when it is over.
 async fn leave(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let c = cluster_of(&st)?;
     authorize(&st, &req)?;
     let id = c.handle.node_id();
-    match tokio::time::timeout(LEAVE_TIMEOUT, c.handle.leave()).await {
-        Err(_) => Err(ApiError::new(
-            ErrorType::Unavailable,
-            "leave did not complete in time; the node stays a member",
-        )),
-        Ok(Err(e)) => Err(ApiError::new(
-            ErrorType::Unavailable,
-            format!("cannot leave: {e}"),
-        )),
-        Ok(Ok(())) => {
-            tracing::info!(node_id = id, "left the cluster on request; shutting down");
-            (c.exit_after_leave)();
-            Ok(success(&LeaveDoc {
-                node_id: id.to_string(),
-                left: true,
-            }))
+    let others = c.handle.status().await.members.iter().any(|m| m.id != id);
+    if others {
+        let announce = c
+            .handle
+            .report_leaving(crate::cluster::DrainProgress::default());
+        match tokio::time::timeout(LEAVE_TIMEOUT, announce).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorType::Unavailable,
+                    "the cluster did not commit the leave in time; the node stays a member",
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(ApiError::new(
+                    ErrorType::Unavailable,
+                    format!("cannot leave: {e}"),
+                ));
+            }
+            Ok(Ok(())) => {}
         }
     }
+    tracing::info!(node_id = id, "leaving the cluster on request");
+    (c.start_leave)();
+    Ok(success(&LeaveDoc {
+        node_id: id.to_string(),
+        left: false,
+        leaving: true,
+    }))
 }
 
 async fn remove(
@@ -281,6 +325,7 @@ mod tests {
                 role: MemberRole::Voter,
                 state: MemberState::Down,
                 last_contact: None,
+                leaving: None,
             }],
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
@@ -302,6 +347,7 @@ mod tests {
             view_index: 4,
             targets_per_member: [(18_446_744_073_709_551_557, 7)].into(),
             discovered: 7,
+            instance_keys: Default::default(),
         };
         let v = serde_json::to_value(status_doc(&st, Some(&asg), now)).unwrap();
         assert_eq!(v["assignmentViewIndex"], 4);
@@ -310,5 +356,18 @@ mod tests {
         assert_eq!(v["leaderId"], "18446744073709551557");
         assert_eq!(v["members"][0]["lastContact"], "2023-11-14T22:13:18.000Z");
         assert_eq!(v["leaderAddress"], "a:1");
+        assert!(v["members"][0]["drain"].is_null());
+        // A leaving member that is up shows as `leaving`, with its drain's progress.
+        st.members[0].state = MemberState::Up;
+        st.members[0].leaving = Some(crate::cluster::DrainProgress {
+            series_left: 12,
+            bytes_left: 3400,
+            done: false,
+        });
+        let v = serde_json::to_value(status_doc(&st, Some(&asg), now)).unwrap();
+        assert_eq!(v["members"][0]["state"], "leaving");
+        assert_eq!(v["members"][0]["drain"]["seriesLeft"], 12);
+        assert_eq!(v["members"][0]["drain"]["bytesLeft"], 3400);
+        assert_eq!(v["members"][0]["drain"]["done"], false);
     }
 }

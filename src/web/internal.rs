@@ -57,6 +57,8 @@ pub fn routes(
                     res.route(web::post().to(super::federate::member_federate))
                 } else if r == protocol::HANDOFF {
                     res.route(web::post().to(handoff))
+                } else if r == protocol::TSDB_IMPORT {
+                    res.route(web::post().to(tsdb_import))
                 } else {
                     res.route(web::post().to(move |body, st| cluster_rpc(r, body, st)))
                 }
@@ -278,7 +280,34 @@ async fn cluster_rpc(
         r if r == protocol::RAFT_SNAPSHOT => rpc::handle_snapshot(h, &body).await,
         r if r == protocol::CLUSTER_JOIN => rpc::handle_join(h, &body).await,
         r if r == protocol::CLUSTER_REMOVE => rpc::handle_remove(h, &body).await,
+        r if r == protocol::CLUSTER_LEAVING => rpc::handle_leaving(h, &body).await,
         r => Err(RpcError::Internal(format!("no handler for {}", r.path))),
+    };
+    respond(result)
+}
+
+/// `peer::protocol::TSDB_IMPORT`: a leaving member moves chunks here (answered once
+/// they are durable).
+async fn tsdb_import(body: web::Bytes, st: web::Data<AppState>) -> HttpResponse {
+    let Some(receiver) = &st.drain_receiver else {
+        return not_in_a_cluster();
+    };
+    let req: protocol::ImportRequest = match crate::cluster::codec::decode(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return respond(Err(RpcError::BadRequest(format!(
+                "invalid import request: {e}"
+            ))));
+        }
+    };
+    let result = match receiver.receive(req).await {
+        Ok(answer) => {
+            crate::cluster::codec::encode(&answer).map_err(|e| RpcError::Internal(e.to_string()))
+        }
+        Err(e @ crate::drain::receive::ReceiveError::Invalid(_)) => {
+            Err(RpcError::BadRequest(e.to_string()))
+        }
+        Err(e) => Err(RpcError::Unavailable(e.to_string())),
     };
     respond(result)
 }

@@ -86,6 +86,9 @@ pub struct AppState {
     pub handoff: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
     /// The rule groups (`/api/v1/rules`, `/api/v1/alerts`); None: no rules at all.
     pub rules: Option<crate::rules::RuleManager>,
+    /// Takes the chunks a leaving member moves here (`peer::protocol::TSDB_IMPORT`);
+    /// `None` outside a cluster (404).
+    pub drain_receiver: Option<Arc<crate::drain::receive::Receiver>>,
 }
 
 impl AppState {

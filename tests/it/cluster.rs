@@ -148,6 +148,17 @@ impl TestCluster {
         self.restart_on(i, port);
     }
 
+    /// Starts node `i` again on its address and data dir without waiting until it is
+    /// ready (a node that resumes a leave may exit soon).
+    pub(crate) fn respawn(&mut self, i: usize) {
+        let (host, port, data) = {
+            let n = &self.nodes[i];
+            (n.host.clone(), n.port, n.data_dir.clone())
+        };
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        self.nodes[i] = Node::spawn_on(self.dir.path(), &self.config, &data, &host, port, &flags);
+    }
+
     /// Restarts node `i` with its data dir on `port`.
     fn restart_on(&mut self, i: usize, port: u16) {
         let (host, data) = {
@@ -588,11 +599,29 @@ fn remove_takes_a_dead_node_out() {
     let rest: Vec<usize> = vec![li, via];
     wait_agreed(&c, &rest, 3, 2, 3);
     let secret = c.dir.path().join("cluster.secret");
+    // Replication factor 1: the command says what is lost and acts only with --yes.
     let out = shoal_cluster(
         &c.nodes[via],
         &[
             "remove",
             &victim_id,
+            "--cluster.secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "remove without --yes: {stderr}");
+    assert!(
+        stderr.contains("loses every sample only it holds") && stderr.contains("--yes"),
+        "{stderr}"
+    );
+    wait_agreed(&c, &rest, 3, 2, 3);
+    let out = shoal_cluster(
+        &c.nodes[via],
+        &[
+            "remove",
+            &victim_id,
+            "--yes",
             "--cluster.secret-file",
             secret.to_str().unwrap(),
         ],

@@ -10,6 +10,9 @@
 //!   partitions (iptables), bad internal requests.
 //! - `demo`: `shoal demo` forms its local cluster and a node added by its printed
 //!   command takes over a share of the targets.
+//! - `drain`: history follows the target — a leaving node moves its samples to the
+//!   new owners (scale down, two leaves at once, the leader leaving, a leaver killed
+//!   mid-drain), checked as raw samples from every remaining node.
 //! - `sharding`: target assignment over the membership: disjoint split, replication,
 //!   movement on join and graceful leave.
 //! - `query`: query any node: cluster-wide answers equal to a single node's, dedup with
@@ -28,6 +31,7 @@ mod api;
 mod cluster;
 mod cluster_tls;
 mod demo;
+mod drain;
 mod federate;
 mod hardening;
 mod harness;
