@@ -14,14 +14,17 @@ use prometheus_client::registry::Registry;
 use crate::cli::LogFormat;
 
 /// Installs the global tracing subscriber. `level` is a level or an `EnvFilter` directive;
-/// `RUST_LOG` overrides it when set.
+/// `RUST_LOG` overrides it when set. Colours only on a terminal: logs that go to a file
+/// or journald stay plain `key=value` text.
 pub fn init_logging(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let res = match format {
         LogFormat::Logfmt => builder.try_init(),

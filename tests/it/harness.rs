@@ -295,7 +295,9 @@ impl Node {
             .arg("--listen")
             .arg(format!("{host}:{port}"))
             .args(&args)
-            .env("NO_COLOR", "1")
+            // No NO_COLOR: a node logging to a file writes no colour codes by itself
+            // (lifecycle::logs_to_a_file_are_plain_text_without_colour_codes).
+            .env_remove("NO_COLOR")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

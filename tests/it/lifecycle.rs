@@ -421,3 +421,22 @@ fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
     }
 }
+
+#[test]
+fn logs_to_a_file_are_plain_text_without_colour_codes() {
+    // Logs that go to a file or journald (not a terminal) carry no ANSI escapes: they
+    // are read with grep and parsed by log shippers (`key=value` must stay intact).
+    let dir = tempdir();
+    let t = TargetServer::start();
+    t.set("/metrics", Reply::text("demo_counter 1\n"));
+    let mut node = Node::start(dir.path(), &one_job(&t.target()), &[]);
+    let st = node.terminate();
+    assert!(st.success());
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.lines().count() >= 2, "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+    assert!(log.contains(" INFO "), "{log}");
+}
