@@ -28,6 +28,30 @@ pub fn spacing<S: AsRef<[Sample]>>(sources: &[S]) -> i64 {
     *gaps.select_nth_unstable(mid).1
 }
 
+/// Samples each source contributes on either side of `t` to [`spacing_near`].
+pub const NEAR: usize = 4;
+
+/// The sample spacing around `t`: the median gap between consecutive samples among the
+/// [`NEAR`] samples before `t` and the [`NEAR`] from `t` on, in every source (each
+/// sorted by time); [`DEFAULT_SPACING_MS`] when no source has two there. Local, so a
+/// series whose scrape interval changed (15 s, then 1 s) gets each stretch's own
+/// spacing: one spacing for the whole series would take the 1-second scrapes next to
+/// the change for replicas of one 15-second scrape.
+pub fn spacing_near<S: AsRef<[Sample]>>(sources: &[S], t: i64) -> i64 {
+    let mut gaps: Vec<i64> = Vec::with_capacity(sources.len() * 2 * NEAR);
+    for src in sources {
+        let src = src.as_ref();
+        let p = src.partition_point(|x| x.t < t);
+        let near = &src[p.saturating_sub(NEAR)..(p + NEAR).min(src.len())];
+        gaps.extend(near.windows(2).map(|w| w[1].t - w[0].t).filter(|g| *g > 0));
+    }
+    if gaps.is_empty() {
+        return DEFAULT_SPACING_MS;
+    }
+    let mid = gaps.len() / 2;
+    *gaps.select_nth_unstable(mid).1
+}
+
 /// The scrape slot `[start, end)` holding the sample at `t`, for sample spacing `d`:
 /// samples of other sources within it come from the same scrape (replicas), even when
 /// one of them ran late.
@@ -90,6 +114,20 @@ mod tests {
         let a: Vec<Sample> = [0, 15_000, 30_000, 45_000, 100_000].map(s).to_vec();
         assert_eq!(spacing(&[a]), 15_000);
         assert_eq!(spacing(&[vec![s(1)], vec![]]), DEFAULT_SPACING_MS);
+    }
+
+    #[test]
+    fn the_spacing_near_a_time_is_that_stretch_s_own() {
+        // Every 15 s up to 300 s, then every second from 313 s on.
+        let mut a: Vec<Sample> = (0..=20).map(|k| s(k * 15_000)).collect();
+        a.extend((313..330).map(|k| s(k * 1000)));
+        assert_eq!(spacing(&[&a[..]]), 15_000);
+        assert_eq!(spacing_near(&[&a[..]], 150_000), 15_000);
+        assert_eq!(spacing_near(&[&a[..]], 317_000), 1000);
+        // A second source counts too; a time with no samples near uses the default.
+        let b: Vec<Sample> = (317..330).map(|k| s(k * 1000)).collect();
+        assert_eq!(spacing_near(&[&a[..], &b[..]], 313_000), 1000);
+        assert_eq!(spacing_near::<&[Sample]>(&[&[s(5)]], 5), DEFAULT_SPACING_MS);
     }
 
     #[test]

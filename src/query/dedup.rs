@@ -8,7 +8,9 @@
 //! different moments). So [`merge`] follows one source at a time:
 //!
 //! - `d`, the sample spacing, is the median of the gaps between consecutive samples of
-//!   every source (5 s when no source has two samples);
+//!   every source around the time in question ([`scrape_slot::spacing_near`]: four
+//!   samples either side; 5 s when no source has two there), so that a series whose
+//!   scrape interval changed is merged by the spacing of each stretch;
 //! - the merge keeps taking the current source's next sample while it comes at most
 //!   `1.5 d` after the last one taken;
 //! - otherwise (the current source has a gap or ends) it takes the earliest sample of
@@ -25,7 +27,7 @@
 //! every node (member id), so every node computes the same merged series.
 
 use crate::model::Sample;
-use crate::model::scrape_slot::{self, spacing};
+use crate::model::scrape_slot::{self, spacing_near};
 
 /// Merges the time-sorted sample lists of one series from several sources (in a fixed
 /// order) into one time-sorted list without replica duplicates.
@@ -36,8 +38,6 @@ pub fn merge(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
         1 => return sources.pop().unwrap_or_default(),
         _ => {}
     }
-    let d = spacing(&sources);
-    let gap = d + d / 2;
     let mut next = vec![0usize; sources.len()];
     let mut out: Vec<Sample> = Vec::with_capacity(sources.iter().map(Vec::len).max().unwrap_or(0));
     let mut cur: Option<usize> = None;
@@ -45,6 +45,8 @@ pub fn merge(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
         let last_t = out.last().map(|s| s.t);
         // Stick to the current source while it has no gap.
         if let (Some(c), Some(lt)) = (cur, last_t) {
+            let d = spacing_near(&sources, lt);
+            let gap = d + d / 2;
             let src = &sources[c];
             while next[c] < src.len() && src[next[c]].t <= lt {
                 next[c] += 1;
@@ -59,7 +61,7 @@ pub fn merge(sources: Vec<Vec<Sample>>) -> Vec<Sample> {
         }
         // Switch: the earliest sample of a later scrape than the last one taken.
         let floor = match last_t {
-            Some(lt) => slot_end(&sources, lt, d) - 1,
+            Some(lt) => slot_end(&sources, lt, spacing_near(&sources, lt)) - 1,
             None => i64::MIN,
         };
         let mut best: Option<(i64, usize)> = None;
@@ -297,5 +299,19 @@ mod tests {
         assert_eq!(m, vec![s(1000, 1.0)]);
         let m = merge(vec![vec![s(31_000, 2.0)], vec![s(1000, 1.0)]]);
         assert_eq!(m, vec![s(1000, 1.0), s(31_000, 2.0)]);
+    }
+
+    #[test]
+    fn a_change_of_scrape_interval_keeps_every_scrape() {
+        // The old owner scraped every 15 s, then every second from 313 s on; the new
+        // owner took over at 317 s on the same phase. Every scrape once: none of the
+        // 1-second ones may pass for a replica of a 15-second one.
+        let mut a: Vec<Sample> = (0..=20).map(|k| s(k * 15_000, k as f64)).collect();
+        a.extend((313..=320).map(|k| s(k * 1000, k as f64)));
+        let b: Vec<Sample> = (317..330).map(|k| s(k * 1000, k as f64)).collect();
+        let m = merge(vec![a.clone(), b.clone()]);
+        let mut want = a;
+        want.extend(b.into_iter().filter(|x| x.t > 320_000));
+        assert_eq!(m, want);
     }
 }

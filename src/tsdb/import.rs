@@ -270,11 +270,8 @@ fn merge_samples(
     mode: ImportMode,
     st: &mut ImportStats,
 ) -> Vec<Sample> {
-    let d = match mode {
-        ImportMode::Replica => scrape_slot::spacing(&[held, piece]),
-        ImportMode::Exact => 0,
-    };
     let same_scrape = |e: &Sample, t: i64| {
+        let d = scrape_slot::spacing_near(&[held, piece], e.t);
         let (start, end) = scrape_slot::slot(&[held, piece], e.t, d);
         start <= t && t < end
     };

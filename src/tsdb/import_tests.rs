@@ -370,6 +370,38 @@ fn replica_mode_drops_samples_in_the_scrape_slot_of_a_held_one() {
 }
 
 #[test]
+fn replica_mode_keeps_the_samples_around_a_change_of_scrape_interval() {
+    // The leaver scraped every 15 s, then (a config change) every second; this node
+    // took the target over a few seconds after the change, on the same phase. Found by
+    // the drain bench: with one spacing for the whole series (15 s, the median) the
+    // first 1-second sample fell in the 15-second slot of this node's first sample and
+    // was dropped as its replica although no other source has that scrape.
+    let l = lbl("x", &[("job", "x")]);
+    let t0 = 3 * H;
+    let mut leaver = every(t0, t0 + 300_000, 15_000, |t| t as f64);
+    let change = t0 + 313_000;
+    leaver.extend(every(change, change + 8_000, 1_000, |t| t as f64));
+    let held = every(change + 4_000, change + 16_000, 1_000, |t| t as f64);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(dir.path(), opts()).unwrap();
+    append_all(&db, &l, held.iter().map(|s| (s.t, s.v)));
+    let st = db
+        .import(vec![series(&l, &leaver)], ImportMode::Replica)
+        .unwrap();
+    // Every 15-second sample and the four 1-second ones only the leaver has are stored;
+    // the four both have are duplicates.
+    assert_eq!(
+        (st.stored, st.duplicate, st.replica),
+        (20 + 4, 4, 0),
+        "{st:?}"
+    );
+    let got = raw(&db, &l);
+    let mut want = bits(&leaver[..24]);
+    want.extend(bits(&held));
+    assert_eq!(got, want);
+}
+
+#[test]
 fn importing_twice_stores_nothing_the_second_time() {
     let dir = tempfile::tempdir().unwrap();
     let db = Tsdb::open(dir.path(), opts()).unwrap();
