@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -260,6 +260,9 @@ pub struct Node {
     /// Notified to leave gracefully (the HTTP API's leave, or a restarted node that
     /// finds itself leaving in the committed state): as SIGTERM.
     pub leave: Arc<tokio::sync::Notify>,
+    /// Set once this run has started a leave (so that seeing itself leaving in the
+    /// committed state is no reason to resume one).
+    leave_requested: Arc<AtomicBool>,
     /// Where the drain keeps its cursor.
     data_dir: std::path::PathBuf,
     /// `--cluster.drain-rate`.
@@ -635,11 +638,15 @@ impl Node {
         };
         let leave = Arc::new(tokio::sync::Notify::new());
         let quit = Arc::new(tokio::sync::Notify::new());
+        let leave_requested = Arc::new(AtomicBool::new(false));
         let start_leave: Arc<dyn Fn() + Send + Sync> = {
-            let leave = leave.clone();
-            Arc::new(move || leave.notify_one())
+            let (leave, requested) = (leave.clone(), leave_requested.clone());
+            Arc::new(move || {
+                requested.store(true, Ordering::SeqCst);
+                leave.notify_one()
+            })
         };
-        resume_leave(&cluster, leave.clone());
+        resume_leave(&cluster, leave.clone(), leave_requested.clone());
 
         // Reads answer for the whole cluster (query any node); `local` is this node.
         let engine_opts = EngineOptions {
@@ -736,6 +743,7 @@ impl Node {
             rules: rule_manager,
             master_loop,
             leave,
+            leave_requested,
             data_dir: args.data_dir.clone(),
             drain_rate: args.cluster.drain_rate,
             quit,
@@ -753,6 +761,7 @@ impl Node {
     /// data needs (it is not bounded: interrupted, a restart resumes it). When the leave
     /// itself fails (no leader) the node keeps its identity, as after SIGINT.
     pub async fn leave_and_stop(self) {
+        self.leave_requested.store(true, Ordering::SeqCst);
         let me = self.cluster.node_id();
         let others = self
             .cluster
@@ -849,12 +858,19 @@ async fn leave_membership(cluster: &ClusterHandle) -> bool {
 }
 
 /// A node that restarts while leaving (killed mid-drain) finds itself leaving in the
-/// committed state: it resumes the leave.
-fn resume_leave(cluster: &ClusterHandle, leave: Arc<tokio::sync::Notify>) {
+/// committed state: it resumes the leave — unless this run started the leave itself
+/// (`requested`: SIGTERM or the leave API, whose own announcement is what it sees).
+fn resume_leave(
+    cluster: &ClusterHandle,
+    leave: Arc<tokio::sync::Notify>,
+    requested: Arc<AtomicBool>,
+) {
     let me = cluster.node_id();
     let mut views = cluster.membership_view();
     actix::spawn(async move {
-        if views.wait_for(|v| v.leaving.contains(&me)).await.is_ok() {
+        if views.wait_for(|v| v.leaving.contains(&me)).await.is_ok()
+            && !requested.load(Ordering::SeqCst)
+        {
             tracing::info!(
                 "this node is leaving the cluster (committed before a restart?): resuming the leave"
             );

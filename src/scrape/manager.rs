@@ -208,14 +208,20 @@ impl ScrapeManager {
             .membership
             .as_ref()
             .map(|m| (m, Assigner::new(m.members.keys().copied())));
-        let instance_keys: crate::shard::placement::InstanceKeys = desired
-            .values()
-            .filter_map(|(t, _)| {
-                let job = t.labels.get("job")?.to_owned();
-                let instance = t.labels.get("instance")?.to_owned();
-                Some(((job, instance), t.key()))
-            })
-            .collect();
+        // Several targets may share a `job` and `instance` (other labels tell them
+        // apart): such a pair places by its smallest target key, the same on every
+        // node whatever the discovery order.
+        let mut instance_keys = crate::shard::placement::InstanceKeys::new();
+        for (t, _) in desired.values() {
+            let (Some(job), Some(instance)) = (t.labels.get("job"), t.labels.get("instance"))
+            else {
+                continue;
+            };
+            instance_keys
+                .entry((job.to_owned(), instance.to_owned()))
+                .and_modify(|k| *k = (*k).min(t.key()))
+                .or_insert(t.key());
+        }
         let mut assignment = assigner.as_ref().map(|(m, _)| AssignmentSnapshot {
             view_index: m.index,
             targets_per_member: m.members.keys().map(|&id| (id, 0)).collect(),

@@ -42,7 +42,7 @@ fn fleet_server() -> TargetServer {
 }
 
 /// The `idx` labels of the targets a node scrapes now.
-fn owned(node: &Node) -> Result<BTreeSet<usize>, String> {
+pub(crate) fn owned(node: &Node) -> Result<BTreeSet<usize>, String> {
     let (code, body) = http_get(&node.url("/api/v1/targets?state=active"))?;
     let v: Value = serde_json::from_str(&body).map_err(|e| format!("{code}: {e}: {body}"))?;
     let active = v["data"]["activeTargets"]
