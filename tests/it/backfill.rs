@@ -326,6 +326,33 @@ fn a_file_written_by_prometheus_client_reads_back_as_prometheus_reads_it() {
         node.metric("shoal_tsdb_import_samples_total{result=\"duplicate\"}"),
         Some(samples as f64)
     );
+
+    // Older than retention (15 d) or too far ahead (10 min): dropped and counted.
+    let now = crate::sharding::unix_now() as i64;
+    let odd = node_dir.join("odd.om");
+    std::fs::write(
+        &odd,
+        format!(
+            "# TYPE bf_old gauge\nbf_old 1 {}\nbf_old 2 {}\nbf_future 3 {}\n# EOF\n",
+            now - 30 * 86400,
+            now - 30 * 86400 + 15,
+            now + 3600
+        ),
+    )
+    .unwrap();
+    let o = import(&odd, &node, &[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(count(&out, "stored"), 0, "{out}");
+    assert_eq!(count(&out, "dropped"), 3, "{out}");
+    assert_eq!(
+        node.metric("shoal_tsdb_import_samples_total{result=\"out_of_bounds\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        node.metric("shoal_tsdb_import_samples_total{result=\"too_far_in_future\"}"),
+        Some(1.0)
+    );
 }
 
 /// The node ids of a cluster's nodes, in node order.
