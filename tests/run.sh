@@ -85,6 +85,7 @@ if [ "$cluster_tls_tests" = 1 ]; then
       | test(=limits::members_and_every_read_route_are_held_to_the_limits)
       | test(=drain::a_graceful_leave_moves_the_leavers_history_to_the_new_owners)
       | test(=backfill::an_import_through_one_node_stores_each_series_on_its_owner)
+      | test(=backfill::with_two_replicas_a_backfilled_series_is_on_both_owners_and_read_once)
     )'
 else
   echo "== multi-node tests over mutual TLS skipped (nextest arguments given; SHOAL_CLUSTER_TLS_TESTS=1 runs them)"

@@ -363,6 +363,53 @@ fn node_ids(c: &TestCluster) -> Vec<u64> {
         .collect()
 }
 
+/// Asserts that each node's own data (`local=1`) holds exactly the series it owns by
+/// `shard::placement` (its first `replicas` owners among the nodes), each whole;
+/// returns the owners used.
+fn assert_on_owners(
+    c: &TestCluster,
+    expected: &Expected,
+    at: i64,
+    replicas: usize,
+) -> std::collections::BTreeSet<u64> {
+    let ids = node_ids(c);
+    let owners = shoal::shard::Assigner::new(ids.iter().copied());
+    let keys = shoal::shard::placement::InstanceKeys::new();
+    let mut used = std::collections::BTreeSet::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let v = n.get_json(&format!("/api/v1/query?local=1&{}", raw_query("bf_", at)));
+        let local = raw_answer(&v);
+        for (labels, want) in expected {
+            let l = shoal::model::Labels::from_pairs(
+                &labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            );
+            let key = shoal::shard::placement::placement_key(&l, &keys);
+            let these = owners.owners(key, replicas);
+            assert_eq!(these.len(), replicas);
+            if replicas == 1 {
+                assert_eq!(
+                    shoal::shard::placement::owner_of(&l, &keys, &owners),
+                    these.first().copied()
+                );
+            }
+            used.extend(these.iter().copied());
+            if these.contains(&ids[i]) {
+                let got = local.get(labels).map_or(0, Vec::len);
+                assert_eq!(got, want.len(), "node {i} owns {labels:?}");
+            } else {
+                assert!(
+                    !local.contains_key(labels),
+                    "node {i} holds {labels:?}, owned by {these:?}"
+                );
+            }
+        }
+    }
+    used
+}
+
 /// Sum of a metric over the nodes.
 fn total(c: &TestCluster, metric: &str) -> f64 {
     c.nodes
@@ -458,33 +505,7 @@ fn an_import_through_one_node_stores_each_series_on_its_owner() {
     }
 
     // Each series is on its owner, and only there.
-    let ids = node_ids(&c);
-    let owners = shoal::shard::Assigner::new(ids.iter().copied());
-    let keys = shoal::shard::placement::InstanceKeys::new();
-    let mut used = std::collections::BTreeSet::new();
-    for (i, n) in c.nodes.iter().enumerate() {
-        let v = n.get_json(&format!("/api/v1/query?local=1&{}", raw_query("bf_", at)));
-        let local = raw_answer(&v);
-        for (labels, want) in &expected {
-            let l = shoal::model::Labels::from_pairs(
-                &labels
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect::<Vec<_>>(),
-            );
-            let owner = shoal::shard::placement::owner_of(&l, &keys, &owners).unwrap();
-            used.insert(owner);
-            if owner == ids[i] {
-                let got = local.get(labels).map_or(0, Vec::len);
-                assert_eq!(got, want.len(), "node {i} owns {labels:?}");
-            } else {
-                assert!(
-                    !local.contains_key(labels),
-                    "node {i} holds {labels:?}, owned by {owner}"
-                );
-            }
-        }
-    }
+    let used = assert_on_owners(&c, &expected, at, 1);
     assert!(used.len() >= 2, "every series on one node: nothing routed");
     assert_eq!(
         total(&c, "shoal_tsdb_import_samples_total{result=\"stored\"}"),
@@ -514,5 +535,34 @@ fn an_import_through_one_node_stores_each_series_on_its_owner() {
             &expected,
             &format!("node {i} after the second import"),
         );
+    }
+}
+
+#[test]
+fn with_two_replicas_a_backfilled_series_is_on_both_owners_and_read_once() {
+    let c = TestCluster::start_with_config(
+        &["127.0.0.1"; 3],
+        "global:\n  scrape_interval: 15s\nscrape_configs: []\n",
+        &[
+            "--web.enable-admin-api",
+            "--cluster.replication-factor",
+            "2",
+        ],
+    );
+    wait_agreed(&c, &[0, 1, 2], 3, 3, 3);
+    let end = span_end();
+    let at = end + 60;
+    let (file, expected) = write_file(c.dir.path(), "bf_", end);
+    let samples = samples_of(&expected);
+    let secret = c.dir.path().join("cluster.secret").display().to_string();
+    let o = import(&file, &c.nodes[0], &["--cluster.secret-file", &secret]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}\n{}", c.logs());
+    assert_eq!(count(&out, "stored"), 2 * samples, "one per copy: {out}");
+    assert_eq!(assert_on_owners(&c, &expected, at, 2).len(), 3);
+    // The cluster's answer shows each series once, exactly.
+    for (i, n) in c.nodes.iter().enumerate() {
+        let v = n.get_json(&format!("/api/v1/query?{}", raw_query("bf_", at)));
+        assert_same(&raw_answer(&v), &expected, &format!("node {i}"));
     }
 }
