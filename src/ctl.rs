@@ -47,7 +47,7 @@ Nothing was imported."
         .build()
         .context("starting a runtime")?;
     rt.block_on(async move {
-        let client = client_for(&target)?;
+        let client = client_for(&target, IMPORT_TIMEOUT)?;
         let batches = Batches::new(
             Scanner::open(&file)?,
             usize::try_from(batch_size).unwrap_or(usize::MAX),
@@ -340,11 +340,17 @@ struct NodeClient {
     secret: Option<String>,
 }
 
-fn client_for(t: &ClusterTarget) -> anyhow::Result<NodeClient> {
+/// How long a `shoal cluster` request may take.
+const CLUSTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long one backfill batch may take (every owner makes its share durable; a peer's
+/// share may take `backfill::SHARE_TIMEOUT`).
+const IMPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn client_for(t: &ClusterTarget, timeout: std::time::Duration) -> anyhow::Result<NodeClient> {
     crate::tls::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(300));
+        .timeout(timeout);
     let identity = t.tls_cert_file.as_deref().zip(t.tls_key_file.as_deref());
     builder = builder.tls_backend_preconfigured(
         crate::tls::client_config(t.tls_ca_file.as_deref(), identity)
@@ -408,7 +414,9 @@ async fn call_node<T: DeserializeOwned>(
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<T> {
-    client_for(t)?.call(method, path, None).await
+    client_for(t, CLUSTER_TIMEOUT)?
+        .call(method, path, None)
+        .await
 }
 
 pub fn render_table(data: &ClusterDoc) -> String {
