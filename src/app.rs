@@ -64,6 +64,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tsdb {
             what: crate::cli::TsdbCommand::Check { dir, repair },
         } => tsdb_check(&dir, repair),
+        Command::Tsdb {
+            what: crate::cli::TsdbCommand::Import { format },
+        } => crate::ctl::tsdb_import(format),
         Command::Fleet(args) => crate::demo::run_fleet(args),
         Command::Healthcheck { url, timeout } => Ok(crate::ctl::healthcheck(&url, timeout)),
         Command::PromqlTest { files } => {
@@ -717,6 +720,12 @@ impl Node {
             drain_receiver: Some(Arc::new(crate::drain::receive::Receiver::new(Arc::new(
                 tsdb.clone(),
             )))),
+            backfill: Some(Arc::new(crate::backfill::Backfill::new(
+                Arc::new(tsdb.clone()),
+                cluster.clone(),
+                targets.clone(),
+                args.cluster.replication_factor,
+            ))),
         };
         let addrs = bound.addrs.clone();
         let server = web::serve(state, bound, security, listener_tls)

@@ -47,7 +47,7 @@ pub enum Command {
         #[command(subcommand)]
         what: CheckCommand,
     },
-    /// Inspect a stopped node's data directory.
+    /// Inspect a stopped node's data directory; import (backfill) samples from a file.
     Tsdb {
         #[command(subcommand)]
         what: TsdbCommand,
@@ -90,6 +90,40 @@ pub enum TsdbCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Import (backfill) historical samples from a file through a running node, which
+    /// stores each series on its owners in the cluster.
+    Import {
+        #[command(subcommand)]
+        format: ImportFormat,
+    },
+}
+
+/// The file formats `shoal tsdb import` reads.
+#[derive(Debug, Subcommand)]
+pub enum ImportFormat {
+    /// OpenMetrics text, as `promtool tsdb create-blocks-from openmetrics` reads it:
+    /// every sample with a timestamp, increasing within each series, `# EOF` at the end.
+    /// The whole file is checked first (an error names the line and nothing is
+    /// stored), then sent to the node in batches. Needs the node's
+    /// `--web.enable-admin-api`.
+    Openmetrics {
+        /// The file to import.
+        file: PathBuf,
+        #[command(flatten)]
+        target: ClusterTarget,
+        /// Bytes of file text per request (at most 16MiB).
+        #[arg(long = "batch-size", default_value = "4MiB", value_parser = parse_batch_size)]
+        batch_size: u64,
+    },
+}
+
+/// Validates `--batch-size`: 1 KiB to 16 MiB.
+fn parse_batch_size(s: &str) -> Result<u64, String> {
+    let n = crate::config::parse_base2_bytes(s)?;
+    if !(1 << 10..=16 << 20).contains(&n) {
+        return Err(format!("must be between 1KiB and 16MiB, got {s}"));
+    }
+    Ok(n)
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,7 +338,7 @@ pub struct ClusterTarget {
     /// `--cluster.tls.ca-file`.
     #[arg(long = "node", default_value = "127.0.0.1:9090")]
     pub node: String,
-    /// File holding the cluster secret, for the admin routes (leave, remove).
+    /// File holding the cluster secret, for the admin routes (leave, remove, import).
     #[arg(long = "cluster.secret-file")]
     pub secret_file: Option<PathBuf>,
     /// CA certificate to verify an HTTPS node with (its cluster CA or web CA).

@@ -1,9 +1,10 @@
-//! `shoal cluster status|leave|remove` and `shoal healthcheck`: clients of a node's
-//! public HTTP API (`GET /api/v1/cluster`, `POST /api/v1/cluster/leave`,
-//! `POST /api/v1/cluster/remove/{id}`, `/-/healthy`). The admin routes get the cluster
-//! secret as `Authorization: Bearer` when `--cluster.secret-file` is given. Answers are
-//! read into the API's own types (`web::cluster::ClusterDoc` and friends), never by
-//! string keys.
+//! `shoal cluster status|leave|remove`, `shoal tsdb import` and `shoal healthcheck`:
+//! clients of a node's public HTTP API (`GET /api/v1/cluster`, `POST
+//! /api/v1/cluster/leave`, `POST /api/v1/cluster/remove/{id}`, `POST
+//! /api/v1/admin/tsdb/import`, `/-/healthy`). The admin routes get the cluster secret as
+//! `Authorization: Bearer` when `--cluster.secret-file` is given. Answers are read into
+//! the API's own types (`web::cluster::ClusterDoc`, `web::admin::ImportDoc` and
+//! friends), never by string keys.
 
 use std::process::ExitCode;
 
@@ -11,8 +12,137 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::cli::{ClusterCommand, ClusterTarget};
+use crate::backfill::file::{Batches, FileSummary, Scanner};
+use crate::cli::{ClusterCommand, ClusterTarget, ImportFormat};
+use crate::web::admin::{ImportBody, ImportDoc, ImportSeriesDoc};
 use crate::web::cluster::{ClusterDoc, LeaveDoc, RemoveDoc};
+
+/// `shoal tsdb import openmetrics FILE`: checks the whole file, then sends it to the
+/// node in batches; prints what the owners did. Exit 1 on a bad file (nothing sent) or
+/// a failed batch (the batches before it are stored: running the command again is
+/// safe, what is held already counts as duplicate).
+pub fn tsdb_import(format: ImportFormat) -> anyhow::Result<ExitCode> {
+    let ImportFormat::Openmetrics {
+        file,
+        target,
+        batch_size,
+    } = format;
+    let summary = match crate::backfill::file::check(&file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "shoal: error: {e}
+Nothing was imported."
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    println!("checked {}: {}", file.display(), describe(&summary));
+    if summary.samples == 0 {
+        println!("nothing to import");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    rt.block_on(async move {
+        let client = client_for(&target, IMPORT_TIMEOUT)?;
+        let batches = Batches::new(
+            Scanner::open(&file)?,
+            usize::try_from(batch_size).unwrap_or(usize::MAX),
+        );
+        let mut total = ImportDoc::default();
+        for (sent, batch) in batches.enumerate() {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    // The file changed since it was checked.
+                    print_total(&file, &total);
+                    eprintln!("shoal: error: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let body = ImportBody {
+                series: batch
+                    .iter()
+                    .map(|s| ImportSeriesDoc::new(&s.labels, &s.samples))
+                    .collect(),
+            };
+            let body = serde_json::to_vec(&body).context("encoding a batch")?;
+            let doc: ImportDoc = match client
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/admin/tsdb/import",
+                    Some(body),
+                )
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    if sent > 0 {
+                        print_total(&file, &total);
+                        eprintln!(
+                            "shoal: error after {sent} batches: {e:#}
+The batches before were stored; running the command again is safe (what is held counts as duplicate)."
+                        );
+                    } else {
+                        eprintln!("shoal: error: {e:#}");
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            total.series += doc.series;
+            total.samples += doc.samples;
+            total.stored += doc.stored;
+            total.duplicate += doc.duplicate;
+            total.conflicting += doc.conflicting;
+            total.dropped += doc.dropped;
+            for (node, n) in doc.nodes {
+                *total.nodes.entry(node).or_default() += n;
+            }
+        }
+        // A series split over batches counts once per batch: take the file's count.
+        total.series = summary.series;
+        print_total(&file, &total);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn describe(s: &FileSummary) -> String {
+    let when = |t: Option<i64>| {
+        t.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| "-".into())
+    };
+    format!(
+        "{} series, {} samples from {} to {}",
+        s.series,
+        s.samples,
+        when(s.min_t),
+        when(s.max_t)
+    )
+}
+
+fn print_total(file: &std::path::Path, t: &ImportDoc) {
+    println!(
+        "imported {}: {} samples; stored {}, duplicate {}, conflicting {}, dropped {} (older than retention or too far in the future)",
+        file.display(),
+        t.samples,
+        t.stored,
+        t.duplicate,
+        t.conflicting,
+        t.dropped
+    );
+    if !t.nodes.is_empty() {
+        let per: Vec<String> = t
+            .nodes
+            .iter()
+            .map(|(id, n)| format!("node {id}: {n}"))
+            .collect();
+        println!("series sent per owner: {}", per.join(", "));
+    }
+}
 
 /// Runs one `shoal cluster` subcommand.
 pub fn cluster_command(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
@@ -203,43 +333,90 @@ struct Envelope<T> {
     error: Option<String>,
 }
 
-/// Calls `path` on the target node; returns the `data` of a success envelope.
-async fn call_node<T: DeserializeOwned>(
-    t: &ClusterTarget,
-    method: reqwest::Method,
-    path: &str,
-) -> anyhow::Result<T> {
+/// A client of one node's API with the flags of a [`ClusterTarget`] (TLS, secret).
+struct NodeClient {
+    client: reqwest::Client,
+    base: String,
+    secret: Option<String>,
+}
+
+/// How long a `shoal cluster` request may take.
+const CLUSTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long one backfill batch may take (every owner makes its share durable; a peer's
+/// share may take `backfill::SHARE_TIMEOUT`).
+const IMPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn client_for(t: &ClusterTarget, timeout: std::time::Duration) -> anyhow::Result<NodeClient> {
     crate::tls::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(60));
+        .timeout(timeout);
     let identity = t.tls_cert_file.as_deref().zip(t.tls_key_file.as_deref());
     builder = builder.tls_backend_preconfigured(
         crate::tls::client_config(t.tls_ca_file.as_deref(), identity)
             .context("the TLS of `shoal cluster` (--cluster.tls.*)")?,
     );
     let client = builder.build().context("building the HTTP client")?;
-    let url = format!("{}{path}", base_url(&t.node));
-    let mut req = client.request(method, &url);
-    if let Some(p) = &t.secret_file {
-        let secrets = crate::peer::Secrets::read(p).map_err(anyhow::Error::msg)?;
-        req = req.bearer_auth(secrets.sending());
+    let secret = match &t.secret_file {
+        Some(p) => Some(
+            crate::peer::Secrets::read(p)
+                .map_err(anyhow::Error::msg)?
+                .sending()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok(NodeClient {
+        client,
+        base: base_url(&t.node),
+        secret,
+    })
+}
+
+impl NodeClient {
+    /// Calls `path` (with a JSON `body` when given); returns the `data` of a success
+    /// envelope.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.client.request(method, &url);
+        if let Some(s) = &self.secret {
+            req = req.bearer_auth(s);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("request to {url} failed"))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        let v: Envelope<T> = serde_json::from_str(&body)
+            .with_context(|| format!("{url} answered {status} with an unexpected body: {body}"))?;
+        match (v.status.as_str(), v.data) {
+            ("success", Some(data)) => Ok(data),
+            _ => anyhow::bail!("{url} answered {status}: {}", v.error.unwrap_or(body)),
+        }
     }
-    let resp = req
-        .send()
+}
+
+/// Calls `path` on the target node; returns the `data` of a success envelope.
+async fn call_node<T: DeserializeOwned>(
+    t: &ClusterTarget,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<T> {
+    client_for(t, CLUSTER_TIMEOUT)?
+        .call(method, path, None)
         .await
-        .with_context(|| format!("request to {url} failed"))?;
-    let status = resp.status();
-    let body = resp
-        .text()
-        .await
-        .with_context(|| format!("reading the answer of {url}"))?;
-    let v: Envelope<T> = serde_json::from_str(&body)
-        .with_context(|| format!("{url} answered {status} with an unexpected body: {body}"))?;
-    match (v.status.as_str(), v.data) {
-        ("success", Some(data)) => Ok(data),
-        _ => anyhow::bail!("{url} answered {status}: {}", v.error.unwrap_or(body)),
-    }
 }
 
 pub fn render_table(data: &ClusterDoc) -> String {

@@ -16,6 +16,9 @@
 //! - [`peer`]: node-to-node traffic — the internal routes and their bodies, the one
 //!   client to peers, the cluster secret (the only module that speaks to peers).
 //! - [`query`]: the distributed select: fan-out to every member, merge and dedup.
+//! - [`drain`]: a leaving node moves its samples to their new owners.
+//! - [`backfill`]: samples from a file (`shoal tsdb import openmetrics`) stored on their
+//!   owners: the file's rules (the CLI's side) and the routing of a batch (the node's).
 //! - [`federation`]: the leader's master loop: global rule groups over the members'
 //!   federated data, results committed through Raft.
 //! - [`web`]: the HTTP API (the only module that names actix-web).
@@ -24,10 +27,12 @@
 //!   mutual TLS) and the crypto provider.
 //! - [`app`]: the composition root that wires the parts of a node together.
 //! - [`cli`]: command-line flags.
-//! - [`ctl`]: `shoal cluster …` and `shoal healthcheck`, clients of a node's public API.
+//! - [`ctl`]: `shoal cluster …`, `shoal tsdb import` and `shoal healthcheck`, clients of
+//!   a node's public API.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod backfill;
 pub mod cli;
 pub mod cluster;
 pub mod config;

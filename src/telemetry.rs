@@ -68,6 +68,16 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of import request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImportRequestLabels {
+    /// `drain` (a leaving member's chunks) or `backfill` (`shoal tsdb import`: the
+    /// admin route, and the shares other nodes forward).
+    pub source: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
 /// shoal's own metrics. Cheap to clone (every field is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -90,6 +100,7 @@ pub struct Metrics {
     pub peer_requests_refused_total: Family<ReasonLabels, Counter>,
     pub queries_total: Counter,
     pub query_failures_total: Family<JobReasonLabels, Counter>,
+    pub import_requests_total: Family<ImportRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +134,7 @@ impl Metrics {
             peer_requests_refused_total: Family::default(),
             queries_total: Counter::default(),
             query_failures_total: Family::default(),
+            import_requests_total: Family::default(),
         };
         registry.register("scrapes", "Scrapes attempted", m.scrapes_total.clone());
         registry.register(
@@ -210,8 +222,27 @@ impl Metrics {
             "PromQL queries that failed, by reason",
             m.query_failures_total.clone(),
         );
+        registry.register(
+            "tsdb_import_requests",
+            "Historical import requests this node handled, by source (drain: a leaving member's chunks; backfill: shoal tsdb import, through this node or forwarded to it) and result",
+            m.import_requests_total.clone(),
+        );
+        for source in ["drain", "backfill"] {
+            for ok in [true, false] {
+                let _ = m
+                    .import_requests_total
+                    .get_or_create(&import_labels(source, ok));
+            }
+        }
         *m.registry.lock().expect("metrics registry lock poisoned") = registry;
         m
+    }
+
+    /// Counts one import request (`shoal_tsdb_import_requests_total`).
+    pub fn count_import_request(&self, source: &str, ok: bool) {
+        self.import_requests_total
+            .get_or_create(&import_labels(source, ok))
+            .inc();
     }
 
     /// Adds a collector whose metrics are read at every `/metrics` request.
@@ -232,6 +263,13 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
         out
+    }
+}
+
+fn import_labels(source: &str, ok: bool) -> ImportRequestLabels {
+    ImportRequestLabels {
+        source: source.to_owned(),
+        result: if ok { "ok" } else { "error" }.to_owned(),
     }
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs shoal's whole test suite on a fresh machine: installs what the tests need
-# (promtool from Debian's `prometheus` package, iptables, openssl, curl, cargo-nextest),
+# (promtool from Debian's `prometheus` package, iptables, openssl, curl, the Python
+# prometheus_client library, cargo-nextest),
 # checks formatting and lints, then runs every test, and the multi-node tests a second
 # time with every cluster over mutual TLS (SHOAL_TEST_CLUSTER_TLS=1); then, when a
 # Docker engine answers, the container fault tests (cluster/fault-test.py:
@@ -41,6 +42,18 @@ for tool in openssl curl; do
     sudo_if_needed apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
   fi
 done
+if ! python3 -c 'import prometheus_client.openmetrics.exposition' >/dev/null 2>&1; then
+  # The backfill tests (tests/it/backfill.rs) write their OpenMetrics file with it.
+  echo "== installing the Python package prometheus_client (backfill tests)"
+  export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+  python3 -m pip install --quiet prometheus_client </dev/null \
+    || python3 -m pip install --quiet --break-system-packages prometheus_client </dev/null \
+    || {
+      export DEBIAN_FRONTEND=noninteractive
+      sudo_if_needed apt-get update -qq
+      sudo_if_needed apt-get install -y -qq --no-install-recommends python3-prometheus-client >/dev/null
+    }
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
   cargo install cargo-nextest --locked
@@ -71,6 +84,8 @@ if [ "$cluster_tls_tests" = 1 ]; then
       | test(=hardening::a_bad_target_moving_through_a_cluster_erases_no_node)
       | test(=limits::members_and_every_read_route_are_held_to_the_limits)
       | test(=drain::a_graceful_leave_moves_the_leavers_history_to_the_new_owners)
+      | test(=backfill::an_import_through_one_node_stores_each_series_on_its_owner)
+      | test(=backfill::with_two_replicas_a_backfilled_series_is_on_both_owners_and_read_once)
     )'
 else
   echo "== multi-node tests over mutual TLS skipped (nextest arguments given; SHOAL_CLUSTER_TLS_TESTS=1 runs them)"

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::{ClusterHandle, DrainProgress, NodeId};
-use crate::peer::protocol::{ImportAnswer, ImportRequest, TSDB_IMPORT};
+use crate::peer::protocol::{ImportAnswer, ImportRequest, TSDB_IMPORT, WireImportMode};
 use crate::scrape::TargetsView;
 use crate::shard::Assigner;
 use crate::shard::placement::{InstanceKeys, owner_of};
@@ -315,6 +315,7 @@ impl Drain {
                 let req = ImportRequest {
                     from: me,
                     series: share.iter().map(receive::to_wire).collect(),
+                    mode: WireImportMode::Replica,
                 };
                 match self
                     .cluster
@@ -329,7 +330,7 @@ impl Drain {
                 {
                     Ok(a) => {
                         total.stored += a.stored;
-                        total.duplicate += a.duplicate;
+                        total.duplicate += a.duplicate + a.conflicting;
                         total.dropped += a.dropped;
                     }
                     Err(e) => {

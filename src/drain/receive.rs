@@ -1,14 +1,16 @@
-//! The receiving side of a drain: `peer::protocol::TSDB_IMPORT` requests become an
-//! import into this node's store ([`ImportMode::Replica`]: samples in the scrape slot
-//! of one it holds are the same scrape seen twice). One import runs at a time, on a
-//! blocking thread, so that a drain never takes more than one of the node's cores from
-//! its scrapes; the answer goes out only once the import is durable.
+//! The receiving side of `peer::protocol::TSDB_IMPORT`: a request becomes an import
+//! into this node's store in the request's mode — a drain's chunks in
+//! [`ImportMode::Replica`] (samples in the scrape slot of one it holds are the same
+//! scrape seen twice), a backfill's share (`crate::backfill`) in [`ImportMode::Exact`].
+//! One import runs at a time, on a blocking thread, so that a drain never takes more
+//! than one of the node's cores from its scrapes; the answer goes out only once the
+//! import is durable.
 
 use std::sync::Arc;
 
 use crate::model::labels::is_valid_label_name;
 use crate::model::{Label, Labels};
-use crate::peer::protocol::{ImportAnswer, ImportRequest, WireChunk, WireSeries};
+use crate::peer::protocol::{ImportAnswer, ImportRequest, WireChunk, WireImportMode, WireSeries};
 use crate::storage::chunks::{ChunkStore, ImportMode, ImportSeries, RawChunk};
 
 /// Why an import request was not taken.
@@ -81,7 +83,19 @@ pub fn from_wire(s: WireSeries) -> Result<ImportSeries, String> {
     Ok(ImportSeries { labels, chunks })
 }
 
-/// This node's receiver of drained chunks.
+/// The answer for an import's figures: duplicates are samples held already (the same
+/// value, or in replica mode the same scrape), dropped ones were out of retention or
+/// too far in the future.
+pub fn answer_of(st: &crate::storage::chunks::ImportStats) -> ImportAnswer {
+    ImportAnswer {
+        stored: st.stored,
+        duplicate: st.duplicate + st.replica,
+        dropped: st.out_of_bounds + st.too_far_in_future,
+        conflicting: st.conflicting,
+    }
+}
+
+/// This node's receiver of imported chunks (a drain's, a backfill's share).
 pub struct Receiver {
     store: Arc<dyn ChunkStore>,
     /// One import at a time.
@@ -112,22 +126,23 @@ impl Receiver {
             .map_err(|e| ReceiveError::Store(e.to_string()))?;
         let store = self.store.clone();
         let n = series.len();
-        let st = tokio::task::spawn_blocking(move || store.import(series, ImportMode::Replica))
+        let mode = match req.mode {
+            WireImportMode::Replica => ImportMode::Replica,
+            WireImportMode::Exact => ImportMode::Exact,
+        };
+        let st = tokio::task::spawn_blocking(move || store.import(series, mode))
             .await
             .map_err(|e| ReceiveError::Store(format!("import panicked: {e}")))?
             .map_err(|e| ReceiveError::Store(e.0))?;
         tracing::debug!(
             from,
             series = n,
+            ?mode,
             stored = st.stored,
             duplicate = st.duplicate,
-            "drain: imported a batch"
+            "imported a batch from a peer"
         );
-        Ok(ImportAnswer {
-            stored: st.stored,
-            duplicate: st.duplicate + st.replica + st.conflicting,
-            dropped: st.out_of_bounds + st.too_far_in_future,
-        })
+        Ok(answer_of(&st))
     }
 }
 

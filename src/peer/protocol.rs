@@ -164,21 +164,80 @@ pub struct WireSeries {
     pub chunks: Vec<WireChunk>,
 }
 
+/// What the receiver of an [`ImportRequest`] treats as the same sample (the wire form
+/// of `storage::chunks::ImportMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireImportMode {
+    /// A leaving member's drain: a sample in the scrape slot of a held one is a replica.
+    #[default]
+    Replica,
+    /// A backfill (`shoal tsdb import`): every distinct timestamp is kept.
+    Exact,
+}
+
 /// [`TSDB_IMPORT`] body: chunks a leaving member moves to this node (their owner once
-/// it has left). Importing the same request twice stores nothing the second time.
+/// it has left), or a backfill's share that the node a user imported through sends to
+/// this node (an owner of the series). Importing the same request twice stores nothing
+/// the second time.
+///
+/// `mode` is the last field: a request of a release before it (`from` and `series`
+/// only) still decodes ([`decode_import_request`]) as [`WireImportMode::Replica`], and
+/// is answered in that release's shape ([`LegacyImportAnswer`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportRequest {
     /// The sender (for logs and metrics).
     pub from: NodeId,
     pub series: Vec<WireSeries>,
+    pub mode: WireImportMode,
 }
 
 /// [`TSDB_IMPORT`] answer: what the receiver did with the samples (all durable).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportAnswer {
     pub stored: u64,
+    /// Held already (same timestamp and value; in replica mode also the same scrape).
+    pub duplicate: u64,
+    /// Out of retention or too far in the future.
+    pub dropped: u64,
+    /// Held with another value at the same timestamp (the held one is kept).
+    pub conflicting: u64,
+}
+
+/// The [`ImportRequest`] of releases before [`WireImportMode`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyImportRequest {
+    pub from: NodeId,
+    pub series: Vec<WireSeries>,
+}
+
+/// The answer to a [`LegacyImportRequest`] (conflicts counted as duplicates).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyImportAnswer {
+    pub stored: u64,
     pub duplicate: u64,
     pub dropped: u64,
+}
+
+/// Decodes a [`TSDB_IMPORT`] body of this release or of one before the mode; `true`
+/// with a legacy request (answer it with a [`LegacyImportAnswer`]).
+pub fn decode_import_request(
+    body: &[u8],
+) -> Result<(ImportRequest, bool), crate::cluster::codec::CodecError> {
+    use crate::cluster::codec::decode;
+    match decode::<ImportRequest>(body) {
+        Ok(r) => Ok((r, false)),
+        Err(e) => match decode::<LegacyImportRequest>(body) {
+            Ok(l) => Ok((
+                ImportRequest {
+                    from: l.from,
+                    series: l.series,
+                    mode: WireImportMode::Replica,
+                },
+                true,
+            )),
+            Err(_) => Err(e),
+        },
+    }
 }
 
 /// [`FEDERATE`] body: the `match[]` selectors, in PromQL selector syntax. The answer
@@ -209,5 +268,27 @@ mod tests {
             assert_eq!(ROUTES.iter().filter(|x| x.path == r.path).count(), 1);
         }
         assert_eq!(route("/internal/nope"), None);
+    }
+
+    #[test]
+    fn import_requests_of_either_release_decode() {
+        use crate::cluster::codec::encode;
+        let series = vec![WireSeries {
+            labels: vec![("__name__".into(), "up".into())],
+            chunks: vec![],
+        }];
+        let new = ImportRequest {
+            from: 7,
+            series: series.clone(),
+            mode: WireImportMode::Exact,
+        };
+        let (r, legacy) = decode_import_request(&encode(&new).unwrap()).unwrap();
+        assert_eq!((r, legacy), (new, false));
+        let old = LegacyImportRequest { from: 7, series };
+        let (r, legacy) = decode_import_request(&encode(&old).unwrap()).unwrap();
+        assert!(legacy);
+        assert_eq!(r.mode, WireImportMode::Replica);
+        assert_eq!(r.series, old.series);
+        assert!(decode_import_request(&[1, 2, 3]).is_err());
     }
 }

@@ -14,6 +14,44 @@
 //! [`BitWriter`]/[`BitReader`] are shared with the WAL encoding.
 
 use crate::model::Sample;
+use crate::storage::chunks::RawChunk;
+
+/// Encodes time-sorted samples (distinct times) into chunks of at most
+/// [`SAMPLES_PER_CHUNK`] samples, cut where a sample falls into another block of
+/// `block_range` milliseconds (chunks never cross blocks). Pure: the TSDB's import and a
+/// backfill's forwarding (`crate::backfill`) share it.
+pub fn encode(samples: &[Sample], block_range: i64) -> Vec<RawChunk> {
+    let block_of = |t: i64| t.div_euclid(block_range.max(1));
+    let mut out = Vec::new();
+    let mut cur: Option<(RawChunk, XorState, u16)> = None;
+    for s in samples {
+        if let Some((c, _, n)) = &cur
+            && (*n >= SAMPLES_PER_CHUNK || block_of(s.t) != block_of(c.min_t))
+            && let Some((c, _, _)) = cur.take()
+        {
+            out.push(c);
+        }
+        let (c, st, n) = cur.get_or_insert_with(|| {
+            (
+                RawChunk {
+                    min_t: s.t,
+                    max_t: s.t,
+                    bytes: new_chunk(),
+                },
+                XorState::default(),
+                0,
+            )
+        });
+        st.append(&mut c.bytes, s.t, s.v);
+        c.max_t = s.t;
+        *n += 1;
+    }
+    out.extend(cur.map(|(mut c, _, _)| {
+        c.bytes.shrink_to_fit();
+        c
+    }));
+    out
+}
 
 /// Samples per chunk before the head seals it (as Prometheus).
 pub const SAMPLES_PER_CHUNK: u16 = 120;

@@ -41,7 +41,9 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::chunkenc::{self, SAMPLES_PER_CHUNK, XorIterator, XorState, new_chunk};
+#[cfg(doc)]
+use super::chunkenc::SAMPLES_PER_CHUNK;
+use super::chunkenc::{self, XorIterator};
 use super::codec::{FORMAT_V1, bytes8};
 use super::head::{Head, block_of};
 use super::index::sled_err;
@@ -80,38 +82,9 @@ pub(super) fn check_chunk(min_t: i64, max_t: i64, bytes: &[u8]) -> Result<(u32, 
 }
 
 /// Encodes time-sorted samples into chunks of at most [`SAMPLES_PER_CHUNK`] samples,
-/// cut at block boundaries.
+/// cut at block boundaries (see [`chunkenc::encode`]).
 pub(super) fn encode_chunks(samples: &[Sample], block_range: i64) -> Vec<RawChunk> {
-    let mut out = Vec::new();
-    let mut cur: Option<(RawChunk, XorState, u16)> = None;
-    for s in samples {
-        if let Some((c, _, n)) = &cur
-            && (*n >= SAMPLES_PER_CHUNK
-                || block_of(s.t, block_range) != block_of(c.min_t, block_range))
-            && let Some((c, _, _)) = cur.take()
-        {
-            out.push(c);
-        }
-        let (c, st, n) = cur.get_or_insert_with(|| {
-            (
-                RawChunk {
-                    min_t: s.t,
-                    max_t: s.t,
-                    bytes: new_chunk(),
-                },
-                XorState::default(),
-                0,
-            )
-        });
-        st.append(&mut c.bytes, s.t, s.v);
-        c.max_t = s.t;
-        *n += 1;
-    }
-    out.extend(cur.map(|(mut c, _, _)| {
-        c.bytes.shrink_to_fit();
-        c
-    }));
-    out
+    chunkenc::encode(samples, block_range)
 }
 
 fn decode_all(bytes: &[u8], out: &mut Vec<Sample>) -> Result<(), StorageError> {

@@ -198,7 +198,7 @@ async fn status(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 /// cluster secret, or — with cluster mutual TLS and no secret — a client certificate of
 /// the cluster CA. On a node without any of these they are open on loopback or with
 /// `--cluster.insecure`, and closed on a lone node reachable from the network.
-fn authorize(st: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) fn authorize(st: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     use actix_web::HttpMessage as _;
     if req.extensions().get::<super::WebUser>().is_some() {
         return Ok(());

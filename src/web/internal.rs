@@ -286,21 +286,32 @@ async fn cluster_rpc(
     respond(result)
 }
 
-/// `peer::protocol::TSDB_IMPORT`: a leaving member moves chunks here (answered once
-/// they are durable).
+/// `peer::protocol::TSDB_IMPORT`: a leaving member moves chunks here, or the node a
+/// backfill came through sends this node its share (answered once they are durable).
 async fn tsdb_import(body: web::Bytes, st: web::Data<AppState>) -> HttpResponse {
     let Some(receiver) = &st.drain_receiver else {
         return not_in_a_cluster();
     };
-    let req: protocol::ImportRequest = match crate::cluster::codec::decode(&body) {
+    let (req, legacy) = match protocol::decode_import_request(&body) {
         Ok(r) => r,
         Err(e) => {
+            st.metrics.count_import_request("drain", false);
             return respond(Err(RpcError::BadRequest(format!(
                 "invalid import request: {e}"
             ))));
         }
     };
+    let source = match req.mode {
+        protocol::WireImportMode::Replica => "drain",
+        protocol::WireImportMode::Exact => "backfill",
+    };
     let result = match receiver.receive(req).await {
+        Ok(a) if legacy => crate::cluster::codec::encode(&protocol::LegacyImportAnswer {
+            stored: a.stored,
+            duplicate: a.duplicate + a.conflicting,
+            dropped: a.dropped,
+        })
+        .map_err(|e| RpcError::Internal(e.to_string())),
         Ok(answer) => {
             crate::cluster::codec::encode(&answer).map_err(|e| RpcError::Internal(e.to_string()))
         }
@@ -309,6 +320,7 @@ async fn tsdb_import(body: web::Bytes, st: web::Data<AppState>) -> HttpResponse 
         }
         Err(e) => Err(RpcError::Unavailable(e.to_string())),
     };
+    st.metrics.count_import_request(source, result.is_ok());
     respond(result)
 }
 

@@ -89,6 +89,9 @@ pub struct AppState {
     /// Takes the chunks a leaving member moves here (`peer::protocol::TSDB_IMPORT`);
     /// `None` outside a cluster (404).
     pub drain_receiver: Option<Arc<crate::drain::receive::Receiver>>,
+    /// Routes a backfill batch to its owners (`POST /api/v1/admin/tsdb/import`);
+    /// `None` outside a cluster (503).
+    pub backfill: Option<Arc<crate::backfill::Backfill>>,
 }
 
 impl AppState {

@@ -148,12 +148,14 @@ impl WebSecurity {
     }
 }
 
-/// A request to a cluster admin route (`/api/v1/cluster/leave`, `…/remove/{id}`) with a
-/// bearer token: it may use the cluster secret instead of a web user, which the route
-/// checks itself (`web::cluster`) — so it passes basic authentication unchecked.
+/// A request to a cluster admin route (`/api/v1/cluster/leave`, `…/remove/{id}`, the
+/// backfill's `/api/v1/admin/tsdb/import`) with a bearer token: it may use the cluster
+/// secret instead of a web user, which the route checks itself (`web::cluster`) — so it
+/// passes basic authentication unchecked.
 fn carries_cluster_credential(req: &ServiceRequest) -> bool {
-    let admin =
-        req.path() == "/api/v1/cluster/leave" || req.path().starts_with("/api/v1/cluster/remove/");
+    let admin = req.path() == "/api/v1/cluster/leave"
+        || req.path().starts_with("/api/v1/cluster/remove/")
+        || req.path() == "/api/v1/admin/tsdb/import";
     admin
         && req
             .headers()

@@ -135,6 +135,8 @@ fn status_endpoints() {
         r#"shoal_tsdb_import_samples_total{result="stored"} 0"#,
         r#"shoal_tsdb_import_samples_total{result="replica"} 0"#,
         "shoal_tsdb_import_chunks_total 0",
+        r#"shoal_tsdb_import_requests_total{source="backfill",result="ok"} 0"#,
+        r#"shoal_tsdb_import_requests_total{source="drain",result="error"} 0"#,
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }

@@ -217,6 +217,15 @@ fn a_graceful_leave_moves_the_leavers_history_to_the_new_owners() {
     );
     wait_settled(&c, &[0, 1, 2], 1);
     check_all(&c, &[0, 1, 2], from, "after a graceful leave");
+    // The receivers counted the drain's imports.
+    let sum = |m: &str| -> f64 { (0..3).filter_map(|i| c.nodes[i].metric(m)).sum() };
+    assert!(sum("shoal_tsdb_import_requests_total{source=\"drain\",result=\"ok\"}") >= 1.0);
+    assert!(sum("shoal_tsdb_import_samples_total{result=\"stored\"}") >= 1.0);
+    assert!(sum("shoal_tsdb_import_chunks_total") >= 1.0);
+    assert_eq!(
+        sum("shoal_tsdb_import_requests_total{source=\"backfill\",result=\"ok\"}"),
+        0.0
+    );
 }
 
 #[test]

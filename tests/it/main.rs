@@ -13,6 +13,9 @@
 //! - `drain`: history follows the target — a leaving node moves its samples to the
 //!   new owners (scale down, two leaves at once, the leader leaving, a leaver killed
 //!   mid-drain), checked as raw samples from every remaining node.
+//! - `backfill`: `shoal tsdb import openmetrics` with a file written by the Python
+//!   `prometheus_client`, compared with promtool's blocks served by a real Prometheus;
+//!   through a 3-node cluster onto each series' owner; bad files, credentials, metrics.
 //! - `sharding`: target assignment over the membership: disjoint split, replication,
 //!   movement on join and graceful leave.
 //! - `query`: query any node: cluster-wide answers equal to a single node's, dedup with
@@ -28,6 +31,7 @@
 //!   headers with curl, promtool and a real Prometheus; reloads; `check web-config`.
 
 mod api;
+mod backfill;
 mod cluster;
 mod cluster_tls;
 mod demo;
