@@ -582,13 +582,32 @@ impl Node {
             default_subquery_step: cfg.global.evaluation_interval,
             deadline: None,
         };
-        // Rule groups: local ones run here over this node's own store, with its `shard`
-        // label; global ones are held for the master loop.
-        let rule_manager = RuleManager::new(
+        let status_cache = telemetry::ClusterStatusCache::default();
+        // Reads answer for the whole cluster (query any node); `local` is this node.
+        let cluster_reads = query::ClusterQueryable::new(
+            queryable.clone(),
+            members_fn(&cluster, status_cache.clone()),
+            query::FanOutOptions {
+                self_id: cluster.node_id(),
+                member_timeout: member_timeout(args.query_timeout),
+                peer: cluster.peer().clone(),
+                pushdown: args.query_pushdown && args.cluster.replication_factor == 1,
+            },
+        )
+        .context("starting the query fan-out")?;
+        metrics.register_collector(Box::new(telemetry::FanOutCollector(cluster_reads.clone())));
+        // Rule groups: local ones run here over this node's share of the targets (those
+        // it counts, whole across moves: `rules::shard_reads`), with its `shard` label;
+        // global ones are held for the master loop.
+        let rule_manager = RuleManager::new_sharded(
             queryable.clone(),
             appendable.clone(),
             engine_opts.clone(),
-            &cluster.node_id().to_string(),
+            rules::shard_reads::ShardScope {
+                node_id: cluster.node_id(),
+                cluster: Arc::new(cluster_reads.clone()),
+                ownership: ownership_fn(&cluster, targets.clone()),
+            },
         );
         rule_manager.apply(&cfg, first_groups);
         let master_loop = crate::federation::spawn(rule_manager.clone(), cluster.clone());
@@ -625,7 +644,6 @@ impl Node {
             })
         };
         metrics.config_last_reload_successful.set(1);
-        let status_cache = telemetry::ClusterStatusCache::default();
         metrics.register_collector(Box::new(telemetry::RaftCollector::new(
             status_cache.clone(),
         )));
@@ -651,7 +669,7 @@ impl Node {
         };
         resume_leave(&cluster, leave.clone(), leave_requested.clone());
 
-        // Reads answer for the whole cluster (query any node); `local` is this node.
+        // The engine options of the read routes.
         let engine_opts = EngineOptions {
             lookback_delta: args.query_lookback_delta,
             timeout: args.query_timeout,
@@ -670,18 +688,6 @@ impl Node {
             }),
             crate::promql::Engine::new(engine_opts.clone()),
         ));
-        let cluster_reads = query::ClusterQueryable::new(
-            queryable.clone(),
-            members_fn(&cluster, status_cache.clone()),
-            query::FanOutOptions {
-                self_id: cluster.node_id(),
-                member_timeout: member_timeout(args.query_timeout),
-                peer: cluster.peer().clone(),
-                pushdown: args.query_pushdown && args.cluster.replication_factor == 1,
-            },
-        )
-        .context("starting the query fan-out")?;
-        metrics.register_collector(Box::new(telemetry::FanOutCollector(cluster_reads.clone())));
 
         let ready = Arc::new(AtomicBool::new(false));
         let targets_for_node = targets.clone();
@@ -792,7 +798,10 @@ impl Node {
             opts: crate::drain::DrainOptions::with_rate(self.drain_rate),
             stop_writers: {
                 let rules = self.rules.clone();
-                Box::new(move || rules.stop())
+                Box::new(move || {
+                    let rules = rules.clone();
+                    Box::pin(async move { rules.stop_as_shard().await })
+                })
             },
         };
         if let Err(e) = drain.run().await {
@@ -886,6 +895,51 @@ fn resume_leave(
             leave.notify_one();
         }
     });
+}
+
+/// The ownership of targets for the local rule groups: the assignments this node
+/// applied (recorded with its clock as each committed view arrives, over the members
+/// that own targets, `MembershipView::owners()`), and the discovered targets.
+fn ownership_fn(
+    cluster: &ClusterHandle,
+    targets: crate::scrape::TargetsView,
+) -> rules::shard_reads::OwnershipFn {
+    let history = Arc::new(RwLock::new(
+        crate::shard::ownership::OwnershipHistory::default(),
+    ));
+    {
+        let history = history.clone();
+        let mut views = cluster.membership_view();
+        actix::spawn(async move {
+            loop {
+                let owners = views.borrow_and_update().owners();
+                let now = rules::now_ms();
+                {
+                    let mut h = history.write().unwrap_or_else(|p| p.into_inner());
+                    if h.record(now, owners.keys().copied()) {
+                        // Rule windows are minutes to hours; keep a day (at most 64
+                        // changes).
+                        h.prune(now - 86_400_000);
+                    }
+                }
+                if views.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Arc::new(move || {
+        let history = history.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (targets, ambiguous) = targets
+            .assignment()
+            .map(|a| (a.instance_keys, a.ambiguous_instances))
+            .unwrap_or_default();
+        rules::shard_reads::Ownership {
+            history,
+            targets,
+            ambiguous,
+        }
+    })
 }
 
 /// The members a cluster read asks: the up members of the committed view (current at

@@ -119,8 +119,9 @@ pub struct Drain {
     pub targets: TargetsView,
     pub cursor: CursorFile,
     pub opts: DrainOptions,
-    /// Stops this node's writers other than the scrapes (its local rule groups).
-    pub stop_writers: Box<dyn Fn() + Send + Sync>,
+    /// Stops this node's writers other than the scrapes (its local rule groups, whose
+    /// series it ends with staleness markers).
+    pub stop_writers: Box<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>,
 }
 
 impl Drain {
@@ -146,7 +147,7 @@ impl Drain {
         };
         self.commit_progress(left, true).await;
         self.wait_for_handoff().await;
-        (self.stop_writers)();
+        (self.stop_writers)().await;
         let store = self.store.clone();
         let sealed = tokio::task::spawn_blocking(move || store.seal_head())
             .await

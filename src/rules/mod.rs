@@ -3,10 +3,13 @@
 //! - [`group`]: a rule group, its state and [`group::Group::evaluate`] (pure apart from
 //!   the [`Queryable`] it reads);
 //! - [`alert`]: the alert life cycle and `ALERTS` / `ALERTS_FOR_STATE`;
-//! - [`template`]: the subset of Go templates that labels and annotations use.
+//! - [`template`]: the subset of Go templates that labels and annotations use;
+//! - [`shard_reads`]: what a local group reads in a cluster — the targets this node
+//!   counts, whole across moves.
 //!
 //! [`RuleManager`] loads the groups of `rule_files`, runs every `scope: local` group on
-//! this node over its own data at the group's interval and appends the results to the
+//! this node over its own data (in a cluster: its share of the targets,
+//! [`shard_reads::ShardReads`]) at the group's interval and appends the results to the
 //! local store with the node's `shard` label. `scope: global` groups are only held here:
 //! the master loop (`crate::federation`) runs them on the leader.
 //!
@@ -16,6 +19,7 @@
 
 pub mod alert;
 pub mod group;
+pub mod shard_reads;
 pub mod template;
 
 use std::collections::HashMap;
@@ -84,6 +88,8 @@ struct Inner {
     /// `shard="<node id>"`.
     shard: Labels,
     external_labels: RwLock<Labels>,
+    /// In a cluster: local groups read this node's share of the targets.
+    shard_scope: Option<shard_reads::ShardScope>,
 }
 
 /// Runs the local rule groups and holds all groups for `/api/v1/rules` and the master
@@ -102,6 +108,28 @@ impl RuleManager {
         engine: EngineOptions,
         node_id: &str,
     ) -> RuleManager {
+        RuleManager::build(local, appendable, engine, node_id, None)
+    }
+
+    /// A manager whose local groups read through [`shard_reads::ShardReads`]: the
+    /// targets this node counts at each evaluation, whole across moves.
+    pub fn new_sharded(
+        local: Arc<dyn Queryable>,
+        appendable: Arc<dyn Appendable>,
+        engine: EngineOptions,
+        scope: shard_reads::ShardScope,
+    ) -> RuleManager {
+        let id = scope.node_id.to_string();
+        RuleManager::build(local, appendable, engine, &id, Some(scope))
+    }
+
+    fn build(
+        local: Arc<dyn Queryable>,
+        appendable: Arc<dyn Appendable>,
+        engine: EngineOptions,
+        node_id: &str,
+        shard_scope: Option<shard_reads::ShardScope>,
+    ) -> RuleManager {
         RuleManager {
             inner: Arc::new(Inner {
                 groups: RwLock::new(Vec::new()),
@@ -111,6 +139,7 @@ impl RuleManager {
                 engine: Engine::new(engine),
                 shard: Labels::from_pairs(&[(SHARD_LABEL, node_id)]),
                 external_labels: RwLock::new(Labels::empty()),
+                shard_scope,
             }),
         }
     }
@@ -213,11 +242,47 @@ impl RuleManager {
         }
     }
 
+    /// Stops every group task and ends the series of the local groups with staleness
+    /// markers: the node stops being a shard (a leave), so its `shard` series must not
+    /// linger for a lookback delta in the master's sums.
+    pub async fn stop_as_shard(&self) {
+        self.stop();
+        let stale: Vec<(Labels, f64)> = self
+            .groups()
+            .iter()
+            .filter(|g| g.scope == RuleScope::Local)
+            .flat_map(|g| g.stale_all())
+            .collect();
+        let app = self.inner.appendable.clone();
+        let ts = now_ms();
+        let _ = tokio::task::spawn_blocking(move || write_local(app.as_ref(), ts, &stale)).await;
+    }
+
     /// Evaluates a local group once at `ts` and appends the result (blocking).
     pub fn evaluate_local(&self, g: &Group, ts: i64) {
         let ext = self.external_labels();
+        let reads;
+        let queryable: &dyn Queryable = match &self.inner.shard_scope {
+            Some(scope) => {
+                let lookback = self.inner.engine.options().lookback_delta.as_millis() as i64;
+                let reach = g
+                    .rules
+                    .iter()
+                    .map(|r| shard_reads::reach_ms(&r.expr))
+                    .max()
+                    .unwrap_or(0);
+                reads = shard_reads::ShardReads::new(
+                    self.inner.local.as_ref(),
+                    scope,
+                    ts,
+                    reach + lookback,
+                );
+                &reads
+            }
+            None => self.inner.local.as_ref(),
+        };
         let env = EvalEnv {
-            queryable: self.inner.local.as_ref(),
+            queryable,
             engine: &self.inner.engine,
             extra_labels: &self.inner.shard,
             external_labels: &ext,

@@ -51,6 +51,9 @@ pub struct AssignmentSnapshot {
     /// Every discovered target's key by its `job` and `instance` label values: where a
     /// moved series belongs ([`crate::shard::placement`]).
     pub instance_keys: Arc<crate::shard::placement::InstanceKeys>,
+    /// `(job, instance)` pairs that several discovered targets share (their series do
+    /// not tell which target they came from; `instance_keys` holds one of them).
+    pub ambiguous_instances: Arc<HashSet<(String, String)>>,
 }
 
 /// A cheap, cloneable read handle on the current targets.
@@ -62,6 +65,14 @@ impl TargetsView {
         match self.0.read() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The assignment alone (cheap: no target list is copied).
+    pub fn assignment(&self) -> Option<AssignmentSnapshot> {
+        match self.0.read() {
+            Ok(s) => s.assignment.clone(),
+            Err(p) => p.into_inner().assignment.clone(),
         }
     }
 
@@ -210,23 +221,32 @@ impl ScrapeManager {
             .map(|m| (m, Assigner::new(m.members.keys().copied())));
         // Several targets may share a `job` and `instance` (other labels tell them
         // apart): such a pair places by its smallest target key, the same on every
-        // node whatever the discovery order.
+        // node whatever the discovery order, and is listed as ambiguous.
         let mut instance_keys = crate::shard::placement::InstanceKeys::new();
+        let mut ambiguous_instances: HashSet<(String, String)> = HashSet::new();
         for (t, _) in desired.values() {
             let (Some(job), Some(instance)) = (t.labels.get("job"), t.labels.get("instance"))
             else {
                 continue;
             };
-            instance_keys
-                .entry((job.to_owned(), instance.to_owned()))
-                .and_modify(|k| *k = (*k).min(t.key()))
-                .or_insert(t.key());
+            let pair = (job.to_owned(), instance.to_owned());
+            match instance_keys.get_mut(&pair) {
+                Some(k) if *k != t.key() => {
+                    *k = (*k).min(t.key());
+                    ambiguous_instances.insert(pair);
+                }
+                Some(_) => {}
+                None => {
+                    instance_keys.insert(pair, t.key());
+                }
+            }
         }
         let mut assignment = assigner.as_ref().map(|(m, _)| AssignmentSnapshot {
             view_index: m.index,
             targets_per_member: m.members.keys().map(|&id| (id, 0)).collect(),
             discovered: desired.len(),
             instance_keys: Arc::new(instance_keys),
+            ambiguous_instances: Arc::new(ambiguous_instances),
         });
         let mut owned: HashSet<(String, u64)> = HashSet::new();
         for (k, (t, _)) in &desired {

@@ -6,6 +6,7 @@
 //! A join moves only the targets the newcomer wins (about 1/N of them); a leave moves
 //! only the leaver's targets — the property rendezvous hashing is chosen for.
 
+pub mod ownership;
 pub mod placement;
 
 use std::hash::{Hash, Hasher};

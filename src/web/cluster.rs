@@ -348,6 +348,7 @@ mod tests {
             targets_per_member: [(18_446_744_073_709_551_557, 7)].into(),
             discovered: 7,
             instance_keys: Default::default(),
+            ambiguous_instances: Default::default(),
         };
         let v = serde_json::to_value(status_doc(&st, Some(&asg), now)).unwrap();
         assert_eq!(v["assignmentViewIndex"], 4);

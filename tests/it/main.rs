@@ -22,6 +22,8 @@
 //!   replication, partial answers when a member is down, the internal read route.
 //! - `federate`: `/federate` with a real Prometheus on both sides.
 //! - `master`: leader as master: shard rules, global rules committed through Raft.
+//! - `shard_rules`: shard-level rules across target moves (a join, a leave): the
+//!   master's `job:` sums equal the direct aggregate over all raw data.
 //! - `rules`: recording and alerting rules, `/api/v1/rules`, `/api/v1/alerts`, reloads.
 //! - `limits`: query limits (max samples, timeout, concurrency) on every read route,
 //!   on members, and a huge query against a node with a million series.
@@ -49,5 +51,6 @@ mod rules;
 mod scrape;
 mod secure_default;
 mod security;
+mod shard_rules;
 mod sharding;
 mod web_security;
