@@ -12,7 +12,9 @@ Starts a synthetic fleet (../shared/bench/targets.py, or --fleet-cmd) and 3 real
            samples it stored before the kill count.
 For each event it reports the fraction of targets whose owner changed and the longest
 gap between consecutive `up` samples of any target, read from every node's own store
-(`local=1`) and united, over a window from two intervals before the event to the end.
+(`local=1`) and united, over a window from two intervals before the event to the end;
+after the leave also over the whole history since the join (the leaver's share of it
+must have moved to the three that stay).
 Only the standard library is used.
 
 Usage: cluster/rebalance_bench.py [--bin target/release/shoal] [--runs 3]
@@ -150,7 +152,7 @@ def one_run(a):
         before = b.settled(first3, 3)
         time.sleep(3 * iv)  # some history before the first event
 
-        t0 = time.time()
+        t0 = t_join = time.time()
         b.spawn(b.addrs[3])
         after_join = b.settled(b.addrs, 4)
         time.sleep(2 * iv)
@@ -165,6 +167,9 @@ def one_run(a):
         after_leave = b.settled(first3, 3)
         time.sleep(2 * iv)
         leave_gap, _ = b.longest_gap(first3, t0 - 2 * iv)
+        # The whole history since the join, from the three that stay: what the leaver
+        # scraped must be on them (its drain), or this is as long as it owned targets.
+        history_gap, _ = b.longest_gap(first3, t_join - 2 * iv)
         leave_moved = moved(after_join, after_leave)
         leave_from_leaver = all(after_join[i] == b.addrs[3]
                                 for i in after_join if after_join[i] != after_leave[i])
@@ -186,7 +191,7 @@ def one_run(a):
             "targets_seen": n,
             "join_moved": join_moved, "join_only_to_newcomer": join_to_new, "join_gap": join_gap,
             "leave_moved": leave_moved, "leave_only_from_leaver": leave_from_leaver,
-            "leave_gap": leave_gap,
+            "leave_gap": leave_gap, "history_gap": history_gap,
             "kill_moved": kill_moved, "kill_gap": kill_gap,
         }
     finally:
@@ -215,6 +220,9 @@ def main():
         g = max(r[f"{ev}_gap"] for r in rows)
         print(f"  {ev:5}: moved fraction median {m:.3f}; longest gap {g:.2f} s = "
               f"{g / iv:.2f} intervals (max over runs)")
+    g = max(r["history_gap"] for r in rows)
+    print(f"  history since the join, after the leave: longest gap {g:.2f} s = "
+          f"{g / iv:.2f} intervals (max over runs)")
     print("  join moved only to the newcomer in every run:",
           all(r["join_only_to_newcomer"] for r in rows))
     print("  leave moved only the leaver's targets in every run:",

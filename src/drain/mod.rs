@@ -164,6 +164,9 @@ impl Drain {
             "drain: head sealed"
         );
         let mut report = DrainReport::default();
+        // A series has a piece in every block it spans: count each once (by label
+        // hash), so that "series left" counts down to zero with the last one.
+        let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
         let mut cursor = after;
         let mut last_progress = Instant::now();
         let mut throttle = Throttle::new(self.opts.rate);
@@ -179,7 +182,8 @@ impl Drain {
                 let answer = self.deliver(batch.series.clone()).await?;
                 report.stored += answer.stored;
                 report.duplicate += answer.duplicate;
-                report.series += batch.series.len() as u64;
+                seen.extend(batch.series.iter().map(|s| s.labels.stable_hash()));
+                report.series = seen.len() as u64;
                 report.chunks += batch.chunks;
                 report.bytes += batch.bytes;
             }
